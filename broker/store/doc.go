@@ -1,0 +1,16 @@
+// Package store is Keywarden's on-disk state: one bbolt file in which every
+// value is Tink AEAD ciphertext made by a crypto.Keyring.
+//
+// Each value is sealed with the associated data
+// "keywarden/store/v<schema>/<bucket>/<key>", so a record copied to another
+// key or bucket, or a bit flipped on disk, fails to decrypt and is reported as
+// ErrCorrupt, never returned as a zero value. Bucket names may not contain
+// '/', which keeps that string unambiguous.
+//
+// The DEK keyset lives in the reserved meta bucket, wrapped by the KEK given in
+// Config, next to the schema version. The bbolt file lock stops a second
+// daemon on the same data directory (a DaemonSet surge): it waits
+// Config.LockTimeout and then fails with ErrLocked.
+//
+// This is the only package that imports bbolt; its error types stay inside.
+package store

@@ -1,0 +1,70 @@
+package store
+
+import (
+	"bytes"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/tink-crypto/tink-go/v2/tink"
+
+	"github.com/keywarden/keywarden/crypto"
+)
+
+// logBuffer collects log output from concurrent goroutines.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+func testKEK(tb testing.TB, dir string) tink.AEAD {
+	tb.Helper()
+	kek, err := crypto.LoadOrCreateLocalKEK(filepath.Join(dir, "kek.json"))
+	if err != nil {
+		tb.Fatalf("kek: %v", err)
+	}
+	return kek
+}
+
+// testConfig returns a Config for a store in a fresh temp dir and the buffer
+// its logger writes to.
+func testConfig(tb testing.TB) (Config, *logBuffer) {
+	tb.Helper()
+	dir := tb.TempDir()
+	logs := &logBuffer{}
+	return Config{
+		Path:   filepath.Join(dir, "data", "store.db"),
+		KEK:    testKEK(tb, dir),
+		Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	}, logs
+}
+
+func mustOpen(tb testing.TB, cfg Config) *DB {
+	tb.Helper()
+	db, err := Open(cfg)
+	if err != nil {
+		tb.Fatalf("Open: %v", err)
+	}
+	tb.Cleanup(func() { _ = db.Close() })
+	return db
+}
+
+func mustPut(tb testing.TB, db *DB, bucket, key, value string) {
+	tb.Helper()
+	if err := db.Put(bucket, key, []byte(value)); err != nil {
+		tb.Fatalf("Put(%s/%s): %v", bucket, key, err)
+	}
+}

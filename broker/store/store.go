@@ -1,0 +1,509 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tink-crypto/tink-go/v2/tink"
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+	"k8s.io/utils/clock"
+
+	"github.com/keywarden/keywarden/crypto"
+)
+
+const (
+	// SchemaVersion is the layout version this code writes and reads. It is
+	// part of every record's associated data.
+	SchemaVersion = 1
+
+	// MetaBucket is reserved for the schema version and the wrapped DEK
+	// keyset; Get/Put/Delete/List refuse it.
+	MetaBucket = "keywarden.meta"
+
+	// MaxBucketLen and MaxKeyLen bound bucket and key names, in bytes.
+	MaxBucketLen = 64
+	MaxKeyLen    = 512
+
+	// DefaultLockTimeout is how long Open waits for another process's lock.
+	DefaultLockTimeout = 5 * time.Second
+
+	metaSchemaKey = "schemaVersion"
+	metaKeysetKey = "dekKeyset"
+
+	fileMode fs.FileMode = 0o600
+	dirMode  fs.FileMode = 0o700
+)
+
+// Log attribute keys.
+const (
+	attrPath          = "path"
+	attrQuarantinedTo = "quarantined_path"
+	attrReason        = "reason"
+	attrSchema        = "schema_version"
+	attrCreated       = "created"
+	attrKeyID         = "dek_primary_key_id"
+)
+
+// Config configures Open.
+type Config struct {
+	// Path is the bbolt file. Its parent directory is created (0700) if absent.
+	Path string
+	// KEK encrypts the DEK keyset kept in the file's meta bucket. Required.
+	KEK tink.AEAD
+	// LockTimeout is how long Open waits while another process holds the
+	// file (default DefaultLockTimeout). Negative is invalid.
+	LockTimeout time.Duration
+	// Logger receives open and quarantine events. Required.
+	Logger *slog.Logger
+	// Clock timestamps quarantined files (default: the real clock).
+	Clock clock.PassiveClock
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.Path == "":
+		return errors.New("path is required")
+	case c.KEK == nil:
+		return errors.New("kek is required")
+	case c.Logger == nil:
+		return errors.New("logger is required")
+	case c.LockTimeout < 0:
+		return fmt.Errorf("lock timeout must not be negative, got %s", c.LockTimeout)
+	}
+	if c.LockTimeout == 0 {
+		c.LockTimeout = DefaultLockTimeout
+	}
+	if c.Clock == nil {
+		c.Clock = clock.RealClock{}
+	}
+	return nil
+}
+
+// Record is one decrypted key/value pair. Its Value is secret: String,
+// GoString, Format and LogValue show only the key and the value's length.
+type Record struct {
+	Key   string
+	Value []byte
+}
+
+// String implements fmt.Stringer without the value.
+func (r Record) String() string {
+	return fmt.Sprintf("store.Record{Key:%q, Value:[REDACTED %d bytes]}", r.Key, len(r.Value))
+}
+
+// GoString implements fmt.GoStringer without the value.
+func (r Record) GoString() string { return r.String() }
+
+// Format prints String for every verb, so %d or %x cannot dump the value.
+func (r Record) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(r.String())) }
+
+// LogValue implements slog.LogValuer without the value.
+func (r Record) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("key", r.Key), slog.Int("value_len", len(r.Value)))
+}
+
+// DB is an open store. It is safe for concurrent use.
+type DB struct {
+	path string
+	bdb  *bolt.DB
+	log  *slog.Logger
+
+	kr       atomic.Pointer[crypto.Keyring]
+	rotateMu sync.Mutex
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// String names the store without any of its contents or keys.
+func (db *DB) String() string { return "store.DB(" + db.path + ")" }
+
+// GoString implements fmt.GoStringer like String.
+func (db *DB) GoString() string { return db.String() }
+
+// Format prints String for every verb.
+func (db *DB) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(db.String())) }
+
+// LogValue implements slog.LogValuer.
+func (db *DB) LogValue() slog.Value { return slog.StringValue(db.String()) }
+
+// Open opens or creates the store at cfg.Path.
+//
+// Errors: ErrLocked (another process holds the file past LockTimeout),
+// ErrUnreadable (not a usable bbolt file), ErrSchemaTooNew, ErrCorrupt (the
+// KEK does not open the stored keyset, or the metadata is damaged).
+func Open(cfg Config) (*DB, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(cfg.Path), dirMode); err != nil {
+		return nil, fmt.Errorf("open store: create directory: %w", err)
+	}
+	bdb, err := openBolt(cfg.Path, cfg.LockTimeout)
+	if err != nil {
+		return nil, err
+	}
+	db := &DB{path: cfg.Path, bdb: bdb, log: cfg.Logger}
+	created, err := db.loadMeta(cfg.KEK)
+	if err != nil {
+		_ = bdb.Close()
+		return nil, err
+	}
+	cfg.Logger.Info("store opened", attrPath, cfg.Path, attrSchema, SchemaVersion,
+		attrCreated, created, attrKeyID, db.kr.Load().PrimaryKeyID())
+	return db, nil
+}
+
+// openBolt opens the bbolt file and maps bbolt's errors (and panics: bbolt
+// can panic on damaged pages) to ours.
+func openBolt(path string, timeout time.Duration) (bdb *bolt.DB, err error) {
+	var file *os.File
+	opts := &bolt.Options{
+		Timeout: timeout,
+		OpenFile: func(name string, flag int, mode os.FileMode) (*os.File, error) {
+			f, err := os.OpenFile(name, flag, mode)
+			file = f
+			return f, err
+		},
+	}
+	// A damaged file can make bbolt touch mmapped pages past the end of the
+	// file (SIGBUS) or panic on a bad page; SetPanicOnFault turns the fault
+	// into a panic so both are recovered here instead of killing the daemon.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			// bbolt did not return, so it cannot close the file; closing it
+			// here releases the flock so the file can be quarantined and a
+			// later Open in this process is not locked out.
+			if file != nil {
+				_ = file.Close()
+			}
+			bdb, err = nil, fmt.Errorf("open store %s: bbolt failed reading the file: %w", path, ErrUnreadable)
+		}
+	}()
+	if err := precheckFile(path); err != nil {
+		return nil, fmt.Errorf("open store %s: %v: %w", path, err, ErrUnreadable)
+	}
+	bdb, err = bolt.Open(path, fileMode, opts)
+	if err != nil {
+		var pathErr *fs.PathError
+		switch {
+		case errors.Is(err, berrors.ErrTimeout):
+			return nil, fmt.Errorf("open store %s: another keywarden process is using this data directory (file lock not released within %s): %w",
+				path, timeout, ErrLocked)
+		case errors.As(err, &pathErr):
+			// Permission denied, no such directory, I/O error: not the
+			// file's content, so never a reason to quarantine it.
+			return nil, fmt.Errorf("open store %s: %s: %w", path, pathErr.Op, pathErr.Err)
+		default:
+			return nil, fmt.Errorf("open store %s: not a readable bbolt file (%v): %w", path, err, ErrUnreadable)
+		}
+	}
+	// bbolt applies the mode only when it creates the file.
+	if err := file.Chmod(fileMode); err != nil {
+		_ = bdb.Close()
+		return nil, fmt.Errorf("open store %s: chmod: %w", path, err)
+	}
+	return bdb, nil
+}
+
+// loadMeta reads (or, for a new file, writes) the schema version and the
+// wrapped DEK keyset.
+func (db *DB) loadMeta(kek tink.AEAD) (created bool, err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("open store %s: bbolt failed reading the file: %w", db.path, ErrUnreadable)
+		}
+	}()
+	err = db.bdb.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket([]byte(MetaBucket))
+		if meta == nil {
+			if k, _ := tx.Cursor().First(); k != nil {
+				return fmt.Errorf("open store %s: data buckets but no keyset: %w", db.path, ErrCorrupt)
+			}
+			kr, wrapped, err := crypto.NewKeyring(kek)
+			if err != nil {
+				return fmt.Errorf("open store %s: new keyring: %w", db.path, err)
+			}
+			meta, err := tx.CreateBucket([]byte(MetaBucket))
+			if err != nil {
+				return fmt.Errorf("open store %s: create meta bucket: %v", db.path, err)
+			}
+			if err := meta.Put([]byte(metaSchemaKey), []byte(strconv.Itoa(SchemaVersion))); err != nil {
+				return fmt.Errorf("open store %s: write schema version: %v", db.path, err)
+			}
+			if err := meta.Put([]byte(metaKeysetKey), wrapped); err != nil {
+				return fmt.Errorf("open store %s: write keyset: %v", db.path, err)
+			}
+			db.kr.Store(kr)
+			created = true
+			return nil
+		}
+
+		raw := meta.Get([]byte(metaSchemaKey))
+		v, err := strconv.Atoi(string(raw))
+		if err != nil || v < 1 {
+			return fmt.Errorf("open store %s: bad schema version %q: %w", db.path, raw, ErrCorrupt)
+		}
+		if v > SchemaVersion {
+			return fmt.Errorf("open store %s: schema version %d is newer than this keywarden supports (%d); upgrade keywarden or move the file away: %w",
+				db.path, v, SchemaVersion, ErrSchemaTooNew)
+		}
+		wrapped := meta.Get([]byte(metaKeysetKey))
+		if wrapped == nil {
+			return fmt.Errorf("open store %s: no keyset in meta bucket: %w", db.path, ErrCorrupt)
+		}
+		// OpenKeyring copies what it keeps; wrapped is only valid inside tx.
+		kr, err := crypto.OpenKeyring(kek, wrapped)
+		if err != nil {
+			return fmt.Errorf("open store %s: the KEK does not match this store (or its keyset is damaged): %w", db.path, ErrCorrupt)
+		}
+		db.kr.Store(kr)
+		return nil
+	})
+	if err != nil {
+		if isOurs(err) {
+			return false, err
+		}
+		return false, fmt.Errorf("open store %s: %v: %w", db.path, err, ErrUnreadable)
+	}
+	return created, nil
+}
+
+// isOurs reports whether err already carries one of this package's sentinels.
+func isOurs(err error) bool {
+	for _, s := range []error{ErrNotFound, ErrCorrupt, ErrLocked, ErrUnreadable, ErrSchemaTooNew, ErrInvalidKey, ErrClosed} {
+		if errors.Is(err, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// OpenOrQuarantine is Open for rebuildable caches: when the file is unreadable
+// (ErrUnreadable) or its keyset does not open (ErrCorrupt), the file is renamed
+// to "<path>.corrupt-<UTC timestamp>" (kept, never deleted), the rename is
+// logged at Warn, and a fresh store is opened. It returns the quarantined
+// path, or "" when nothing was quarantined. ErrLocked, ErrSchemaTooNew and
+// every other error are returned as is.
+func OpenOrQuarantine(cfg Config) (db *DB, quarantined string, err error) {
+	db, err = Open(cfg)
+	if err == nil || !(errors.Is(err, ErrUnreadable) || errors.Is(err, ErrCorrupt)) {
+		return db, "", err
+	}
+	reason := err
+	_ = cfg.validate() // already passed inside Open; applies the defaults here
+	quarantined, err = quarantine(cfg.Path, cfg.Clock.Now())
+	if err != nil {
+		return nil, "", fmt.Errorf("quarantine store: %w (after: %w)", err, reason)
+	}
+	cfg.Logger.Warn("store quarantined, starting empty", attrPath, cfg.Path,
+		attrQuarantinedTo, quarantined, attrReason, reason.Error())
+	db, err = Open(cfg)
+	if err != nil {
+		return nil, quarantined, err
+	}
+	return db, quarantined, nil
+}
+
+func quarantine(path string, now time.Time) (string, error) {
+	base := path + ".corrupt-" + now.UTC().Format("20060102T150405Z")
+	target := base
+	for i := 1; ; i++ {
+		if _, err := os.Lstat(target); errors.Is(err, fs.ErrNotExist) {
+			break
+		} else if err != nil {
+			return "", err
+		}
+		target = fmt.Sprintf("%s-%d", base, i)
+	}
+	if err := os.Rename(path, target); err != nil {
+		return "", err
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return target, nil // renamed; durability of the rename is best effort
+	}
+	defer d.Close()
+	_ = d.Sync()
+	return target, nil
+}
+
+// Path returns the bbolt file path.
+func (db *DB) Path() string { return db.path }
+
+// Close closes the file and releases its lock. It is idempotent.
+func (db *DB) Close() error {
+	db.closeOnce.Do(func() {
+		db.closed.Store(true)
+		if err := db.bdb.Close(); err != nil {
+			db.closeErr = fmt.Errorf("close store: %v", err)
+		}
+	})
+	return db.closeErr
+}
+
+// Update runs fn in one bbolt write transaction: all of fn's Puts and Deletes
+// commit together, or none do if fn returns an error. fn must not call
+// methods of db, and tx must not be used after fn returns.
+func (db *DB) Update(fn func(tx *Tx) error) error {
+	return db.run(true, fn)
+}
+
+// View runs fn in a read-only transaction that sees one consistent snapshot.
+// The same rules as for Update apply.
+func (db *DB) View(fn func(tx *Tx) error) error {
+	return db.run(false, fn)
+}
+
+func (db *DB) run(writable bool, fn func(tx *Tx) error) (err error) {
+	if db.closed.Load() {
+		return ErrClosed
+	}
+	// A page pointer into the mmap beyond the end of a damaged file faults
+	// (SIGBUS). Only such memory faults become ErrCorrupt (bbolt has rolled
+	// the transaction back by then); any other panic, including one from
+	// fn, propagates.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			if _, fault := r.(interface{ Addr() uintptr }); !fault {
+				panic(r)
+			}
+			err = fmt.Errorf("store %s: memory fault reading the file: %w", db.path, ErrCorrupt)
+		}
+	}()
+	var fnErr error
+	body := func(btx *bolt.Tx) error {
+		tx := &Tx{btx: btx, kr: db.kr.Load(), writable: writable}
+		defer func() { tx.done = true }()
+		fnErr = fn(tx)
+		return fnErr
+	}
+	if writable {
+		err = db.bdb.Update(body)
+	} else {
+		err = db.bdb.View(body)
+	}
+	switch {
+	case err == nil:
+		return nil
+	case fnErr != nil:
+		return fnErr // fn's own error, unchanged so callers can match it
+	default:
+		return mapBoltErr(err)
+	}
+}
+
+// mapBoltErr hides bbolt's error values behind ours.
+func mapBoltErr(err error) error {
+	switch {
+	case errors.Is(err, berrors.ErrDatabaseNotOpen):
+		return ErrClosed
+	default:
+		return fmt.Errorf("store transaction: %v", err)
+	}
+}
+
+// Get returns the decrypted value of bucket/key: ErrNotFound if absent,
+// ErrCorrupt if it does not authenticate.
+func (db *DB) Get(bucket, key string) (value []byte, err error) {
+	err = db.View(func(tx *Tx) error {
+		value, err = tx.Get(bucket, key)
+		return err
+	})
+	return value, err
+}
+
+// Put seals value and stores it under bucket/key (creating the bucket) in its
+// own durable transaction.
+func (db *DB) Put(bucket, key string, value []byte) error {
+	return db.Update(func(tx *Tx) error { return tx.Put(bucket, key, value) })
+}
+
+// Delete removes bucket/key; deleting a missing key is not an error.
+func (db *DB) Delete(bucket, key string) error {
+	return db.Update(func(tx *Tx) error { return tx.Delete(bucket, key) })
+}
+
+// List returns every record of bucket sorted by key. A missing bucket is an
+// empty list; any record that does not authenticate fails the whole call with
+// ErrCorrupt.
+func (db *DB) List(bucket string) (records []Record, err error) {
+	err = db.View(func(tx *Tx) error {
+		records, err = tx.List(bucket)
+		return err
+	})
+	return records, err
+}
+
+// Check runs bbolt's consistency check over the whole file. Problems are
+// reported as ErrCorrupt.
+func (db *DB) Check() (err error) {
+	if db.closed.Load() {
+		return ErrClosed
+	}
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("check store %s: bbolt failed walking the file: %w", db.path, ErrCorrupt)
+		}
+	}()
+	var problems []error
+	err = db.bdb.View(func(tx *bolt.Tx) error {
+		for e := range tx.Check() {
+			problems = append(problems, e)
+		}
+		return nil
+	})
+	if err != nil {
+		return mapBoltErr(err)
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("check store %s: %d problems, first: %v: %w", db.path, len(problems), problems[0], ErrCorrupt)
+	}
+	return nil
+}
+
+// RotateDEK adds a new primary key to the DEK keyset and persists the wrapped
+// keyset before any record is sealed with it, so a crash can never leave
+// records under a key the file does not hold. Older records stay readable;
+// re-sealing them is the caller's (background) job.
+func (db *DB) RotateDEK() error {
+	db.rotateMu.Lock()
+	defer db.rotateMu.Unlock()
+	nk, wrapped, err := db.kr.Load().Rotated()
+	if err != nil {
+		return fmt.Errorf("rotate dek: %w", err)
+	}
+	err = db.Update(func(tx *Tx) error {
+		meta := tx.btx.Bucket([]byte(MetaBucket))
+		if meta == nil {
+			return fmt.Errorf("rotate dek: no meta bucket: %w", ErrCorrupt)
+		}
+		if err := meta.Put([]byte(metaKeysetKey), wrapped); err != nil {
+			return fmt.Errorf("rotate dek: %v", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	// Swapped only after commit; a writer that began before still seals with
+	// the previous primary, which the new keyset also holds.
+	db.kr.Store(nk)
+	db.log.Info("store dek rotated", attrPath, db.path, attrKeyID, nk.PrimaryKeyID())
+	return nil
+}
