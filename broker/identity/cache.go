@@ -1,0 +1,157 @@
+package identity
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+	"k8s.io/utils/clock"
+)
+
+// TokenVerifier verifies a token; *Verifier implements it.
+type TokenVerifier interface {
+	Verify(ctx context.Context, tok Token) (Workload, error)
+}
+
+var _ TokenVerifier = (*Verifier)(nil)
+
+// CacheConfig configures a CachingVerifier.
+type CacheConfig struct {
+	// Verifier does the real verification. Required.
+	Verifier TokenVerifier
+	// TTL bounds how long a success is reused; a result never outlives the token's exp.
+	// Default 1m.
+	TTL time.Duration
+	// NegativeTTL is how long a rejection is reused, so a flood of one bad token costs one
+	// verification. Default 5s. Unavailable results are never cached.
+	NegativeTTL time.Duration
+	// MaxEntries bounds memory. Default 10,000.
+	MaxEntries int
+	// Clock gives the current time. Default the real clock.
+	Clock clock.PassiveClock
+}
+
+// CachingVerifier remembers verification results, keyed by an HMAC of the token under a
+// per-process random key: the raw token is never kept, and the keys are useless outside this
+// process. Concurrent verifications of one token share one call.
+type CachingVerifier struct {
+	cfg CacheConfig
+	key []byte
+	sf  singleflight.Group
+
+	mu      sync.Mutex
+	entries map[[sha256.Size]byte]cacheEntry
+}
+
+type cacheEntry struct {
+	w       Workload
+	err     error
+	expires time.Time
+}
+
+// NewCachingVerifier returns a CachingVerifier.
+func NewCachingVerifier(cfg CacheConfig) (*CachingVerifier, error) {
+	if cfg.Verifier == nil {
+		return nil, errors.New("identity cache: verifier is required")
+	}
+	if cfg.TTL <= 0 {
+		cfg.TTL = time.Minute
+	}
+	if cfg.NegativeTTL <= 0 {
+		cfg.NegativeTTL = 5 * time.Second
+	}
+	if cfg.MaxEntries <= 0 {
+		cfg.MaxEntries = 10_000
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return nil, fmt.Errorf("identity cache: %w", err)
+	}
+	return &CachingVerifier{cfg: cfg, key: key, entries: map[[sha256.Size]byte]cacheEntry{}}, nil
+}
+
+func (c *CachingVerifier) digest(tok Token) [sha256.Size]byte {
+	m := hmac.New(sha256.New, c.key)
+	m.Write([]byte(tok.Reveal()))
+	var out [sha256.Size]byte
+	m.Sum(out[:0])
+	return out
+}
+
+// Verify implements TokenVerifier.
+func (c *CachingVerifier) Verify(ctx context.Context, tok Token) (Workload, error) {
+	if len(tok.Reveal()) > DefaultMaxTokenSize*4 {
+		// Not worth hashing; the verifier rejects it before parsing anyway.
+		return c.cfg.Verifier.Verify(ctx, tok)
+	}
+	d := c.digest(tok)
+	now := c.cfg.Clock.Now()
+	c.mu.Lock()
+	e, ok := c.entries[d]
+	c.mu.Unlock()
+	if ok && now.Before(e.expires) {
+		return copyWorkload(e.w), e.err
+	}
+	v, err, _ := c.sf.Do(string(d[:]), func() (any, error) {
+		w, err := c.cfg.Verifier.Verify(ctx, tok)
+		c.store(d, w, err)
+		return w, err
+	})
+	w, _ := v.(Workload)
+	return copyWorkload(w), err
+}
+
+func (c *CachingVerifier) store(d [sha256.Size]byte, w Workload, err error) {
+	now := c.cfg.Clock.Now()
+	var e cacheEntry
+	switch {
+	case err == nil:
+		e = cacheEntry{w: w, expires: now.Add(c.cfg.TTL)}
+		if !w.ExpiresAt.IsZero() && w.ExpiresAt.Before(e.expires) {
+			e.expires = w.ExpiresAt
+		}
+	case errors.Is(err, ErrInvalidToken):
+		e = cacheEntry{err: err, expires: now.Add(c.cfg.NegativeTTL)}
+	default:
+		return // unavailable or cancelled: try again next time
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.entries) >= c.cfg.MaxEntries {
+		for k, old := range c.entries {
+			if !now.Before(old.expires) {
+				delete(c.entries, k)
+			}
+		}
+		// Still full of live entries: drop arbitrary ones (map order) rather than grow.
+		for k := range c.entries {
+			if len(c.entries) < c.cfg.MaxEntries {
+				break
+			}
+			delete(c.entries, k)
+		}
+	}
+	c.entries[d] = e
+}
+
+// Len reports the number of cached results.
+func (c *CachingVerifier) Len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.entries)
+}
+
+func copyWorkload(w Workload) Workload {
+	w.Audiences = slices.Clone(w.Audiences)
+	return w
+}

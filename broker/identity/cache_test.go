@@ -1,0 +1,167 @@
+package identity
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	clocktesting "k8s.io/utils/clock/testing"
+)
+
+type countingVerifier struct {
+	n   atomic.Int64
+	w   Workload
+	err error
+}
+
+func (c *countingVerifier) Verify(context.Context, Token) (Workload, error) {
+	c.n.Add(1)
+	return c.w, c.err
+}
+
+func TestCachingVerifier_Verify_reusesSuccessUntilExpiry(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Now())
+	inner := &countingVerifier{w: Workload{Namespace: "demo", ExpiresAt: clk.Now().Add(30 * time.Second)}}
+	c, err := NewCachingVerifier(CacheConfig{Verifier: inner, TTL: time.Minute, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := NewToken("a.b.c")
+	for range 5 {
+		if w, err := c.Verify(context.Background(), tok); err != nil || w.Namespace != "demo" {
+			t.Fatal(w, err)
+		}
+	}
+	if inner.n.Load() != 1 {
+		t.Fatalf("verified %d times, want 1", inner.n.Load())
+	}
+	clk.Step(30 * time.Second) // the token's exp, before the cache TTL
+	_, _ = c.Verify(context.Background(), tok)
+	if inner.n.Load() != 2 {
+		t.Fatal("a cached result outlived the token's exp")
+	}
+	_, _ = c.Verify(context.Background(), NewToken("other"))
+	if inner.n.Load() != 3 {
+		t.Fatal("different tokens shared a result")
+	}
+}
+
+func TestCachingVerifier_Verify_negativeCachedBrieflyUnavailableNever(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Now())
+	inner := &countingVerifier{err: &VerifyError{Reason: ReasonExpired}}
+	c, _ := NewCachingVerifier(CacheConfig{Verifier: inner, NegativeTTL: 5 * time.Second, Clock: clk})
+	tok := NewToken("bad")
+	for range 3 {
+		if _, err := c.Verify(context.Background(), tok); !errors.Is(err, ErrInvalidToken) {
+			t.Fatal(err)
+		}
+	}
+	if inner.n.Load() != 1 {
+		t.Fatalf("negative result not reused: %d", inner.n.Load())
+	}
+	clk.Step(5 * time.Second)
+	_, _ = c.Verify(context.Background(), tok)
+	if inner.n.Load() != 2 {
+		t.Fatal("negative result outlived NegativeTTL")
+	}
+	inner.err = ErrUnavailable
+	tok2 := NewToken("x")
+	_, _ = c.Verify(context.Background(), tok2)
+	_, _ = c.Verify(context.Background(), tok2)
+	if inner.n.Load() != 4 {
+		t.Fatal("an unavailable result was cached")
+	}
+}
+
+func TestCachingVerifier_Verify_bounded(t *testing.T) {
+	inner := &countingVerifier{w: Workload{Namespace: "demo"}}
+	c, _ := NewCachingVerifier(CacheConfig{Verifier: inner, MaxEntries: 10})
+	for i := range 100 {
+		_, _ = c.Verify(context.Background(), NewToken(string(rune('a'+i%26))+string(rune(i))))
+	}
+	if c.Len() > 10 {
+		t.Fatalf("cache grew to %d entries", c.Len())
+	}
+}
+
+func TestCachingVerifier_Verify_concurrentShareOneCall(t *testing.T) {
+	gate := make(chan struct{})
+	inner := &blockingVerifier{gate: gate}
+	c, _ := NewCachingVerifier(CacheConfig{Verifier: inner})
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _ = c.Verify(context.Background(), NewToken("same"))
+		}()
+	}
+	for inner.n.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(10 * time.Millisecond) // let the others join the flight (correctness does not depend on it)
+	close(gate)
+	wg.Wait()
+	if n := inner.n.Load(); n > 2 {
+		t.Fatalf("%d verifications for 20 concurrent identical tokens", n)
+	}
+}
+
+type blockingVerifier struct {
+	n    atomic.Int64
+	gate chan struct{}
+}
+
+func (b *blockingVerifier) Verify(context.Context, Token) (Workload, error) {
+	b.n.Add(1)
+	<-b.gate
+	return Workload{Namespace: "demo"}, nil
+}
+
+func TestCachingVerifier_realVerifierEndToEnd(t *testing.T) {
+	dir := t.TempDir()
+	dev, err := LoadOrCreateDevIssuer(dir+"/k.jwk", "https://i")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := NewVerifier(Config{Issuer: "https://i", Keys: dev.KeySet(), TrustDomain: mustTD(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := NewCachingVerifier(CacheConfig{Verifier: v})
+	tok, _ := dev.Issue(DevTokenRequest{Namespace: "demo", ServiceAccount: "app"})
+	w1, err := c.Verify(context.Background(), tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w2, _ := c.Verify(context.Background(), tok)
+	if w1.PodUID != w2.PodUID || w1.ID != w2.ID {
+		t.Fatal("cached workload differs")
+	}
+	tampered := NewToken(tok.Reveal() + "x")
+	if _, err := c.Verify(context.Background(), tampered); !errors.Is(err, ErrInvalidToken) {
+		t.Fatalf("tampered token after a cached success: %v", err)
+	}
+}
+
+func BenchmarkCachingVerifier_Verify_warm(b *testing.B) {
+	dev, _ := LoadOrCreateDevIssuer(b.TempDir()+"/k.jwk", "https://i")
+	v, _ := NewVerifier(Config{Issuer: "https://i", Keys: dev.KeySet(), TrustDomain: mustTD(b)})
+	c, _ := NewCachingVerifier(CacheConfig{Verifier: v})
+	tok, _ := dev.Issue(DevTokenRequest{Namespace: "demo", ServiceAccount: "app"})
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.Verify(context.Background(), tok); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func mustTD(t testing.TB) spiffeid.TrustDomain {
+	t.Helper()
+	return spiffeid.RequireTrustDomainFromString("td")
+}

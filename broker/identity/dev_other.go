@@ -1,0 +1,5 @@
+//go:build !unix
+
+package identity
+
+const syscallNoFollow = 0
