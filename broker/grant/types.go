@@ -1,0 +1,250 @@
+package grant
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Group, Version and Kind of the AccessGrant resource.
+const (
+	GroupName  = "keywarden.io"
+	Version    = "v1alpha1"
+	APIVersion = GroupName + "/" + Version
+	Kind       = "AccessGrant"
+)
+
+// AccessGrant binds subjects (workload identities) to named secrets. It is cluster-scoped
+// because it is written by cluster administrators and may name subjects in any namespace.
+//
+// +genclient
+// +genclient:nonNamespaced
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:scope=Cluster,shortName=ag
+// +kubebuilder:printcolumn:name="Effect",type=string,JSONPath=`.spec.effect`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type AccessGrant struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// Spec says who may receive which secrets, from where, and how.
+	// +kubebuilder:validation:Required
+	Spec AccessGrantSpec `json:"spec"`
+}
+
+// AccessGrantList is a list of AccessGrants.
+//
+// +kubebuilder:object:root=true
+type AccessGrantList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []AccessGrant `json:"items"`
+}
+
+// Effect is what a matching grant does to a request.
+// +kubebuilder:validation:Enum=Allow;Deny
+type Effect string
+
+const (
+	// EffectAllow lets matching requests through unless a Deny also matches. The default.
+	EffectAllow Effect = "Allow"
+	// EffectDeny refuses matching requests, whatever Allow grants say.
+	EffectDeny Effect = "Deny"
+)
+
+// Delivery is a channel through which a workload receives a secret.
+// +kubebuilder:validation:Enum=CSI;GRPC
+type Delivery string
+
+const (
+	// DeliveryCSI is files in the Keywarden CSI volume.
+	DeliveryCSI Delivery = "CSI"
+	// DeliveryGRPC is the workload gRPC API on the node socket.
+	DeliveryGRPC Delivery = "GRPC"
+)
+
+// ShareMode says which workloads share one dynamic (leased) credential.
+// +kubebuilder:validation:Enum=Pod;ServiceAccount;Grant
+type ShareMode string
+
+const (
+	// ShareModePod issues one credential per pod.
+	ShareModePod ShareMode = "Pod"
+	// ShareModeServiceAccount shares one credential among the pods of a service account on a
+	// node. The default.
+	ShareModeServiceAccount ShareMode = "ServiceAccount"
+	// ShareModeGrant shares one credential among every workload the grant matches on a node.
+	ShareModeGrant ShareMode = "Grant"
+)
+
+// VaultEngine is the kind of Vault secrets engine behind a mount.
+// +kubebuilder:validation:Enum=kv-v2;kv-v1;database;pki;generic
+type VaultEngine string
+
+const (
+	// VaultEngineKVv2 is the versioned key/value engine. The default.
+	VaultEngineKVv2 VaultEngine = "kv-v2"
+	// VaultEngineKVv1 is the unversioned key/value engine.
+	VaultEngineKVv1 VaultEngine = "kv-v1"
+	// VaultEngineDatabase issues leased database credentials for a role.
+	VaultEngineDatabase VaultEngine = "database"
+	// VaultEnginePKI issues certificates for a role.
+	VaultEnginePKI VaultEngine = "pki"
+	// VaultEngineGeneric reads any path and treats the response data as the secret.
+	VaultEngineGeneric VaultEngine = "generic"
+)
+
+// AccessGrantSpec is the body of an AccessGrant.
+type AccessGrantSpec struct {
+	// Effect is Allow (the default) or Deny. A matching Deny always wins over any Allow.
+	// +kubebuilder:default=Allow
+	// +optional
+	Effect Effect `json:"effect,omitempty"`
+
+	// Subjects are the workload identities this grant applies to; any one matching is enough.
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:Required
+	Subjects []Subject `json:"subjects"`
+
+	// Secrets are the secrets this grant covers, by the exact name a workload asks for.
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:Required
+	// +listType=map
+	// +listMapKey=name
+	Secrets []SecretGrant `json:"secrets"`
+
+	// Delivery restricts the channels through which the secrets may be delivered.
+	// Empty means every channel.
+	// +optional
+	// +listType=set
+	Delivery []Delivery `json:"delivery,omitempty"`
+}
+
+// Subject is one workload identity pattern: either Namespace and ServiceAccount, or SPIFFEID.
+type Subject struct {
+	// Namespace is a namespace name, or "*" for any namespace.
+	// +optional
+	Namespace string `json:"namespace,omitempty"`
+
+	// ServiceAccount is a service account name, or "*" for any service account.
+	// +optional
+	ServiceAccount string `json:"serviceAccount,omitempty"`
+
+	// SPIFFEID is an exact SPIFFE ID, or a pattern in which whole path segments may be "*"
+	// (each matching exactly one segment). The trust domain is never a wildcard.
+	// +optional
+	SPIFFEID string `json:"spiffeID,omitempty"`
+}
+
+// SecretGrant is one secret clause of a grant.
+type SecretGrant struct {
+	// Name is the name a workload asks for. It matches exactly: no prefixes, no globs.
+	// +kubebuilder:validation:Required
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+
+	// Source says where the secret comes from.
+	// +kubebuilder:validation:Required
+	Source SecretSource `json:"source"`
+
+	// Keys is the subset of the secret's keys delivered; empty means all keys.
+	// +optional
+	// +listType=set
+	Keys []string `json:"keys,omitempty"`
+
+	// Files is the CSI file layout; empty means one file per key, named after the key.
+	// +optional
+	Files []FileMapping `json:"files,omitempty"`
+
+	// TTL bounds the lifetime of dynamic credentials issued under this grant.
+	// +optional
+	TTL *TTLBounds `json:"ttl,omitempty"`
+
+	// Refresh sets how often a static secret is polled for a new version.
+	// +optional
+	Refresh *RefreshPolicy `json:"refresh,omitempty"`
+
+	// Share says who shares one dynamic credential; the default is ServiceAccount.
+	// +optional
+	Share ShareMode `json:"share,omitempty"`
+}
+
+// SecretSource names where a secret comes from. Exactly one field is set.
+// +kubebuilder:validation:MinProperties=1
+// +kubebuilder:validation:MaxProperties=1
+type SecretSource struct {
+	// Local is the embedded store of dev and single-machine mode.
+	// +optional
+	Local *LocalSource `json:"local,omitempty"`
+
+	// Vault is a HashiCorp Vault secrets engine.
+	// +optional
+	Vault *VaultSource `json:"vault,omitempty"`
+}
+
+// LocalSource is a secret in the embedded store.
+type LocalSource struct {
+	// Name of the secret in the local store; defaults to the secret clause's name.
+	// +optional
+	Name string `json:"name,omitempty"`
+}
+
+// VaultSource is a secret read from or issued by Vault.
+type VaultSource struct {
+	// Mount is the path the secrets engine is mounted at, e.g. "secret".
+	// +kubebuilder:validation:Required
+	Mount string `json:"mount"`
+
+	// Path is the secret's path inside the mount (kv-v1, kv-v2, generic).
+	// +optional
+	Path string `json:"path,omitempty"`
+
+	// Engine is the kind of secrets engine; the default is kv-v2.
+	// +optional
+	Engine VaultEngine `json:"engine,omitempty"`
+
+	// Version pins a kv-v2 version; 0 means the latest.
+	// +kubebuilder:validation:Minimum=0
+	// +optional
+	Version int64 `json:"version,omitempty"`
+
+	// Role is the role credentials are issued for (database, pki).
+	// +optional
+	Role string `json:"role,omitempty"`
+}
+
+// FileMapping places one key of a secret at a path inside the CSI volume.
+type FileMapping struct {
+	// Key is the secret key written to the file.
+	// +kubebuilder:validation:Required
+	Key string `json:"key"`
+
+	// Path is relative to the volume root: no "..", no leading "/", no component starting
+	// with "..".
+	// +kubebuilder:validation:Required
+	// +kubebuilder:validation:MaxLength=4096
+	Path string `json:"path"`
+
+	// Mode is the file's permission bits (at most 0777); the default is decided by the CSI
+	// layer.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=511
+	// +optional
+	Mode *int32 `json:"mode,omitempty"`
+}
+
+// TTLBounds bounds the TTL requested for dynamic credentials.
+type TTLBounds struct {
+	// Min is the shortest TTL accepted.
+	// +optional
+	Min *metav1.Duration `json:"min,omitempty"`
+
+	// Max is the longest TTL requested.
+	// +optional
+	Max *metav1.Duration `json:"max,omitempty"`
+}
+
+// RefreshPolicy sets how a static secret is polled.
+type RefreshPolicy struct {
+	// Interval between polls; at least 1s.
+	// +kubebuilder:validation:Required
+	Interval metav1.Duration `json:"interval"`
+}
