@@ -1,0 +1,417 @@
+package rotate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"time"
+
+	"k8s.io/utils/clock"
+
+	"github.com/keywarden/keywarden/broker/source"
+)
+
+// Config configures an Engine.
+type Config struct {
+	// Sources maps a source name (source.Ref.Source) to its implementation. Required, non-empty.
+	Sources map[string]source.Source
+	// Logger receives refresh events (references and versions, never values). Required.
+	Logger *slog.Logger
+	// Clock drives renewals, backoff and expiry. Defaults to the real clock.
+	Clock clock.WithTicker
+	// FetchTimeout bounds one backend call. Default 30s.
+	FetchTimeout time.Duration
+	// PollInterval is how often a cached static secret from a source that cannot notify
+	// changes is fetched again. Default 30s.
+	PollInterval time.Duration
+	// IdleTTL is how long an entry without subscribers stays cached after its last use.
+	// Default 10m.
+	IdleTTL time.Duration
+	// MinBackoff and MaxBackoff bound the jittered exponential backoff after failed refreshes.
+	// Defaults 1s and 1m.
+	MinBackoff, MaxBackoff time.Duration
+	// TickInterval is how often the scheduler looks for due refreshes. Default 250ms.
+	TickInterval time.Duration
+}
+
+// Engine caches secrets and keeps them fresh. Create it with New and run it with Run.
+type Engine struct {
+	cfg Config
+	log *slog.Logger
+
+	mu      sync.Mutex
+	entries map[source.Ref]*entry
+	flights map[source.Ref]*flight
+}
+
+type entry struct {
+	secret      *source.Secret
+	fetchedAt   time.Time
+	lastUsed    time.Time
+	nextRefresh time.Time
+	failures    int
+	lastErr     string
+	stale       bool // serving a value whose last refresh failed
+	refreshing  bool
+	subs        map[*Subscription]struct{}
+}
+
+type flight struct {
+	done    chan struct{}
+	secret  *source.Secret
+	err     error
+	waiters int
+	cancel  context.CancelFunc
+}
+
+// Subscription tells its owner that a Ref's value changed or was purged. C is coalescing: one
+// pending signal stands for any number of changes; the owner calls Get to read the new value.
+type Subscription struct {
+	ref source.Ref
+	c   chan struct{}
+	e   *Engine
+}
+
+// C receives a value after every change of the subscribed secret.
+func (s *Subscription) C() <-chan struct{} { return s.c }
+
+// Ref is the subscribed secret.
+func (s *Subscription) Ref() source.Ref { return s.ref }
+
+// Close ends the subscription. It is idempotent.
+func (s *Subscription) Close() {
+	s.e.mu.Lock()
+	defer s.e.mu.Unlock()
+	if en := s.e.entries[s.ref]; en != nil {
+		delete(en.subs, s)
+	}
+}
+
+// EntryStatus describes one cached secret without its value.
+type EntryStatus struct {
+	Ref         source.Ref
+	Version     string
+	FetchedAt   time.Time
+	ExpiresAt   time.Time
+	Subscribers int
+	LastError   string
+	Stale       bool
+}
+
+// New returns an Engine.
+func New(cfg Config) (*Engine, error) {
+	if len(cfg.Sources) == 0 {
+		return nil, errors.New("rotate: at least one source is required")
+	}
+	if cfg.Logger == nil {
+		return nil, errors.New("rotate: logger is required")
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&cfg.FetchTimeout, 30*time.Second)
+	def(&cfg.PollInterval, 30*time.Second)
+	def(&cfg.IdleTTL, 10*time.Minute)
+	def(&cfg.MinBackoff, time.Second)
+	def(&cfg.MaxBackoff, time.Minute)
+	def(&cfg.TickInterval, 250*time.Millisecond)
+	return &Engine{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		entries: map[source.Ref]*entry{},
+		flights: map[source.Ref]*flight{},
+	}, nil
+}
+
+func (e *Engine) now() time.Time { return e.cfg.Clock.Now() }
+
+// Get returns the cached value of ref, fetching it first when it is missing or expired.
+// Concurrent callers for the same ref share one fetch. The returned secret is a copy.
+func (e *Engine) Get(ctx context.Context, ref source.Ref) (*source.Secret, error) {
+	if _, ok := e.cfg.Sources[ref.Source]; !ok {
+		return nil, fmt.Errorf("%w: %q", source.ErrUnknownSource, ref.Source)
+	}
+	e.mu.Lock()
+	now := e.now()
+	if en := e.entries[ref]; en != nil && en.secret != nil && !expired(en.secret, now) {
+		en.lastUsed = now
+		s := en.secret.Clone()
+		e.mu.Unlock()
+		return s, nil
+	}
+	f := e.flights[ref]
+	if f == nil {
+		f = e.startFlightLocked(ref)
+	}
+	f.waiters++
+	e.mu.Unlock()
+
+	select {
+	case <-f.done:
+		if f.err != nil {
+			return nil, f.err
+		}
+		return f.secret.Clone(), nil
+	case <-ctx.Done():
+		e.mu.Lock()
+		f.waiters--
+		if f.waiters == 0 {
+			f.cancel()
+		}
+		e.mu.Unlock()
+		return nil, ctx.Err()
+	}
+}
+
+// startFlightLocked starts the one backend call for ref. Its context is detached from the
+// first caller's: it is cancelled when every waiter has gone, or by the fetch timeout.
+func (e *Engine) startFlightLocked(ref source.Ref) *flight {
+	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.FetchTimeout)
+	f := &flight{done: make(chan struct{}), cancel: cancel}
+	e.flights[ref] = f
+	go func() {
+		defer cancel()
+		s, err := e.cfg.Sources[ref.Source].Fetch(ctx, ref.Path)
+		e.mu.Lock()
+		delete(e.flights, ref)
+		if err == nil {
+			e.storeLocked(ref, s)
+		} else if errors.Is(err, source.ErrNotFound) || errors.Is(err, source.ErrDeleted) || errors.Is(err, source.ErrForbidden) {
+			// Authoritative answers purge whatever was cached, so a deleted secret is
+			// not served from memory.
+			e.purgeLocked(ref, err)
+		}
+		f.secret, f.err = s, err
+		e.mu.Unlock()
+		close(f.done)
+	}()
+	return f
+}
+
+func expired(s *source.Secret, now time.Time) bool {
+	return !s.ExpiresAt.IsZero() && !now.Before(s.ExpiresAt)
+}
+
+// storeLocked records a fresh value and signals subscribers when its version changed.
+func (e *Engine) storeLocked(ref source.Ref, s *source.Secret) {
+	now := e.now()
+	en := e.entries[ref]
+	if en == nil {
+		en = &entry{subs: map[*Subscription]struct{}{}}
+		e.entries[ref] = en
+	}
+	changed := en.secret == nil || en.secret.Version != s.Version
+	en.secret = s.Clone()
+	en.fetchedAt, en.lastUsed = now, now
+	en.failures, en.lastErr, en.stale = 0, "", false
+	en.nextRefresh = e.nextRefresh(ref, s, now)
+	if changed {
+		e.signalLocked(en)
+	}
+}
+
+func (e *Engine) nextRefresh(ref source.Ref, s *source.Secret, now time.Time) time.Time {
+	if !s.RenewAfter.IsZero() {
+		return s.RenewAfter
+	}
+	if _, notifies := e.cfg.Sources[ref.Source].(source.Notifier); notifies {
+		return time.Time{} // refreshed on change notifications only
+	}
+	// Jitter spreads polls of many secrets over the interval.
+	return now.Add(jitter(e.cfg.PollInterval))
+}
+
+func jitter(d time.Duration) time.Duration {
+	return d - d/10 + time.Duration(rand.Int64N(int64(d/5)+1))
+}
+
+// purgeLocked drops a cached value after an authoritative answer and signals subscribers so
+// that they re-read (and get the error).
+func (e *Engine) purgeLocked(ref source.Ref, cause error) {
+	en := e.entries[ref]
+	if en == nil {
+		return
+	}
+	hadValue := en.secret != nil
+	en.secret = nil
+	en.lastErr = safeError(cause)
+	if hadValue {
+		e.log.Warn("cached secret purged", slog.String("ref", ref.String()), slog.String("reason", en.lastErr))
+	}
+	e.signalLocked(en)
+	if len(en.subs) == 0 {
+		delete(e.entries, ref)
+	}
+}
+
+func (e *Engine) signalLocked(en *entry) {
+	for s := range en.subs {
+		select {
+		case s.c <- struct{}{}:
+		default: // a signal is already pending
+		}
+	}
+}
+
+// Subscribe returns a Subscription for ref. Call Close when done.
+func (e *Engine) Subscribe(ref source.Ref) *Subscription {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	en := e.entries[ref]
+	if en == nil {
+		en = &entry{subs: map[*Subscription]struct{}{}, lastUsed: e.now()}
+		e.entries[ref] = en
+	}
+	s := &Subscription{ref: ref, c: make(chan struct{}, 1), e: e}
+	en.subs[s] = struct{}{}
+	return s
+}
+
+// Refresh fetches ref again now, whatever its schedule, and signals subscribers on change.
+func (e *Engine) Refresh(ctx context.Context, ref source.Ref) error {
+	src, ok := e.cfg.Sources[ref.Source]
+	if !ok {
+		return fmt.Errorf("%w: %q", source.ErrUnknownSource, ref.Source)
+	}
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.FetchTimeout)
+	defer cancel()
+	s, err := src.Fetch(ctx, ref.Path)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	switch {
+	case err == nil:
+		e.storeLocked(ref, s)
+	case errors.Is(err, source.ErrNotFound), errors.Is(err, source.ErrDeleted), errors.Is(err, source.ErrForbidden):
+		e.purgeLocked(ref, err)
+	default:
+		// Transient: keep serving the cached value until it expires, retry with backoff.
+		if en := e.entries[ref]; en != nil {
+			en.failures++
+			en.lastErr = safeError(err)
+			en.stale = en.secret != nil
+			en.nextRefresh = e.now().Add(e.backoff(en.failures))
+		}
+	}
+	return err
+}
+
+func (e *Engine) backoff(failures int) time.Duration {
+	d := e.cfg.MinBackoff
+	for i := 1; i < failures && d < e.cfg.MaxBackoff; i++ {
+		d *= 2
+	}
+	return jitter(min(d, e.cfg.MaxBackoff))
+}
+
+// safeError keeps error text out of places it could be shown to workloads unfiltered: it
+// reduces an error to the sentinel class it belongs to.
+func safeError(err error) string {
+	for _, s := range []error{source.ErrNotFound, source.ErrDeleted, source.ErrForbidden, source.ErrUnavailable, context.DeadlineExceeded, context.Canceled} {
+		if errors.Is(err, s) {
+			return s.Error()
+		}
+	}
+	return "fetch failed"
+}
+
+// Run listens for source change notifications and refreshes due entries until ctx is done.
+func (e *Engine) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for name, src := range e.cfg.Sources {
+		n, ok := src.(source.Notifier)
+		if !ok {
+			continue
+		}
+		changes := n.Changes(ctx)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for path := range changes {
+				ref := source.Ref{Source: name, Path: path}
+				if e.cached(ref) {
+					_ = e.Refresh(ctx, ref)
+				}
+			}
+		}()
+	}
+	t := e.cfg.Clock.NewTicker(e.cfg.TickInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C():
+			for _, ref := range e.due() {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					_ = e.Refresh(ctx, ref)
+					e.mu.Lock()
+					if en := e.entries[ref]; en != nil {
+						en.refreshing = false
+					}
+					e.mu.Unlock()
+				}()
+			}
+		}
+	}
+}
+
+func (e *Engine) cached(ref source.Ref) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	_, ok := e.entries[ref]
+	return ok
+}
+
+// due returns the entries whose refresh time has passed, and evicts idle and expired ones.
+func (e *Engine) due() []source.Ref {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	now := e.now()
+	var out []source.Ref
+	for ref, en := range e.entries {
+		if len(en.subs) == 0 && (now.Sub(en.lastUsed) > e.cfg.IdleTTL || (en.secret != nil && expired(en.secret, now))) {
+			delete(e.entries, ref)
+			continue
+		}
+		if en.secret != nil && expired(en.secret, now) {
+			// Never serve past expiry: drop the value, subscribers re-read and fetch.
+			en.secret = nil
+			en.lastErr = "expired"
+			e.signalLocked(en)
+		}
+		if en.refreshing || en.nextRefresh.IsZero() || now.Before(en.nextRefresh) {
+			continue
+		}
+		en.refreshing = true
+		out = append(out, ref)
+	}
+	return out
+}
+
+// Status describes every cached entry, sorted by reference.
+func (e *Engine) Status() []EntryStatus {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]EntryStatus, 0, len(e.entries))
+	for ref, en := range e.entries {
+		st := EntryStatus{Ref: ref, FetchedAt: en.fetchedAt, Subscribers: len(en.subs), LastError: en.lastErr, Stale: en.stale}
+		if en.secret != nil {
+			st.Version, st.ExpiresAt = en.secret.Version, en.secret.ExpiresAt
+		}
+		out = append(out, st)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Ref.String() < out[j].Ref.String() })
+	return out
+}

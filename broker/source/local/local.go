@@ -1,0 +1,252 @@
+package local
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"strconv"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"k8s.io/utils/clock"
+
+	"github.com/keywarden/keywarden/broker/source"
+	"github.com/keywarden/keywarden/broker/store"
+)
+
+// bucket holds one record per secret name.
+const bucket = "local-secrets"
+
+// Limits on what the admin API may write, so one request cannot exhaust memory or the store.
+const (
+	MaxNameLen   = 253
+	MaxKeys      = 64
+	MaxKeyLen    = 253
+	MaxValueSize = 64 << 10
+)
+
+// ErrInvalidSecret means a Put was refused because of its name, keys or size.
+var ErrInvalidSecret = errors.New("invalid secret")
+
+// DB is the part of the store this package uses.
+type DB interface {
+	Get(bucket, key string) ([]byte, error)
+	Put(bucket, key string, value []byte) error
+	Delete(bucket, key string) error
+	List(bucket string) ([]store.Record, error)
+}
+
+var _ DB = (*store.DB)(nil)
+
+// Config configures a Store.
+type Config struct {
+	// DB is the encrypted store that holds the secrets. Required.
+	DB DB
+	// Logger receives change events (names and versions only). Required.
+	Logger *slog.Logger
+	// Clock stamps updates. Defaults to the real clock.
+	Clock clock.PassiveClock
+}
+
+// Store is the embedded secret source.
+type Store struct {
+	db    DB
+	log   *slog.Logger
+	clock clock.PassiveClock
+	mu    sync.Mutex // serialises read-modify-write of versions and the subscriber list
+	subs  map[chan string]struct{}
+}
+
+var (
+	_ source.Source   = (*Store)(nil)
+	_ source.Notifier = (*Store)(nil)
+)
+
+// record is the stored form. Data is []byte so encoding/json stores it as base64; the whole
+// record is sealed by the store before it reaches disk.
+type record struct {
+	Version   uint64            `json:"version"`
+	UpdatedAt time.Time         `json:"updatedAt"`
+	Data      map[string][]byte `json:"data"`
+}
+
+// New returns a Store.
+func New(cfg Config) (*Store, error) {
+	if cfg.DB == nil {
+		return nil, errors.New("local source: db is required")
+	}
+	if cfg.Logger == nil {
+		return nil, errors.New("local source: logger is required")
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	return &Store{db: cfg.DB, log: cfg.Logger, clock: cfg.Clock, subs: map[chan string]struct{}{}}, nil
+}
+
+// Fetch implements source.Source.
+func (s *Store) Fetch(_ context.Context, path string) (*source.Secret, error) {
+	rec, err := s.get(path)
+	if err != nil {
+		return nil, err
+	}
+	out := &source.Secret{Data: make(map[string]source.Value, len(rec.Data)), Version: strconv.FormatUint(rec.Version, 10)}
+	for k, v := range rec.Data {
+		out.Data[k] = source.Value(v)
+	}
+	return out, nil
+}
+
+func (s *Store) get(name string) (*record, error) {
+	raw, err := s.db.Get(bucket, name)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %s", source.ErrNotFound, name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read local secret: %w", err)
+	}
+	var rec record
+	if err := json.Unmarshal(raw, &rec); err != nil {
+		return nil, fmt.Errorf("decode local secret %q: %w", name, store.ErrCorrupt)
+	}
+	return &rec, nil
+}
+
+// ValidatePut checks a secret before it is written: the name and keys must be printable and
+// bounded, the values bounded. Messages say what to change and never echo values.
+func ValidatePut(name string, data map[string][]byte) error {
+	if err := validName(name, MaxNameLen); err != nil {
+		return fmt.Errorf("%w: name: %v", ErrInvalidSecret, err)
+	}
+	if len(data) == 0 {
+		return fmt.Errorf("%w: at least one key=value is required", ErrInvalidSecret)
+	}
+	if len(data) > MaxKeys {
+		return fmt.Errorf("%w: %d keys, at most %d allowed", ErrInvalidSecret, len(data), MaxKeys)
+	}
+	for k, v := range data {
+		if err := validName(k, MaxKeyLen); err != nil {
+			return fmt.Errorf("%w: key: %v", ErrInvalidSecret, err)
+		}
+		if len(v) > MaxValueSize {
+			return fmt.Errorf("%w: value of key %q is %d bytes, at most %d allowed", ErrInvalidSecret, k, len(v), MaxValueSize)
+		}
+	}
+	return nil
+}
+
+func validName(s string, maxLen int) error {
+	switch {
+	case s == "":
+		return errors.New("must not be empty")
+	case len(s) > maxLen:
+		return fmt.Errorf("is %d bytes, at most %d allowed", len(s), maxLen)
+	case !utf8.ValidString(s):
+		return errors.New("must be valid UTF-8")
+	}
+	for _, r := range s {
+		ok := r == '-' || r == '_' || r == '.' || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z') || (r >= '0' && r <= '9')
+		if !ok {
+			return fmt.Errorf("%q: only letters, digits, '-', '_' and '.' are allowed", s)
+		}
+	}
+	if s == "." || s == ".." {
+		return fmt.Errorf("%q is not allowed", s)
+	}
+	return nil
+}
+
+// Put writes a new version of a secret, replacing all its keys, and returns the new version.
+func (s *Store) Put(_ context.Context, name string, data map[string][]byte) (string, error) {
+	if err := ValidatePut(name, data); err != nil {
+		return "", err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var version uint64 = 1
+	switch old, err := s.get(name); {
+	case err == nil:
+		version = old.Version + 1
+	case !errors.Is(err, source.ErrNotFound):
+		return "", err
+	}
+	raw, err := json.Marshal(record{Version: version, UpdatedAt: s.clock.Now().UTC(), Data: maps.Clone(data)})
+	if err != nil {
+		return "", fmt.Errorf("encode local secret: %w", err)
+	}
+	if err := s.db.Put(bucket, name, raw); err != nil {
+		return "", fmt.Errorf("write local secret: %w", err)
+	}
+	v := strconv.FormatUint(version, 10)
+	s.log.Info("local secret written", slog.String("secret", name), slog.String("version", v))
+	s.notifyLocked(name)
+	return v, nil
+}
+
+// PutIfAbsent writes the secret only when no secret of that name exists; it reports whether it
+// wrote. Dev mode seeds its demo secret with it so a restart keeps the user's changes.
+func (s *Store) PutIfAbsent(ctx context.Context, name string, data map[string][]byte) (bool, error) {
+	if _, err := s.get(name); err == nil {
+		return false, nil
+	} else if !errors.Is(err, source.ErrNotFound) {
+		return false, err
+	}
+	_, err := s.Put(ctx, name, data)
+	return err == nil, err
+}
+
+// Delete removes a secret. Deleting a missing secret is not an error.
+func (s *Store) Delete(_ context.Context, name string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.db.Delete(bucket, name); err != nil {
+		return fmt.Errorf("delete local secret: %w", err)
+	}
+	s.notifyLocked(name)
+	return nil
+}
+
+// Names lists the stored secret names, sorted.
+func (s *Store) Names() ([]string, error) {
+	recs, err := s.db.List(bucket)
+	if err != nil {
+		return nil, fmt.Errorf("list local secrets: %w", err)
+	}
+	out := make([]string, 0, len(recs))
+	for _, r := range recs {
+		out = append(out, r.Key)
+	}
+	return out, nil
+}
+
+// Changes implements source.Notifier. The channel is buffered and a slow reader drops
+// notifications rather than blocking writers; the rotation engine re-fetches on any
+// notification, so a dropped duplicate loses nothing as long as one gets through.
+func (s *Store) Changes(ctx context.Context) <-chan string {
+	ch := make(chan string, 64)
+	s.mu.Lock()
+	s.subs[ch] = struct{}{}
+	s.mu.Unlock()
+	go func() {
+		<-ctx.Done()
+		s.mu.Lock()
+		delete(s.subs, ch)
+		s.mu.Unlock()
+		close(ch)
+	}()
+	return ch
+}
+
+func (s *Store) notifyLocked(name string) {
+	for ch := range s.subs {
+		select {
+		case ch <- name:
+		default:
+			s.log.Warn("change notification dropped: subscriber is slow", slog.String("secret", name))
+		}
+	}
+}

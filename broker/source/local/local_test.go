@@ -1,0 +1,181 @@
+package local
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keywarden/keywarden/broker/source"
+	"github.com/keywarden/keywarden/broker/store"
+	"github.com/keywarden/keywarden/crypto"
+)
+
+func openStore(t testing.TB, dir string) *store.DB {
+	t.Helper()
+	kek, err := crypto.LoadOrCreateLocalKEK(filepath.Join(dir, "kek.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := store.Open(store.Config{Path: filepath.Join(dir, "state.db"), KEK: kek, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return db
+}
+
+func newStore(t testing.TB, db DB) *Store {
+	t.Helper()
+	s, err := New(Config{DB: db, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestStore_Put_versionsAndSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	db := openStore(t, dir)
+	s := newStore(t, db)
+	ctx := context.Background()
+	for i, want := range []string{"1", "2", "3"} {
+		v, err := s.Put(ctx, "db", map[string][]byte{"password": []byte("pw" + want)})
+		if err != nil || v != want {
+			t.Fatalf("put %d: version %q err %v", i, v, err)
+		}
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = newStore(t, openStore(t, dir))
+	got, err := s.Fetch(ctx, "db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Version != "3" || string(got.Data["password"]) != "pw3" {
+		t.Fatalf("after restart: version %s", got.Version)
+	}
+}
+
+func TestStore_Fetch_missingIsNotFound(t *testing.T) {
+	s := newStore(t, openStore(t, t.TempDir()))
+	if _, err := s.Fetch(context.Background(), "nope"); !errors.Is(err, source.ErrNotFound) {
+		t.Fatalf("got %v, want ErrNotFound", err)
+	}
+}
+
+func TestStore_Put_plaintextNeverOnDisk(t *testing.T) {
+	dir := t.TempDir()
+	db := openStore(t, dir)
+	s := newStore(t, db)
+	const marker = "PLAINTEXT-MARKER-6f1c2b"
+	if _, err := s.Put(context.Background(), "db", map[string][]byte{"password": []byte(marker)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(b), marker) {
+			t.Fatalf("%s contains the secret in plaintext", e.Name())
+		}
+	}
+}
+
+func TestValidatePut_badInput(t *testing.T) {
+	big := make([]byte, MaxValueSize+1)
+	tests := []struct {
+		name    string
+		secret  string
+		data    map[string][]byte
+		wantMsg string
+	}{
+		{"empty name", "", map[string][]byte{"k": nil}, "name: must not be empty"},
+		{"dot dot", "..", map[string][]byte{"k": nil}, `".." is not allowed`},
+		{"slash", "a/b", map[string][]byte{"k": nil}, "only letters"},
+		{"nul", "a\x00b", map[string][]byte{"k": nil}, "only letters"},
+		{"too long", strings.Repeat("a", MaxNameLen+1), map[string][]byte{"k": nil}, "at most 253"},
+		{"no keys", "db", nil, "at least one key=value"},
+		{"bad key", "db", map[string][]byte{"../k": nil}, "key:"},
+		{"huge value", "db", map[string][]byte{"k": big}, "at most 65536"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := ValidatePut(tc.secret, tc.data)
+			if !errors.Is(err, ErrInvalidSecret) || !strings.Contains(err.Error(), tc.wantMsg) {
+				t.Fatalf("got %v, want ErrInvalidSecret containing %q", err, tc.wantMsg)
+			}
+		})
+	}
+}
+
+func TestStore_Put_invalidWritesNothing(t *testing.T) {
+	s := newStore(t, openStore(t, t.TempDir()))
+	if _, err := s.Put(context.Background(), "a/b", map[string][]byte{"k": []byte("v")}); err == nil {
+		t.Fatal("want error")
+	}
+	names, err := s.Names()
+	if err != nil || len(names) != 0 {
+		t.Fatalf("names %v err %v", names, err)
+	}
+}
+
+func TestStore_Changes_notifiesWriters(t *testing.T) {
+	s := newStore(t, openStore(t, t.TempDir()))
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := s.Changes(ctx)
+	if _, err := s.Put(context.Background(), "db", map[string][]byte{"k": []byte("v")}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case name := <-ch:
+		if name != "db" {
+			t.Fatalf("got %q", name)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no notification")
+	}
+	cancel()
+	for range ch { // closed after cancel
+	}
+}
+
+func TestStore_PutIfAbsent_keepsExisting(t *testing.T) {
+	s := newStore(t, openStore(t, t.TempDir()))
+	ctx := context.Background()
+	if wrote, err := s.PutIfAbsent(ctx, "db", map[string][]byte{"k": []byte("first")}); !wrote || err != nil {
+		t.Fatalf("first: %v %v", wrote, err)
+	}
+	if wrote, err := s.PutIfAbsent(ctx, "db", map[string][]byte{"k": []byte("second")}); wrote || err != nil {
+		t.Fatalf("second: %v %v", wrote, err)
+	}
+	got, _ := s.Fetch(ctx, "db")
+	if string(got.Data["k"]) != "first" {
+		t.Fatal("PutIfAbsent replaced an existing secret")
+	}
+}
+
+func FuzzValidatePut(f *testing.F) {
+	for _, s := range []string{"db", "..", "a/b", "", "x\x00"} {
+		f.Add(s, "k", []byte("v"))
+	}
+	f.Fuzz(func(t *testing.T, name, key string, value []byte) {
+		err := ValidatePut(name, map[string][]byte{key: value})
+		if err == nil && (strings.ContainsAny(name, "/\x00") || name == ".." || strings.ContainsAny(key, "/\x00")) {
+			t.Fatalf("accepted %q / %q", name, key)
+		}
+		if err != nil && strings.Contains(err.Error(), string(value)) && len(value) > 8 {
+			t.Fatal("error echoes the value")
+		}
+	})
+}
