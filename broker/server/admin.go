@@ -1,0 +1,281 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/keywarden/keywarden/broker"
+	"github.com/keywarden/keywarden/broker/grant"
+	"github.com/keywarden/keywarden/broker/rotate"
+	"github.com/keywarden/keywarden/broker/source/local"
+	keywardenv1 "github.com/keywarden/keywarden/proto/keywarden/v1"
+)
+
+// AdminBroker is what the admin service needs from the broker.
+type AdminBroker interface {
+	ListGrants() []broker.SourcedGrant
+	Explain(r grant.Request) grant.Explanation
+	WatchStreams() int64
+}
+
+var _ AdminBroker = (*broker.Broker)(nil)
+
+// GrantStore is the daemon's own grant store, written through the admin API.
+type GrantStore interface {
+	Apply(ctx context.Context, grants []grant.AccessGrant) error
+	Delete(ctx context.Context, name string) error
+}
+
+// SecretWriter writes secrets to the embedded store.
+type SecretWriter interface {
+	Put(ctx context.Context, name string, data map[string][]byte) (string, error)
+}
+
+// CacheStatus reports the cache's entries.
+type CacheStatus interface {
+	Status() []rotate.EntryStatus
+}
+
+// AdminConfig configures the admin gRPC server.
+type AdminConfig struct {
+	// Broker answers grant questions. Required.
+	Broker AdminBroker
+	// Grants is the admin grant store; nil makes apply and delete answer FailedPrecondition.
+	Grants GrantStore
+	// Secrets is the embedded secret store; nil makes PutSecret answer FailedPrecondition.
+	Secrets SecretWriter
+	// Cache reports cached secrets. Required.
+	Cache CacheStatus
+	// TrustDomain builds SPIFFE IDs for explain requests that give none. Required.
+	TrustDomain spiffeid.TrustDomain
+	// Version is reported by GetStatus.
+	Version string
+	// StartedAt is reported by GetStatus. Defaults to now.
+	StartedAt time.Time
+	// Logger receives one record per call. Required.
+	Logger *slog.Logger
+	// Metrics records calls; nil disables them.
+	Metrics *Metrics
+	// Limits bound what one client can make the server do. Zero fields take defaults, except
+	// MaxRecvMsgSize which defaults to 1 MiB here (grant manifests).
+	Limits Limits
+}
+
+// AdminService implements keywarden.v1.AdminService. It is served only on the admin socket,
+// whose file mode is its access control.
+type AdminService struct {
+	keywardenv1.UnimplementedAdminServiceServer
+	cfg AdminConfig
+}
+
+var _ keywardenv1.AdminServiceServer = (*AdminService)(nil)
+
+// NewAdminServer returns a gRPC server with AdminService registered.
+func NewAdminServer(cfg AdminConfig) (*grpc.Server, error) {
+	switch {
+	case cfg.Broker == nil:
+		return nil, errors.New("server: broker is required")
+	case cfg.Cache == nil:
+		return nil, errors.New("server: cache is required")
+	case cfg.TrustDomain.IsZero():
+		return nil, errors.New("server: trust domain is required")
+	case cfg.Logger == nil:
+		return nil, errors.New("server: logger is required")
+	}
+	if cfg.StartedAt.IsZero() {
+		cfg.StartedAt = time.Now()
+	}
+	if cfg.Limits.MaxRecvMsgSize <= 0 {
+		cfg.Limits.MaxRecvMsgSize = 1 << 20
+	}
+	opts := append(cfg.Limits.serverOptions(),
+		grpc.ChainUnaryInterceptor(LogUnary(cfg.Logger, cfg.Metrics), RecoverUnary(cfg.Logger)),
+		grpc.ChainStreamInterceptor(LogStream(cfg.Logger, cfg.Metrics), RecoverStream(cfg.Logger)),
+	)
+	srv := grpc.NewServer(opts...)
+	keywardenv1.RegisterAdminServiceServer(srv, &AdminService{cfg: cfg})
+	return srv, nil
+}
+
+// ListGrants implements keywardenv1.AdminServiceServer.
+func (a *AdminService) ListGrants(context.Context, *keywardenv1.ListGrantsRequest) (*keywardenv1.ListGrantsResponse, error) {
+	out := &keywardenv1.ListGrantsResponse{}
+	for _, sg := range a.cfg.Broker.ListGrants() {
+		manifest, err := json.Marshal(sg.Grant)
+		if err != nil {
+			return nil, status.Error(codes.Internal, "encode grant")
+		}
+		out.Grants = append(out.Grants, &keywardenv1.Grant{Name: sg.Grant.Name, Source: sg.Source, Effect: effectOf(sg.Grant), Manifest: manifest})
+	}
+	return out, nil
+}
+
+// ApplyGrant implements keywardenv1.AdminServiceServer.
+func (a *AdminService) ApplyGrant(ctx context.Context, req *keywardenv1.ApplyGrantRequest) (*keywardenv1.ApplyGrantResponse, error) {
+	if a.cfg.Grants == nil {
+		return nil, status.Error(codes.FailedPrecondition, "this daemon has no admin grant store")
+	}
+	grants, err := grant.Parse(req.GetManifest())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if len(grants) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "the manifest holds no grant")
+	}
+	if err := a.cfg.Grants.Apply(ctx, grants); err != nil {
+		return nil, grantStoreStatus(err)
+	}
+	out := &keywardenv1.ApplyGrantResponse{}
+	for _, g := range grants {
+		out.Names = append(out.Names, g.Name)
+	}
+	return out, nil
+}
+
+// DeleteGrant implements keywardenv1.AdminServiceServer.
+func (a *AdminService) DeleteGrant(ctx context.Context, req *keywardenv1.DeleteGrantRequest) (*keywardenv1.DeleteGrantResponse, error) {
+	if a.cfg.Grants == nil {
+		return nil, status.Error(codes.FailedPrecondition, "this daemon has no admin grant store")
+	}
+	if req.GetName() == "" {
+		return nil, status.Error(codes.InvalidArgument, "name is required")
+	}
+	if err := a.cfg.Grants.Delete(ctx, req.GetName()); err != nil {
+		return nil, grantStoreStatus(err)
+	}
+	return &keywardenv1.DeleteGrantResponse{}, nil
+}
+
+func effectOf(g grant.AccessGrant) string {
+	if g.Spec.Effect == "" {
+		return string(grant.EffectAllow)
+	}
+	return string(g.Spec.Effect)
+}
+
+func grantStoreStatus(err error) error {
+	switch {
+	case errors.Is(err, grant.ErrGrantNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, grant.ErrInvalidGrant), errors.Is(err, grant.ErrDuplicateGrant):
+		return status.Error(codes.InvalidArgument, err.Error())
+	default:
+		return status.Error(codes.Internal, "grant store: internal error")
+	}
+}
+
+// ExplainGrant implements keywardenv1.AdminServiceServer.
+func (a *AdminService) ExplainGrant(_ context.Context, req *keywardenv1.ExplainGrantRequest) (*keywardenv1.ExplainGrantResponse, error) {
+	d := grant.Delivery(req.GetDelivery())
+	if d == "" {
+		d = grant.DeliveryGRPC
+	}
+	if d != grant.DeliveryGRPC && d != grant.DeliveryCSI {
+		return nil, status.Errorf(codes.InvalidArgument, "delivery must be %s or %s", grant.DeliveryCSI, grant.DeliveryGRPC)
+	}
+	if req.GetSecret() == "" {
+		return nil, status.Error(codes.InvalidArgument, "secret is required")
+	}
+	id := req.GetSpiffeId()
+	if id == "" {
+		if req.GetNamespace() == "" || req.GetServiceAccount() == "" {
+			return nil, status.Error(codes.InvalidArgument, "give namespace and service account, or a SPIFFE ID")
+		}
+		sid, err := spiffeid.FromSegments(a.cfg.TrustDomain, "ns", req.GetNamespace(), "sa", req.GetServiceAccount())
+		if err != nil {
+			return nil, status.Error(codes.InvalidArgument, fmt.Sprintf("namespace or service account cannot form a SPIFFE ID: %v", err))
+		}
+		id = sid.String()
+	}
+	ex := a.cfg.Broker.Explain(grant.Request{Namespace: req.GetNamespace(), ServiceAccount: req.GetServiceAccount(), SPIFFEID: id, Secret: req.GetSecret(), Delivery: d})
+	return explainToProto(ex, id), nil
+}
+
+// GetStatus implements keywardenv1.AdminServiceServer.
+func (a *AdminService) GetStatus(context.Context, *keywardenv1.GetStatusRequest) (*keywardenv1.GetStatusResponse, error) {
+	out := &keywardenv1.GetStatusResponse{
+		Version:      a.cfg.Version,
+		StartedAt:    timestamppb.New(a.cfg.StartedAt),
+		Grants:       int32(len(a.cfg.Broker.ListGrants())),
+		WatchStreams: int32(a.cfg.Broker.WatchStreams()),
+	}
+	for _, e := range a.cfg.Cache.Status() {
+		cs := &keywardenv1.CachedSecret{Source: e.Ref.Source, Path: e.Ref.Path, Version: e.Version, Subscribers: int32(e.Subscribers), LastError: e.LastError}
+		if !e.FetchedAt.IsZero() {
+			cs.FetchedAt = timestamppb.New(e.FetchedAt)
+		}
+		if !e.ExpiresAt.IsZero() {
+			cs.ExpiresAt = timestamppb.New(e.ExpiresAt)
+		}
+		out.Secrets = append(out.Secrets, cs)
+	}
+	return out, nil
+}
+
+// PutSecret implements keywardenv1.AdminServiceServer.
+func (a *AdminService) PutSecret(ctx context.Context, req *keywardenv1.PutSecretRequest) (*keywardenv1.PutSecretResponse, error) {
+	if a.cfg.Secrets == nil {
+		return nil, status.Error(codes.FailedPrecondition, "this daemon has no embedded secret store")
+	}
+	v, err := a.cfg.Secrets.Put(ctx, req.GetName(), req.GetData())
+	if err != nil {
+		if errors.Is(err, local.ErrInvalidSecret) {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+		a.cfg.Logger.Error("put secret failed", slog.String("secret", req.GetName()), slog.Any("error", err))
+		return nil, status.Error(codes.Internal, "put secret: internal error")
+	}
+	return &keywardenv1.PutSecretResponse{Version: v}, nil
+}
+
+func explainToProto(ex grant.Explanation, id string) *keywardenv1.ExplainGrantResponse {
+	out := &keywardenv1.ExplainGrantResponse{
+		Allowed:  ex.Decision.Allowed,
+		Grant:    ex.Decision.Grant,
+		Reason:   ex.Decision.Reason,
+		Hint:     ex.Hint,
+		SpiffeId: id,
+	}
+	for _, t := range ex.Grants {
+		out.Checks = append(out.Checks, &keywardenv1.GrantCheck{
+			Grant:           t.Name,
+			Effect:          string(t.Effect),
+			SubjectMatched:  t.SubjectMatched,
+			SecretMatched:   t.SecretMatched,
+			DeliveryMatched: t.DeliveryMatched,
+			Detail:          traceDetail(t),
+		})
+	}
+	return out
+}
+
+func traceDetail(t grant.GrantTrace) string {
+	var missing []string
+	if !t.SubjectMatched {
+		missing = append(missing, "no subject matches the caller")
+	}
+	if !t.SecretMatched {
+		missing = append(missing, "does not name the secret")
+	}
+	if !t.DeliveryMatched {
+		missing = append(missing, "does not allow this delivery")
+	}
+	if len(missing) == 0 {
+		if t.Effect == grant.EffectDeny {
+			return "applies: denies the request"
+		}
+		return "applies: allows the request"
+	}
+	return strings.Join(missing, "; ")
+}

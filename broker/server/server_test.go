@@ -1,0 +1,543 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/keywarden/keywarden/broker"
+	"github.com/keywarden/keywarden/broker/audit"
+	"github.com/keywarden/keywarden/broker/grant"
+	"github.com/keywarden/keywarden/broker/identity"
+	"github.com/keywarden/keywarden/broker/rotate"
+	"github.com/keywarden/keywarden/broker/server"
+	"github.com/keywarden/keywarden/broker/source"
+	"github.com/keywarden/keywarden/broker/source/local"
+	"github.com/keywarden/keywarden/broker/store"
+	"github.com/keywarden/keywarden/client"
+	"github.com/keywarden/keywarden/crypto"
+	keywardenv1 "github.com/keywarden/keywarden/proto/keywarden/v1"
+)
+
+const (
+	issuer       = "https://issuer.test"
+	secretValue  = "s3cr3t-value-4b1d9e"
+	demoGrantDoc = `apiVersion: keywarden.io/v1alpha1
+kind: AccessGrant
+metadata: {name: demo-app}
+spec:
+  subjects: [{namespace: demo, serviceAccount: app}]
+  secrets:
+    - name: demo-db
+      source: {local: {}}
+    - name: granted-missing
+      source: {local: {}}
+`
+)
+
+// syncBuffer is a goroutine-safe log sink.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// countingSource counts fetches so tests can prove that rejected calls reach no backend.
+type countingSource struct {
+	source.Source
+	mu sync.Mutex
+	n  int
+}
+
+func (c *countingSource) Fetch(ctx context.Context, path string) (*source.Secret, error) {
+	c.mu.Lock()
+	c.n++
+	c.mu.Unlock()
+	return c.Source.Fetch(ctx, path)
+}
+
+func (c *countingSource) Changes(ctx context.Context) <-chan string {
+	return c.Source.(source.Notifier).Changes(ctx)
+}
+
+func (c *countingSource) fetches() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
+}
+
+type stack struct {
+	socket string
+	admin  string
+	dev    *identity.DevIssuer
+	local  *local.Store
+	src    *countingSource
+	broker *broker.Broker
+	logs   *syncBuffer
+}
+
+// newStack runs the real broker, store, local source and both gRPC servers over Unix sockets.
+func newStack(t *testing.T) *stack { return newStackTB(t) }
+
+func newStackTB(t testing.TB) *stack {
+	t.Helper()
+	dir := t.TempDir()
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	kek, err := crypto.LoadOrCreateLocalKEK(filepath.Join(dir, "kek.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := store.Open(store.Config{Path: filepath.Join(dir, "state.db"), KEK: kek, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	loc, err := local.New(local.Config{DB: db, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loc.Put(context.Background(), "demo-db", map[string][]byte{"password": []byte(secretValue), "username": []byte("demo")}); err != nil {
+		t.Fatal(err)
+	}
+	dev, err := identity.LoadOrCreateDevIssuer(filepath.Join(dir, "issuer.jwk"), issuer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	td := spiffeid.RequireTrustDomainFromString("cluster.local")
+	ver, err := identity.NewVerifier(identity.Config{Issuer: issuer, Keys: dev.KeySet(), TrustDomain: td})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cached, err := identity.NewCachingVerifier(identity.CacheConfig{Verifier: ver})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := &countingSource{Source: loc}
+	eng, err := rotate.New(rotate.Config{Sources: map[string]source.Source{"local": src}, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := broker.New(broker.Config{Verifier: cached, Cache: eng, Audit: audit.NewSlogRecorder(log), Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	grants, err := grant.Parse([]byte(demoGrantDoc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := grant.NewSet(grants)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.UpdateGrantSource("file", set); err != nil {
+		t.Fatal(err)
+	}
+	m, err := server.NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws, err := server.NewWorkloadServer(server.WorkloadConfig{Broker: b, Logger: log, Metrics: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	as, err := server.NewAdminServer(server.AdminConfig{Broker: b, Secrets: loc, Cache: eng, TrustDomain: td, Logger: log, Metrics: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &stack{socket: filepath.Join(dir, "w.sock"), admin: filepath.Join(dir, "a.sock"), dev: dev, local: loc, src: src, broker: b, logs: logs}
+	wl, err := server.ListenUnix(st.socket, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	al, err := server.ListenUnix(st.admin, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for _, run := range []func() error{
+		func() error { return eng.Run(ctx) },
+		func() error { return server.Serve(ctx, ws, wl, time.Second) },
+		func() error { return server.Serve(ctx, as, al, time.Second) },
+	} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := run(); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+	})
+	return st
+}
+
+func (s *stack) token(t *testing.T, ns, sa string) string { return s.tokenTB(t, ns, sa) }
+
+func (s *stack) tokenTB(t testing.TB, ns, sa string) string {
+	t.Helper()
+	tok, err := s.dev.Issue(identity.DevTokenRequest{Namespace: ns, ServiceAccount: sa})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok.Reveal()
+}
+
+func (s *stack) client(t *testing.T, tok string) *client.Client { return s.clientTB(t, tok) }
+
+func (s *stack) clientTB(t testing.TB, tok string) *client.Client {
+	t.Helper()
+	c, err := client.New(s.socket, client.WithToken(tok), client.WithBackoff(10*time.Millisecond, 50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func (s *stack) rawConn(t *testing.T) keywardenv1.SecretServiceClient {
+	t.Helper()
+	conn, err := grpc.NewClient(client.Target(s.socket), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return keywardenv1.NewSecretServiceClient(conn)
+}
+
+func expectStatus(t *testing.T, err error, code codes.Code, msgPart string) {
+	t.Helper()
+	st, _ := status.FromError(err)
+	if st.Code() != code || !strings.Contains(st.Message(), msgPart) {
+		t.Fatalf("got %v %q, want %v containing %q", st.Code(), st.Message(), code, msgPart)
+	}
+}
+
+func TestSecretService_GetSecret(t *testing.T) {
+	s := newStack(t)
+	appTok := s.token(t, "demo", "app")
+	otherTok := s.token(t, "demo", "other")
+	ctx := context.Background()
+
+	t.Run("granted", func(t *testing.T) {
+		got, err := s.client(t, appTok).Get(ctx, "demo-db")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got.Data["password"]) != secretValue || got.Version != "1" {
+			t.Fatalf("got %v", got)
+		}
+	})
+
+	tests := []struct {
+		name    string
+		tok     string
+		secret  string
+		code    codes.Code
+		msgPart string
+	}{
+		{"not granted", otherTok, "demo-db", codes.PermissionDenied, `no grant allows service account "other" in namespace "demo" to read secret "demo-db"`},
+		{"denied mentions explain", otherTok, "demo-db", codes.PermissionDenied, "keywarden grant explain"},
+		{"does not exist and not granted", otherTok, "no-such-secret", codes.PermissionDenied, `to read secret "no-such-secret"`},
+		{"granted but missing in source", appTok, "granted-missing", codes.NotFound, "its source holds no value"},
+		{"invalid name dotdot", appTok, "../etc", codes.InvalidArgument, "invalid secret name"},
+		{"invalid name slash", appTok, "a/b", codes.InvalidArgument, "invalid secret name"},
+		{"invalid name NUL", appTok, "a\x00b", codes.InvalidArgument, "invalid secret name"},
+		{"invalid name too long", appTok, strings.Repeat("a", 254), codes.InvalidArgument, "invalid secret name"},
+		{"garbled token", "not.a.jwt", "demo-db", codes.Unauthenticated, "invalid token"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := s.client(t, tc.tok).Get(ctx, tc.secret)
+			expectStatus(t, err, tc.code, tc.msgPart)
+		})
+	}
+
+	t.Run("existence is not revealed", func(t *testing.T) {
+		c := s.client(t, otherTok)
+		_, e1 := c.Get(ctx, "demo-db")
+		_, e2 := c.Get(ctx, "no-such-db")
+		m1 := strings.ReplaceAll(status.Convert(e1).Message(), "demo-db", "X")
+		m2 := strings.ReplaceAll(status.Convert(e2).Message(), "no-such-db", "X")
+		if status.Code(e1) != status.Code(e2) || m1 != m2 {
+			t.Fatalf("existing and missing secrets answer differently:\n%v %q\n%v %q", status.Code(e1), m1, status.Code(e2), m2)
+		}
+	})
+}
+
+func TestSecretService_noCredentials(t *testing.T) {
+	s := newStack(t)
+	before := s.src.fetches()
+	api := s.rawConn(t)
+	_, err := api.GetSecret(context.Background(), &keywardenv1.GetSecretRequest{Name: "demo-db"})
+	expectStatus(t, err, codes.Unauthenticated, "missing token")
+	for _, md := range []metadata.MD{
+		metadata.Pairs("authorization", "Basic abc"),
+		metadata.Pairs("authorization", "Bearer "),
+		metadata.Pairs("authorization", "Bearer a", "authorization", "Bearer b"),
+		metadata.Pairs("authorization", "Bearer "+strings.Repeat("a", 17<<10)),
+	} {
+		ctx := metadata.NewOutgoingContext(context.Background(), md)
+		_, err := api.GetSecret(ctx, &keywardenv1.GetSecretRequest{Name: "demo-db"})
+		if status.Code(err) != codes.Unauthenticated {
+			t.Errorf("metadata %v: got %v", md.Len(), err)
+		}
+	}
+	if s.src.fetches() != before {
+		t.Fatal("an unauthenticated call reached the secret source")
+	}
+	if !strings.Contains(s.logs.String(), `"reason":"no token"`) {
+		t.Fatal("missing token was not audited")
+	}
+}
+
+func TestSecretService_oversizedRequest(t *testing.T) {
+	s := newStack(t)
+	_, err := s.client(t, s.token(t, "demo", "app")).Get(context.Background(), strings.Repeat("a", 70<<10))
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("got %v, want ResourceExhausted", err)
+	}
+}
+
+func TestSecretService_WatchSecrets_rotationAndRevocation(t *testing.T) {
+	s := newStack(t)
+	c := s.client(t, s.token(t, "demo", "app"))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	got := make(chan *client.Secret, 10)
+	done := make(chan error, 1)
+	go func() {
+		done <- c.Watch(ctx, []string{"demo-db"}, func(sec *client.Secret) error {
+			got <- sec
+			return nil
+		})
+	}()
+	expectVersion := func(v string) *client.Secret {
+		t.Helper()
+		select {
+		case sec := <-got:
+			if sec.Version != v {
+				t.Fatalf("version %s, want %s", sec.Version, v)
+			}
+			return sec
+		case err := <-done:
+			t.Fatalf("watch ended: %v", err)
+		case <-time.After(20 * time.Second):
+			t.Fatalf("no version %s", v)
+		}
+		return nil
+	}
+	expectVersion("1")
+	if _, err := s.local.Put(context.Background(), "demo-db", map[string][]byte{"password": []byte("rotated")}); err != nil {
+		t.Fatal(err)
+	}
+	if sec := expectVersion("2"); string(sec.Data["password"]) != "rotated" {
+		t.Fatal("wrong rotated value")
+	}
+	// Withdraw every grant: the stream must end with PermissionDenied.
+	empty, _ := grant.NewSet(nil)
+	if err := s.broker.UpdateGrantSource("file", empty); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		expectStatus(t, err, codes.PermissionDenied, "was withdrawn")
+	case <-time.After(20 * time.Second):
+		t.Fatal("watch did not end after its grant was withdrawn")
+	}
+	if !strings.Contains(s.logs.String(), `"reason":"grant withdrawn"`) {
+		t.Fatal("revocation not audited")
+	}
+}
+
+func TestSecretService_WatchSecrets_badRequests(t *testing.T) {
+	s := newStack(t)
+	c := s.client(t, s.token(t, "demo", "app"))
+	ctx := context.Background()
+	noop := func(*client.Secret) error { return nil }
+	expectStatus(t, c.Watch(ctx, nil, noop), codes.InvalidArgument, "1 to 64 secret names")
+	expectStatus(t, c.Watch(ctx, []string{"demo-db", "demo-db"}, noop), codes.InvalidArgument, "named twice")
+	expectStatus(t, c.Watch(ctx, []string{"demo-db", "not-granted"}, noop), codes.PermissionDenied, "no grant allows")
+	many := make([]string, 65)
+	for i := range many {
+		many[i] = "s" + strings.Repeat("x", i)
+	}
+	expectStatus(t, c.Watch(ctx, many, noop), codes.InvalidArgument, "1 to 64 secret names")
+}
+
+func TestSecretService_clientCancelLeavesCacheConsistent(t *testing.T) {
+	s := newStack(t)
+	c := s.client(t, s.token(t, "demo", "app"))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := c.Get(ctx, "demo-db"); status.Code(err) != codes.Canceled {
+		t.Fatalf("got %v", err)
+	}
+	got, err := c.Get(context.Background(), "demo-db")
+	if err != nil || string(got.Data["password"]) != secretValue {
+		t.Fatalf("after a cancelled call: %v", err)
+	}
+}
+
+// TestLogs_neverContainTokensOrValues runs a full flow, including failures, and searches
+// every log line for the tokens and secret values used.
+func TestLogs_neverContainTokensOrValues(t *testing.T) {
+	s := newStack(t)
+	app := s.token(t, "demo", "app")
+	other := s.token(t, "demo", "other")
+	ctx := context.Background()
+	_, _ = s.client(t, app).Get(ctx, "demo-db")
+	_, _ = s.client(t, other).Get(ctx, "demo-db")
+	_, _ = s.client(t, app+"x").Get(ctx, "demo-db")
+	_, _ = s.client(t, app).Get(ctx, "granted-missing")
+	if _, err := s.local.Put(ctx, "demo-db", map[string][]byte{"password": []byte("rotated-" + secretValue)}); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	_ = s.client(t, app).Watch(wctx, []string{"demo-db"}, func(*client.Secret) error { cancel(); return errors.New("stop") })
+	logs := s.logs.String()
+	if !strings.Contains(logs, "GetSecret") {
+		t.Fatal("no logs captured; the test would prove nothing")
+	}
+	for _, needle := range []string{app, other, app[len(app)-40:], secretValue, "rotated-" + secretValue} {
+		if strings.Contains(logs, needle) {
+			t.Fatalf("logs contain a token or secret value (%d bytes)", len(needle))
+		}
+	}
+}
+
+func TestAdminService_explainAndPut(t *testing.T) {
+	s := newStack(t)
+	conn, err := grpc.NewClient(client.Target(s.admin), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	admin := keywardenv1.NewAdminServiceClient(conn)
+	ctx := context.Background()
+	ex, err := admin.ExplainGrant(ctx, &keywardenv1.ExplainGrantRequest{Namespace: "demo", ServiceAccount: "other", Secret: "demo-db"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ex.GetAllowed() || ex.GetHint() == "" || len(ex.GetChecks()) != 1 || ex.GetChecks()[0].GetSubjectMatched() {
+		t.Fatalf("explain: %v", ex)
+	}
+	if ex.GetSpiffeId() != "spiffe://cluster.local/ns/demo/sa/other" {
+		t.Fatalf("spiffe id %q", ex.GetSpiffeId())
+	}
+	ex, err = admin.ExplainGrant(ctx, &keywardenv1.ExplainGrantRequest{Namespace: "demo", ServiceAccount: "app", Secret: "demo-db"})
+	if err != nil || !ex.GetAllowed() || ex.GetGrant() != "demo-app" {
+		t.Fatalf("explain allowed: %v %v", ex, err)
+	}
+	_, err = admin.ExplainGrant(ctx, &keywardenv1.ExplainGrantRequest{Secret: "demo-db"})
+	expectStatus(t, err, codes.InvalidArgument, "namespace and service account")
+	_, err = admin.ExplainGrant(ctx, &keywardenv1.ExplainGrantRequest{Namespace: "demo", ServiceAccount: "app", Secret: "demo-db", Delivery: "SMTP"})
+	expectStatus(t, err, codes.InvalidArgument, "delivery must be")
+
+	resp, err := admin.PutSecret(ctx, &keywardenv1.PutSecretRequest{Name: "demo-db", Data: map[string][]byte{"password": []byte("x")}})
+	if err != nil || resp.GetVersion() != "2" {
+		t.Fatalf("put: %v %v", resp, err)
+	}
+	_, err = admin.PutSecret(ctx, &keywardenv1.PutSecretRequest{Name: "../x", Data: map[string][]byte{"k": []byte("x")}})
+	expectStatus(t, err, codes.InvalidArgument, "invalid secret")
+	_, err = admin.ApplyGrant(ctx, &keywardenv1.ApplyGrantRequest{Manifest: []byte(demoGrantDoc)})
+	expectStatus(t, err, codes.FailedPrecondition, "no admin grant store")
+}
+
+// panicBroker panics in GetSecret to exercise the recovery interceptor.
+type panicBroker struct{ server.SecretBroker }
+
+func (panicBroker) Authenticate(context.Context, identity.Token) (identity.Workload, error) {
+	return identity.Workload{Namespace: "demo", ServiceAccount: "app"}, nil
+}
+
+func (panicBroker) GetSecret(context.Context, identity.Workload, string, grant.Delivery) (*source.Secret, error) {
+	panic("boom " + secretValue)
+}
+
+func TestRecoverUnary_panicBecomesInternal(t *testing.T) {
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewJSONHandler(logs, nil))
+	srv, err := server.NewWorkloadServer(server.WorkloadConfig{Broker: panicBroker{}, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "p.sock")
+	lis, err := server.ListenUnix(sock, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- server.Serve(ctx, srv, lis, time.Second) }()
+	defer func() { cancel(); <-done }()
+	c, err := client.New(sock, client.WithToken("t"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, err = c.Get(context.Background(), "demo-db")
+	expectStatus(t, err, codes.Internal, "internal error")
+	if strings.Contains(logs.String(), secretValue) {
+		t.Fatal("panic value reached the logs")
+	}
+	if !strings.Contains(logs.String(), "panic in handler") {
+		t.Fatal("panic not logged")
+	}
+}
+
+func TestListenUnix_refusesNonSocketAndLiveSocket(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "regular")
+	if err := writeFile(file); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := server.ListenUnix(file, 0o600); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Fatalf("regular file: %v", err)
+	}
+	sock := filepath.Join(dir, "s.sock")
+	l1, err := server.ListenUnix(sock, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l1.Close()
+	if _, err := server.ListenUnix(sock, 0o600); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("live socket: %v", err)
+	}
+}
+
+func writeFile(p string) error {
+	return osWriteFile(p, []byte("x"))
+}
+
+var _ io.Writer = (*syncBuffer)(nil)
