@@ -1,0 +1,279 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+	"k8s.io/utils/clock"
+
+	"github.com/keywarden/keywarden/broker"
+	"github.com/keywarden/keywarden/broker/audit"
+	"github.com/keywarden/keywarden/broker/grant"
+	"github.com/keywarden/keywarden/broker/identity"
+	"github.com/keywarden/keywarden/broker/rotate"
+	"github.com/keywarden/keywarden/broker/server"
+	"github.com/keywarden/keywarden/broker/source"
+	"github.com/keywarden/keywarden/broker/source/local"
+	"github.com/keywarden/keywarden/broker/store"
+	"github.com/keywarden/keywarden/crypto"
+)
+
+// Files inside the data directory.
+const (
+	stateFile = "state.db" // the embedded secret store and admin grants: the only copy
+	cacheFile = "cache.db" // rebuildable from the sources
+)
+
+// daemon is a running Keywarden daemon, built from a config. It is the composition root.
+type daemon struct {
+	cfg    config
+	log    *slog.Logger
+	state  *store.DB
+	cache  *store.DB
+	local  *local.Store
+	broker *broker.Broker
+	engine *rotate.Engine
+	files  *grant.FileSource
+	grants *grant.StoreSource
+	dev    *identity.DevIssuer
+	ready  atomic.Bool
+	closed atomic.Bool
+}
+
+// newDaemon opens the stores and builds every part, without starting anything.
+func newDaemon(cfg config, log *slog.Logger) (_ *daemon, err error) {
+	d := &daemon{cfg: cfg, log: log}
+	defer func() {
+		if err != nil {
+			d.close()
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	kek, err := crypto.LoadOrCreateLocalKEK(cfg.KEKFile)
+	if err != nil {
+		return nil, fmt.Errorf("load key-encryption key: %w", err)
+	}
+	statePath := filepath.Join(cfg.DataDir, stateFile)
+	d.state, err = store.Open(store.Config{Path: statePath, KEK: kek, LockTimeout: cfg.LockTimeout, Logger: log})
+	switch {
+	case errors.Is(err, store.ErrUnreadable), errors.Is(err, store.ErrCorrupt):
+		// This file is the only copy of the embedded secrets and admin grants: never
+		// replace it behind the operator's back.
+		return nil, fmt.Errorf("%w\nthe state store %s holds the only copy of the embedded secrets and admin grants, so it is not replaced automatically; restore it from a backup, or move it aside (mv %s %s.broken) to start with an empty store", err, statePath, statePath, statePath)
+	case err != nil:
+		return nil, err
+	}
+	d.cache, _, err = store.OpenOrQuarantine(store.Config{Path: filepath.Join(cfg.DataDir, cacheFile), KEK: kek, LockTimeout: cfg.LockTimeout, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+
+	var keys identity.KeySet
+	if cfg.DevIssuerKeyFile != "" {
+		if d.dev, err = identity.LoadOrCreateDevIssuer(cfg.DevIssuerKeyFile, cfg.Issuer); err != nil {
+			return nil, fmt.Errorf("dev issuer: %w", err)
+		}
+		keys = d.dev.KeySet()
+	} else {
+		data, err := os.ReadFile(cfg.JWKSFile)
+		if err != nil {
+			return nil, fmt.Errorf("read JWKS file: %w", err)
+		}
+		if keys, err = identity.ParseJWKS(data); err != nil {
+			return nil, fmt.Errorf("JWKS file %s: %w", cfg.JWKSFile, err)
+		}
+	}
+	verifier, err := identity.NewVerifier(identity.Config{
+		Issuer:            cfg.Issuer,
+		Audiences:         cfg.Audiences,
+		Keys:              keys,
+		TrustDomain:       cfg.TrustDomain,
+		Leeway:            cfg.Leeway,
+		MaxLifetime:       cfg.MaxLifetime,
+		DisablePodBinding: !cfg.RequirePodBinding,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("token verifier: %w", err)
+	}
+	// Verifying a signature costs ~0.2 ms; a pod calls with the same token until kubelet
+	// rotates it, so results are reused (never past the token's exp).
+	cached, err := identity.NewCachingVerifier(identity.CacheConfig{Verifier: verifier})
+	if err != nil {
+		return nil, err
+	}
+
+	sources := map[string]source.Source{}
+	if cfg.LocalSource {
+		if d.local, err = local.New(local.Config{DB: d.state, Logger: log.With(slog.String("component", "local-source"))}); err != nil {
+			return nil, err
+		}
+		sources["local"] = d.local
+	}
+	if len(sources) == 0 {
+		return nil, errors.New("no secret source is enabled: set sources.local.enabled")
+	}
+	if d.engine, err = rotate.New(rotate.Config{Sources: sources, Logger: log.With(slog.String("component", "rotate")), PollInterval: cfg.PollInterval}); err != nil {
+		return nil, err
+	}
+	if d.broker, err = broker.New(broker.Config{
+		Verifier: cached,
+		Cache:    d.engine,
+		Audit:    audit.NewSlogRecorder(log.With(slog.String("component", "audit"))),
+		Logger:   log.With(slog.String("component", "broker")),
+	}); err != nil {
+		return nil, err
+	}
+
+	// Grant sources: the admin store always, the file when configured. Both feed the broker,
+	// which merges them; a conflicting update is refused and the previous grants stay.
+	if d.grants, err = grant.NewStoreSource(grant.StoreSourceConfig{DB: d.state, OnChange: d.grantsChanged("store")}); err != nil {
+		return nil, fmt.Errorf("admin grant store: %w", err)
+	}
+	if err := d.broker.UpdateGrantSource("store", d.grants.Current()); err != nil {
+		return nil, err
+	}
+	if cfg.GrantsFile != "" {
+		d.files, err = grant.NewFileSource(grant.FileSourceConfig{
+			Path: cfg.GrantsFile, Interval: cfg.GrantsInterval,
+			Logger: log.With(slog.String("component", "grants-file")), Clock: clock.RealClock{},
+			OnChange: func(s *grant.Set) { _ = d.grantsChanged("file")(s) },
+		})
+		if err != nil {
+			return nil, fmt.Errorf("grants file: %w", err)
+		}
+		if err := d.broker.UpdateGrantSource("file", d.files.Current()); err != nil {
+			return nil, err
+		}
+	}
+	return d, nil
+}
+
+func (d *daemon) grantsChanged(src string) func(*grant.Set) error {
+	return func(s *grant.Set) error {
+		if err := d.broker.UpdateGrantSource(src, s); err != nil {
+			d.log.Error("grant update refused; the previous grants stay in force", slog.String("source", src), slog.Any("error", err))
+			return err
+		}
+		return nil
+	}
+}
+
+// run serves until ctx is done. onReady is called once every listener is up.
+func (d *daemon) run(ctx context.Context, version string, onReady func()) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics, err := server.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	limits := server.Limits{MaxRecvMsgSize: d.cfg.MaxRecvMsgSize, MaxConcurrentStreams: d.cfg.MaxConcurrentStreams}
+	workload, err := server.NewWorkloadServer(server.WorkloadConfig{Broker: d.broker, Logger: d.log.With(slog.String("component", "workload-api")), Metrics: metrics, Limits: limits})
+	if err != nil {
+		return err
+	}
+	var secrets server.SecretWriter
+	if d.local != nil {
+		secrets = d.local
+	}
+	admin, err := server.NewAdminServer(server.AdminConfig{
+		Broker: d.broker, Grants: d.grants, Secrets: secrets, Cache: d.engine, TrustDomain: d.cfg.TrustDomain,
+		Version: version, StartedAt: time.Now(), Logger: d.log.With(slog.String("component", "admin-api")), Metrics: metrics,
+	})
+	if err != nil {
+		return err
+	}
+	wl, err := server.ListenUnix(d.cfg.Socket, d.cfg.SocketMode)
+	if err != nil {
+		return err
+	}
+	al, err := server.ListenUnix(d.cfg.AdminSocket, d.cfg.AdminSocketMode)
+	if err != nil {
+		_ = wl.Close()
+		return err
+	}
+	var hl net.Listener
+	if d.cfg.HealthAddr != "off" {
+		if hl, err = net.Listen("tcp", d.cfg.HealthAddr); err != nil {
+			_ = wl.Close()
+			_ = al.Close()
+			return fmt.Errorf("health listener: %w", err)
+		}
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return d.engine.Run(gctx) })
+	if d.files != nil {
+		g.Go(func() error { return d.files.Run(gctx) })
+	}
+	g.Go(func() error { return server.Serve(gctx, workload, wl, 5*time.Second) })
+	g.Go(func() error { return server.Serve(gctx, admin, al, 5*time.Second) })
+	if hl != nil {
+		hs := &http.Server{Handler: d.healthMux(reg), ReadHeaderTimeout: 5 * time.Second}
+		g.Go(func() error {
+			if err := hs.Serve(hl); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+		g.Go(func() error {
+			<-gctx.Done()
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), 5*time.Second)
+			defer cancel()
+			return hs.Shutdown(sctx)
+		})
+	}
+	d.ready.Store(true)
+	d.log.Info("keywarden ready", slog.String("socket", d.cfg.Socket), slog.String("admin_socket", d.cfg.AdminSocket), slog.String("health", d.cfg.HealthAddr))
+	if onReady != nil {
+		onReady()
+	}
+	err = g.Wait()
+	d.ready.Store(false)
+	return err
+}
+
+func (d *daemon) healthMux(reg *prometheus.Registry) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !d.ready.Load() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	return mux
+}
+
+// close releases the stores. It is idempotent.
+func (d *daemon) close() {
+	if d.closed.Swap(true) {
+		return
+	}
+	for _, db := range []*store.DB{d.cache, d.state} {
+		if db != nil {
+			if err := db.Close(); err != nil {
+				d.log.Error("close store", slog.String("path", db.Path()), slog.Any("error", err))
+			}
+		}
+	}
+}
+
+// setUmask makes every file and socket the daemon creates private unless it chmods it.
+func setUmask() { syscall.Umask(0o077) }

@@ -1,0 +1,52 @@
+package main
+
+import (
+	"github.com/spf13/cobra"
+)
+
+func newServeCommand(g *globals) *cobra.Command {
+	var configPath, healthAddr string
+	cmd := &cobra.Command{
+		Use:   "serve --config FILE",
+		Short: "Run the node daemon",
+		Long: `Run the Keywarden node daemon with the given config file (YAML; unknown keys are
+rejected). See docs/configuration.md for every key.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if configPath == "" {
+				return usagef("--config is required")
+			}
+			cfg, err := loadConfigFile(configPath)
+			if err != nil {
+				return err
+			}
+			if healthAddr != "" {
+				cfg.HealthAddr = healthAddr
+			}
+			return serve(cmd, g, cfg, nil)
+		},
+	}
+	cmd.Flags().StringVar(&configPath, "config", "", "config file (required)")
+	cmd.Flags().StringVar(&healthAddr, "health-addr", "", "serve /healthz, /readyz and /metrics on host:port (\"off\" to disable); overrides health.addr")
+	return cmd
+}
+
+// serve builds a daemon from cfg and runs it until the command's context ends.
+func serve(cmd *cobra.Command, g *globals, cfg config, onReady func(*daemon)) error {
+	setUmask()
+	log := newLogger(g.stderr, cfg.LogLevel, cfg.LogFormat)
+	d, err := newDaemon(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer d.close()
+	var ready func()
+	if onReady != nil {
+		ready = func() { onReady(d) }
+	}
+	if err := d.run(cmd.Context(), version, ready); err != nil {
+		return err
+	}
+	log.Info("keywarden stopped")
+	return nil
+}
