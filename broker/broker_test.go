@@ -23,7 +23,9 @@ type fakeVerifier struct {
 	err error
 }
 
-func (f fakeVerifier) Verify(context.Context, identity.Token) (identity.Workload, error) { return f.w, f.err }
+func (f fakeVerifier) Verify(context.Context, identity.Token) (identity.Workload, error) {
+	return f.w, f.err
+}
 
 type mapSource map[string]*source.Secret
 
