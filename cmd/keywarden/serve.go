@@ -10,7 +10,7 @@ func newServeCommand(g *globals) *cobra.Command {
 		Use:   "serve --config FILE",
 		Short: "Run the node daemon",
 		Long: `Run the Keywarden node daemon with the given config file (YAML; unknown keys are
-rejected). See docs/configuration.md for every key.`,
+rejected). The README's Configuration section lists every key.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if configPath == "" {
