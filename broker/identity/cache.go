@@ -36,6 +36,8 @@ type CacheConfig struct {
 	MaxEntries int
 	// Clock gives the current time. Default the real clock.
 	Clock clock.PassiveClock
+	// Metrics counts cache hits; nil disables them.
+	Metrics *Metrics
 }
 
 // CachingVerifier remembers verification results, keyed by an HMAC of the token under a
@@ -100,6 +102,7 @@ func (c *CachingVerifier) Verify(ctx context.Context, tok Token) (Workload, erro
 	e, ok := c.entries[d]
 	c.mu.Unlock()
 	if ok && now.Before(e.expires) {
+		c.cfg.Metrics.cacheHit()
 		return copyWorkload(e.w), e.err
 	}
 	v, err, _ := c.sf.Do(string(d[:]), func() (any, error) {
@@ -154,4 +157,23 @@ func (c *CachingVerifier) Len() int {
 func copyWorkload(w Workload) Workload {
 	w.Audiences = slices.Clone(w.Audiences)
 	return w
+}
+
+// Measured wraps v so that every verification is counted by result and reason.
+func Measured(v TokenVerifier, m *Metrics) TokenVerifier {
+	if m == nil {
+		return v
+	}
+	return measured{v: v, m: m}
+}
+
+type measured struct {
+	v TokenVerifier
+	m *Metrics
+}
+
+func (m measured) Verify(ctx context.Context, tok Token) (Workload, error) {
+	w, err := m.v.Verify(ctx, tok)
+	m.m.verification(err)
+	return w, err
 }

@@ -46,6 +46,10 @@ const (
 	ReasonNoPodBinding         = "no pod binding"
 	ReasonInvalidPod           = "invalid pod claim"
 	ReasonInvalidNode          = "invalid node claim"
+	ReasonOtherNode            = "token bound to another node"
+	ReasonPodNotOnNode         = "pod is not running on this node"
+	ReasonPodMismatch          = "pod does not match the token"
+	ReasonRejectedByReview     = "rejected by TokenReview"
 )
 
 // VerifyError is a token verification failure. It matches ErrInvalidToken.
