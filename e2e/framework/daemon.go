@@ -1,0 +1,221 @@
+package framework
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"text/template"
+	"time"
+)
+
+const daemonReadyTimeout = 30 * time.Second
+
+// DaemonOptions configures StartDaemon.
+type DaemonOptions struct {
+	// Config is the daemon's YAML configuration, a text/template executed
+	// with DaemonEnv, e.g. `tokenFile: {{.TokenFile}}`.
+	Config string
+	// Kube is the cluster the daemon's own ServiceAccount lives in; required.
+	Kube *Kube
+	// Namespace and ServiceAccount of the daemon; default "keywarden-system"
+	// (created when missing) and "keywarden".
+	Namespace, ServiceAccount string
+	// TokenAudiences of the daemon's own token. Default: the apiserver's
+	// API audiences (so the kubeconfig works) plus "vault" (so the same
+	// token logs in to Vault roles bound to that audience), like a
+	// projected token with two audiences.
+	TokenAudiences []string
+	// ClusterRoles bound to the daemon's ServiceAccount; default
+	// system:auth-delegator (TokenReview for workload tokens).
+	ClusterRoles []string
+	// Args are extra command-line arguments after `serve --config <file>`.
+	Args []string
+	// Env is extra environment, KEY=VALUE.
+	Env []string
+}
+
+// DaemonEnv is the data the Config template is executed with.
+type DaemonEnv struct {
+	// Dir is the daemon's private temp dir (state, sockets).
+	Dir string
+	// TokenFile holds the daemon's ServiceAccount token (mode 0600).
+	TokenFile string
+	// KubeconfigFile points at the apiserver with TokenFile and the CA.
+	KubeconfigFile string
+	// CAFile is the cluster CA; APIServerURL and Issuer as in Kube.
+	CAFile, APIServerURL, Issuer string
+	// HealthAddr is a free 127.0.0.1 port for /readyz (also passed as
+	// --health-addr).
+	HealthAddr string
+	// CSISocket is a suggested path for the CSI socket: <Dir>/csi.sock.
+	CSISocket string
+}
+
+// Daemon is a running `keywarden serve`.
+type Daemon struct {
+	DaemonEnv
+	ConfigFile string
+	Process    *Process
+}
+
+var (
+	daemonBuildOnce sync.Once
+	daemonBin       string
+	daemonBuildErr  error
+)
+
+// DaemonBinary builds ./cmd/keywarden from this checkout once per test
+// process (the Go build cache keeps it quick) into the tools dir and returns
+// its path.
+func DaemonBinary(t testing.TB) string {
+	t.Helper()
+	daemonBuildOnce.Do(func() {
+		root := RepoRoot(t)
+		dir := ToolsDir(t)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			daemonBuildErr = err
+			return
+		}
+		out := filepath.Join(dir, "keywarden-e2e")
+		// Build to a private name and rename: another test process may be
+		// running the previous binary (writing over it fails with ETXTBSY).
+		tmp := fmt.Sprintf("%s.%d.tmp", out, os.Getpid())
+		cmd := exec.Command("go", "build", "-o", tmp, "./cmd/keywarden")
+		cmd.Dir = root
+		if b, err := cmd.CombinedOutput(); err != nil {
+			_ = os.Remove(tmp)
+			daemonBuildErr = fmt.Errorf("go build ./cmd/keywarden: %w\n%s", err, b)
+			return
+		}
+		if err := os.Rename(tmp, out); err != nil {
+			daemonBuildErr = fmt.Errorf("install keywarden binary: %w", err)
+			return
+		}
+		daemonBin = out
+	})
+	if daemonBuildErr != nil {
+		t.Fatal(daemonBuildErr)
+	}
+	return daemonBin
+}
+
+// StartDaemon builds and starts the Keywarden daemon under test with its own
+// ServiceAccount token (from the TokenRequest API, in DaemonEnv.TokenFile),
+// waits (30 s bound) for GET /readyz on --health-addr to answer 200 and
+// dumps its log if the test fails.
+//
+// Contract with cmd/keywarden: `keywarden serve --config <file>
+// --health-addr <host:port>` serves /readyz and returns 200 once ready.
+func StartDaemon(t testing.TB, o DaemonOptions) *Daemon {
+	t.Helper()
+	if o.Kube == nil {
+		t.Fatal("StartDaemon: DaemonOptions.Kube is required")
+	}
+	if o.Namespace == "" {
+		o.Namespace = "keywarden-system"
+	}
+	if o.ServiceAccount == "" {
+		o.ServiceAccount = "keywarden"
+	}
+	if len(o.TokenAudiences) == 0 {
+		o.TokenAudiences = append(append([]string(nil), o.Kube.APIAudiences...), "vault")
+	}
+	if o.ClusterRoles == nil {
+		o.ClusterRoles = []string{"system:auth-delegator"}
+	}
+	bin := DaemonBinary(t)
+	k := o.Kube
+	ctx := ctxT(t)
+
+	if _, err := k.Client.CoreV1().Namespaces().Get(ctx, o.Namespace, metav1GetOptions); err != nil {
+		if err := createNamespaceNamed(ctx, k, o.Namespace); err != nil {
+			t.Fatalf("create namespace %s: %v", o.Namespace, err)
+		}
+	}
+	if _, err := k.Client.CoreV1().ServiceAccounts(o.Namespace).Get(ctx, o.ServiceAccount, metav1GetOptions); err != nil {
+		k.CreateServiceAccount(t, o.Namespace, o.ServiceAccount)
+	}
+	for _, role := range o.ClusterRoles {
+		k.BindClusterRole(t, "keywarden-e2e-"+o.Namespace+"-"+o.ServiceAccount+"-"+sanitize(role), role,
+			ServiceAccountSubject(o.Namespace, o.ServiceAccount))
+	}
+
+	dir, err := os.MkdirTemp("", "keywarden-e2e-daemon-") // short: holds a Unix socket
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	tok, _ := k.TokenRequest(t, o.Namespace, o.ServiceAccount, o.TokenAudiences, time.Hour, nil)
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte(tok), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := &Daemon{DaemonEnv: DaemonEnv{
+		Dir: dir, TokenFile: tokenFile, CAFile: k.CAFile, APIServerURL: k.URL, Issuer: k.Issuer,
+		CSISocket: filepath.Join(dir, "csi.sock"),
+	}}
+	d.KubeconfigFile = k.WriteKubeconfig(t, dir, tokenFile)
+
+	err = retryOnAddrInUse(func() error {
+		port, err := freePorts(1)
+		if err != nil {
+			return err
+		}
+		d.HealthAddr = "127.0.0.1:" + strconv.Itoa(port)
+		tmpl, err := template.New("config").Option("missingkey=error").Parse(o.Config)
+		if err != nil {
+			return fmt.Errorf("config template: %w", err)
+		}
+		var cfg bytes.Buffer
+		if err := tmpl.Execute(&cfg, d.DaemonEnv); err != nil {
+			return fmt.Errorf("config template: %w", err)
+		}
+		d.ConfigFile = filepath.Join(dir, "config.yaml")
+		if err := os.WriteFile(d.ConfigFile, cfg.Bytes(), 0o600); err != nil {
+			return err
+		}
+		args := append([]string{"serve", "--config", d.ConfigFile, "--health-addr", d.HealthAddr}, o.Args...)
+		p, err := startProcess(t, "keywarden", bin, args, procOptions{Dir: dir, Env: o.Env})
+		if err != nil {
+			return err
+		}
+		if err := p.waitReady(daemonReadyTimeout, func() error { return httpOK("http://" + d.HealthAddr + "/readyz") }); err != nil {
+			return err
+		}
+		d.Process = p
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("start keywarden: %v", err)
+	}
+	return d
+}
+
+func httpOK(url string) error {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return nil
+}
+
+func sanitize(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '.') {
+			b[i] = '-'
+		}
+	}
+	return string(b)
+}
