@@ -74,10 +74,7 @@ func NewPodIndex(cfg PodIndexConfig) (*PodIndex, error) {
 	}
 	pi := &PodIndex{cfg: cfg, informer: inf, factory: f}
 	if err := inf.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
-		if !pi.down.Swap(true) {
-			cfg.Logger.Warn("apiserver unreachable: pod checks use the last known pods of this node", slog.String("error", err.Error()))
-			cfg.Metrics.apiserverUnreachable(true)
-		}
+		pi.markDown(err.Error())
 	}); err != nil {
 		return nil, fmt.Errorf("pod index: %w", err)
 	}
@@ -99,10 +96,15 @@ func (p *PodIndex) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-			if p.down.Load() && p.reachable(ctx) {
+			// client-go retries a refused watch quietly, so reachability is probed
+			// rather than inferred from watch errors alone.
+			switch up := p.reachable(ctx); {
+			case up && p.down.Load():
 				p.down.Store(false)
 				p.cfg.Metrics.apiserverUnreachable(false)
 				p.cfg.Logger.Info("apiserver reachable again: pod watch resumes")
+			case !up && ctx.Err() == nil:
+				p.markDown("probe of /readyz failed")
 			}
 		}
 	}
@@ -111,8 +113,19 @@ func (p *PodIndex) Run(ctx context.Context) error {
 func (p *PodIndex) reachable(ctx context.Context) bool {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	_, err := p.cfg.Client.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
+	rc := p.cfg.Client.Discovery().RESTClient()
+	if rc == nil { // fake clientsets have no transport
+		return true
+	}
+	_, err := rc.Get().AbsPath("/readyz").DoRaw(ctx)
 	return err == nil
+}
+
+func (p *PodIndex) markDown(reason string) {
+	if !p.down.Swap(true) {
+		p.cfg.Logger.Warn("apiserver unreachable: pod checks use the last known pods of this node", slog.String("error", reason))
+		p.cfg.Metrics.apiserverUnreachable(true)
+	}
 }
 
 // Synced implements PodLookup.

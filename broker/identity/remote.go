@@ -212,7 +212,7 @@ func (r *RemoteKeySet) get(ctx context.Context, u string, limit int64) ([]byte, 
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Accept", "application/json")
+	req.Header.Set("Accept", "application/json, application/jwk-set+json")
 	if r.cfg.BearerTokenFile != "" {
 		tok, err := os.ReadFile(r.cfg.BearerTokenFile)
 		if err != nil {

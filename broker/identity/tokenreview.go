@@ -74,6 +74,18 @@ func (v *TokenReviewVerifier) Verify(ctx context.Context, tok Token) (Workload, 
 	if strings.Count(raw, ".") != 2 {
 		return Workload{}, invalid(ReasonMalformed)
 	}
+	// The apiserver's JSON decoding takes the last of duplicated claims; refuse such
+	// payloads before asking, as the JWT path does.
+	payload, err := base64.RawURLEncoding.DecodeString(strings.Split(raw, ".")[1])
+	if err != nil {
+		return Workload{}, invalid(ReasonMalformed)
+	}
+	switch err := checkJSONObject(payload); {
+	case errors.Is(err, errDuplicateKey):
+		return Workload{}, invalid(ReasonDuplicateClaim)
+	case err != nil:
+		return Workload{}, invalid(ReasonMalformed)
+	}
 	res, err := v.cfg.Reviewer.Create(ctx, &authnv1.TokenReview{Spec: authnv1.TokenReviewSpec{Token: raw, Audiences: v.cfg.Audiences}}, metav1.CreateOptions{})
 	if err != nil {
 		return Workload{}, errors.Join(ErrUnavailable, errors.New("token review request failed"))

@@ -430,6 +430,7 @@ func BenchmarkVerifier_Verify(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "verifications/s")
 		})
 	}
 }
