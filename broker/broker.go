@@ -18,6 +18,7 @@ import (
 	"github.com/keywarden/keywarden/broker/identity"
 	"github.com/keywarden/keywarden/broker/rotate"
 	"github.com/keywarden/keywarden/broker/source"
+	"github.com/keywarden/keywarden/broker/source/vault/vaultref"
 )
 
 // Verifier proves who a token belongs to.
@@ -221,6 +222,9 @@ func resolve(sg *grant.SecretGrant) (source.Ref, []string, error) {
 			path = sg.Name
 		}
 		return source.Ref{Source: "local", Path: path}, sg.Keys, nil
+	case sg.Source.Vault != nil && !vaultref.Engine(engineOf(sg.Source.Vault)).Leased():
+		// Static Vault secrets are shared by every caller; leased ones need resolveFor.
+		return vaultRef(sg, "")
 	default:
 		return source.Ref{}, nil, errors.New("grant names a source that this daemon does not serve")
 	}
@@ -241,7 +245,7 @@ func (b *Broker) GetSecret(ctx context.Context, w identity.Workload, name string
 }
 
 func (b *Broker) fetch(ctx context.Context, w identity.Workload, name string, dec grant.Decision) (*source.Secret, error) {
-	ref, keys, err := resolve(dec.Secret)
+	ref, keys, err := resolveFor(w, dec)
 	if err != nil {
 		b.log.Error("grant cannot be served", slog.String("grant", dec.Grant), slog.String("secret", name), slog.Any("error", err))
 		return nil, newError(ErrUnavailable, fmt.Sprintf("secret %q: the grant %q names a source this daemon does not serve", name, dec.Grant))

@@ -57,7 +57,7 @@ func (b *Broker) Watch(ctx context.Context, w identity.Workload, names []string,
 		if err != nil {
 			return err
 		}
-		ref, keys, err := resolve(dec.Secret)
+		ref, keys, err := resolveFor(w, dec)
 		if err != nil {
 			_, ferr := b.fetch(ctx, w, n, dec)
 			return ferr
@@ -173,7 +173,7 @@ func (b *Broker) recheck(ctx context.Context, w identity.Workload, d grant.Deliv
 		b.audit.Record(ctx, withWorkload(audit.Event{Kind: audit.KindRevocation, Outcome: audit.OutcomeDeny, Secret: x.name, Delivery: string(d), Grant: x.dec.Grant, Reason: "grant withdrawn"}, w))
 		return false, newError(ErrPermissionDenied, fmt.Sprintf("permission denied: the grant that allowed secret %q was withdrawn", x.name))
 	}
-	ref, keys, err := resolve(dec.Secret)
+	ref, keys, err := resolveFor(w, dec)
 	if err != nil {
 		_, ferr := b.fetch(ctx, w, x.name, dec)
 		return false, ferr

@@ -339,7 +339,7 @@ func (e *Engine) Run(ctx context.Context) error {
 			for path := range changes {
 				ref := source.Ref{Source: name, Path: path}
 				if e.cached(ref) {
-					_ = e.Refresh(ctx, ref)
+					_ = e.Refresh(source.Background(ctx), ref)
 				}
 			}
 		}()
@@ -355,7 +355,8 @@ func (e *Engine) Run(ctx context.Context) error {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					_ = e.Refresh(ctx, ref)
+					// Scheduled refreshes yield to fetches that a caller waits for.
+					_ = e.Refresh(source.Background(ctx), ref)
 					e.mu.Lock()
 					if en := e.entries[ref]; en != nil {
 						en.refreshing = false

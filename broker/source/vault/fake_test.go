@@ -1,0 +1,361 @@
+package vault
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"k8s.io/utils/clock"
+	testingclock "k8s.io/utils/clock/testing"
+
+	"github.com/keywarden/keywarden/broker/store"
+)
+
+// vaultErrText is what the fake puts in every error body; it must never reach a log or error.
+const vaultErrText = "vault-internal-detail-7c1e"
+
+// fakeVault is a hand-written, in-memory Vault speaking the HTTP API subset the source uses.
+type fakeVault struct {
+	t     testing.TB
+	srv   *httptest.Server
+	clock clock.PassiveClock
+
+	mu        sync.Mutex
+	role      string
+	jwts      []string // every JWT presented at login
+	tokens    map[string]bool
+	nextID    int
+	tokenTTL  int // seconds
+	kv2       map[string]*kv2Secret
+	kv1       map[string]map[string]any
+	forbidden map[string]bool // paths the policy denies
+	leases    map[string]*fakeLease
+	leaseTTL  int // seconds
+	maxTTL    int // seconds, from issue
+	renewable bool
+	refuse    bool // lease renewals answer 400
+	calls     map[string]int
+	// fault, when set, may answer any request first.
+	fault func(w http.ResponseWriter, r *http.Request) bool
+}
+
+type kv2Secret struct {
+	versions  []map[string]any
+	deleted   map[int]bool
+	destroyed map[int]bool
+}
+
+type fakeLease struct {
+	id      string
+	issued  time.Time
+	expires time.Time
+	revoked bool
+	user    string
+}
+
+func newFakeVault(t testing.TB, c clock.PassiveClock) *fakeVault {
+	f := &fakeVault{t: t, clock: c, role: "keywarden", tokens: map[string]bool{}, tokenTTL: 3600,
+		kv2: map[string]*kv2Secret{}, kv1: map[string]map[string]any{}, forbidden: map[string]bool{},
+		leases: map[string]*fakeLease{}, leaseTTL: 60, maxTTL: 300, renewable: true, calls: map[string]int{}}
+	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
+	t.Cleanup(f.srv.Close)
+	return f
+}
+
+func (f *fakeVault) count(key string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls[key]
+}
+
+func (f *fakeVault) putKV2(path string, data map[string]any) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := f.kv2[path]
+	if s == nil {
+		s = &kv2Secret{deleted: map[int]bool{}, destroyed: map[int]bool{}}
+		f.kv2[path] = s
+	}
+	s.versions = append(s.versions, data)
+}
+
+func (f *fakeVault) revokeAllTokens() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.tokens = map[string]bool{}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func vaultError(w http.ResponseWriter, status int) {
+	writeJSON(w, status, map[string]any{"errors": []string{vaultErrText}})
+}
+
+func (f *fakeVault) serve(w http.ResponseWriter, r *http.Request) {
+	path := strings.TrimPrefix(r.URL.Path, "/v1/")
+	f.mu.Lock()
+	f.calls[r.Method+" "+path]++
+	fault := f.fault
+	f.mu.Unlock()
+	if fault != nil && fault(w, r) {
+		return
+	}
+	var body map[string]any
+	if r.Body != nil {
+		b, _ := io.ReadAll(r.Body)
+		if len(b) > 0 {
+			_ = json.Unmarshal(b, &body)
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if path == "auth/kubernetes/login" || path == "auth/jwt/login" {
+		jwt, _ := body["jwt"].(string)
+		f.jwts = append(f.jwts, jwt)
+		if body["role"] != f.role || jwt == "" || strings.HasPrefix(jwt, "bad") {
+			vaultError(w, http.StatusForbidden)
+			return
+		}
+		f.nextID++
+		tok := fmt.Sprintf("hvs.fake-token-%d", f.nextID)
+		f.tokens[tok] = true
+		writeJSON(w, 200, map[string]any{"auth": map[string]any{"client_token": tok, "lease_duration": f.tokenTTL, "renewable": true}})
+		return
+	}
+	if !f.tokens[r.Header.Get("X-Vault-Token")] {
+		vaultError(w, http.StatusForbidden)
+		return
+	}
+	switch {
+	case path == "auth/token/lookup-self":
+		writeJSON(w, 200, map[string]any{"data": map[string]any{"ttl": f.tokenTTL}})
+	case path == "auth/token/renew-self":
+		writeJSON(w, 200, map[string]any{"auth": map[string]any{"client_token": r.Header.Get("X-Vault-Token"), "lease_duration": f.tokenTTL, "renewable": true}})
+	case f.forbidden[path]:
+		vaultError(w, http.StatusForbidden)
+	case strings.HasPrefix(path, "secret/data/"):
+		f.kv2Read(w, r, strings.TrimPrefix(path, "secret/data/"))
+	case strings.HasPrefix(path, "secret/metadata/"):
+		f.kv2Meta(w, strings.TrimPrefix(path, "secret/metadata/"))
+	case strings.HasPrefix(path, "kv1/"):
+		d, ok := f.kv1[strings.TrimPrefix(path, "kv1/")]
+		if !ok {
+			vaultError(w, 404)
+			return
+		}
+		writeJSON(w, 200, map[string]any{"data": d})
+	case strings.HasPrefix(path, "secret/"):
+		// A v2 mount read as v1.
+		writeJSON(w, 404, map[string]any{"errors": []string{}, "warnings": []string{"Invalid path for a versioned K/V secrets engine."}})
+	case strings.HasPrefix(path, "sys/internal/ui/mounts/"):
+		m := strings.TrimPrefix(path, "sys/internal/ui/mounts/")
+		switch m {
+		case "secret":
+			writeJSON(w, 200, map[string]any{"data": map[string]any{"type": "kv", "path": "secret/", "options": map[string]string{"version": "2"}}})
+		case "kv1":
+			writeJSON(w, 200, map[string]any{"data": map[string]any{"type": "kv", "path": "kv1/", "options": map[string]string{"version": "1"}}})
+		default:
+			vaultError(w, 404)
+		}
+	case strings.HasPrefix(path, "database/creds/"):
+		f.nextID++
+		id := fmt.Sprintf("database/creds/app/lease-%d", f.nextID)
+		now := f.clock.Now()
+		f.leases[id] = &fakeLease{id: id, issued: now, expires: now.Add(time.Duration(f.leaseTTL) * time.Second), user: fmt.Sprintf("v-user-%d", f.nextID)}
+		writeJSON(w, 200, map[string]any{"lease_id": id, "lease_duration": f.leaseTTL, "renewable": f.renewable,
+			"data": map[string]any{"username": f.leases[id].user, "password": fmt.Sprintf("pw-secret-%d", f.nextID)}})
+	case path == "sys/leases/renew":
+		id, _ := body["lease_id"].(string)
+		l := f.leases[id]
+		now := f.clock.Now()
+		if l == nil || l.revoked || !now.Before(l.expires) || f.refuse || !f.renewable {
+			vaultError(w, 400)
+			return
+		}
+		inc, _ := body["increment"].(float64)
+		end := now.Add(time.Duration(inc) * time.Second)
+		if maxEnd := l.issued.Add(time.Duration(f.maxTTL) * time.Second); end.After(maxEnd) {
+			end = maxEnd
+		}
+		l.expires = end
+		writeJSON(w, 200, map[string]any{"lease_id": id, "lease_duration": int(end.Sub(now) / time.Second), "renewable": true})
+	case path == "sys/leases/revoke":
+		id, _ := body["lease_id"].(string)
+		if l := f.leases[id]; l != nil {
+			l.revoked = true
+		}
+		w.WriteHeader(204)
+	default:
+		vaultError(w, 404)
+	}
+}
+
+func (f *fakeVault) kv2Read(w http.ResponseWriter, r *http.Request, p string) {
+	s := f.kv2[p]
+	if s == nil || len(s.versions) == 0 {
+		vaultError(w, 404)
+		return
+	}
+	v := len(s.versions)
+	if q := r.URL.Query().Get("version"); q != "" {
+		v, _ = strconv.Atoi(q)
+		if v < 1 || v > len(s.versions) {
+			vaultError(w, 404)
+			return
+		}
+	}
+	meta := map[string]any{"version": v, "deletion_time": "", "destroyed": s.destroyed[v]}
+	if s.deleted[v] {
+		meta["deletion_time"] = "2026-01-01T00:00:00Z"
+	}
+	if s.deleted[v] || s.destroyed[v] {
+		writeJSON(w, 404, map[string]any{"errors": []string{}, "data": map[string]any{"data": nil, "metadata": meta}})
+		return
+	}
+	writeJSON(w, 200, map[string]any{"data": map[string]any{"data": s.versions[v-1], "metadata": meta}})
+}
+
+func (f *fakeVault) kv2Meta(w http.ResponseWriter, p string) {
+	s := f.kv2[p]
+	if s == nil {
+		vaultError(w, 404)
+		return
+	}
+	versions := map[string]any{}
+	for i := range s.versions {
+		dt := ""
+		if s.deleted[i+1] {
+			dt = "2026-01-01T00:00:00Z"
+		}
+		versions[strconv.Itoa(i+1)] = map[string]any{"deletion_time": dt, "destroyed": s.destroyed[i+1]}
+	}
+	writeJSON(w, 200, map[string]any{"data": map[string]any{"current_version": len(s.versions), "versions": versions}})
+}
+
+// memStore is a hand-written LeaseStore.
+type memStore struct {
+	mu   sync.Mutex
+	data map[string][]byte
+}
+
+func newMemStore() *memStore { return &memStore{data: map[string][]byte{}} }
+
+func (m *memStore) Put(bucket, key string, value []byte) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.data[bucket+"\x00"+key] = bytes.Clone(value)
+	return nil
+}
+
+func (m *memStore) Delete(bucket, key string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.data, bucket+"\x00"+key)
+	return nil
+}
+
+func (m *memStore) List(bucket string) ([]store.Record, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []store.Record
+	for k, v := range m.data {
+		if b, key, _ := strings.Cut(k, "\x00"); b == bucket {
+			out = append(out, store.Record{Key: key, Value: bytes.Clone(v)})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	return out, nil
+}
+
+func (m *memStore) keys(prefix string) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for k := range m.data {
+		if strings.HasPrefix(k, LeaseBucket+"\x00"+prefix) {
+			n++
+		}
+	}
+	return n
+}
+
+// syncBuffer collects log output from concurrent goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type env struct {
+	f     *fakeVault
+	s     *Source
+	clock *testingclock.FakeClock
+	logs  *syncBuffer
+	jwt   string // path of the login token file
+	store *memStore
+}
+
+const loginJWT = "eyJhbGciOiJSUzI1NiJ9.daemon-jwt-payload.sig"
+
+func newEnv(t testing.TB, mutate func(*Config)) *env {
+	t.Helper()
+	c := testingclock.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	f := newFakeVault(t, c)
+	e := &env{f: f, clock: c, logs: &syncBuffer{}, jwt: filepath.Join(t.TempDir(), "token"), store: newMemStore()}
+	if err := os.WriteFile(e.jwt, []byte(loginJWT+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{
+		Address: f.srv.URL, Auth: AuthConfig{Method: MethodKubernetes, Role: "keywarden", TokenFile: e.jwt},
+		Leases: e.store, Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Clock: c, RequestTimeout: 2 * time.Second, LeaseGrace: 10 * time.Second,
+	}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	e.s = s
+	t.Cleanup(func() { e.assertNoLeaks(t) })
+	return e
+}
+
+// assertNoLeaks fails when a token, the login JWT, a secret value or Vault's error text
+// reached the logs.
+func (e *env) assertNoLeaks(t testing.TB) {
+	logs := e.logs.String()
+	for _, bad := range []string{loginJWT, "hvs.fake-token", vaultErrText, "pw-secret-", "s3cr3t"} {
+		if strings.Contains(logs, bad) {
+			t.Errorf("logs contain %q:\n%s", bad, logs)
+		}
+	}
+}

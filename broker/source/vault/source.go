@@ -1,0 +1,341 @@
+package vault
+
+import (
+	"context"
+	cryptorand "crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/utils/clock"
+
+	"github.com/keywarden/keywarden/broker/source"
+	"github.com/keywarden/keywarden/broker/source/vault/vaultref"
+)
+
+// Config configures a Source.
+type Config struct {
+	// Address is Vault's URL, e.g. https://vault.example:8200. Required.
+	Address string
+	// CACertFile is a PEM bundle of the CAs that may sign Vault's certificate; empty uses the
+	// system roots.
+	CACertFile string
+	// Auth says how the daemon logs in. Required.
+	Auth AuthConfig
+	// Leases persists leases and pending revocations; nil keeps them in memory only (a restart
+	// then leaves the old leases to expire by themselves).
+	Leases LeaseStore
+	// Logger receives operational events (paths, statuses, lease ids; never tokens, values or
+	// Vault's error text). Required.
+	Logger *slog.Logger
+	// Registerer receives the metrics; nil registers nothing.
+	Registerer prometheus.Registerer
+	// Clock drives renewals, backoff and expiry. Defaults to the real clock.
+	Clock clock.WithTicker
+
+	// MaxConcurrent bounds requests in flight to this Vault. Default 8.
+	MaxConcurrent int
+	// RequestsPerSecond and Burst set the token bucket. Defaults 50 and 20.
+	RequestsPerSecond float64
+	Burst             int
+	// RequestTimeout bounds one request. Default 10s.
+	RequestTimeout time.Duration
+	// MaxResponseBytes bounds one response body. Default 1 MiB.
+	MaxResponseBytes int64
+	// MinBackoff and MaxBackoff bound the jittered backoff of logins and of background
+	// requests after 429/503. Defaults 1s and 1m.
+	MinBackoff, MaxBackoff time.Duration
+	// LeaseGrace is how long a replaced lease stays valid before it is revoked, so consumers
+	// can switch to the new credential. Default 30s; never past the old lease's expiry.
+	LeaseGrace time.Duration
+	// OrphanGrace is how long a lease restored after a restart waits for a consumer to ask for
+	// it again before it is revoked. Default 5m.
+	OrphanGrace time.Duration
+	// ReapInterval is how often pending revocations and expired records are processed.
+	// Default 1s.
+	ReapInterval time.Duration
+}
+
+// Source reads secrets from Vault. Create it with New and run it with Run.
+type Source struct {
+	cfg     Config
+	log     *slog.Logger
+	clock   clock.WithTicker
+	client  *api.Client
+	auth    *auth
+	gate    *gate
+	metrics *metrics
+
+	refMu   sync.Mutex
+	refLock map[string]*refLock // serialises fetches of one reference
+
+	mu         sync.Mutex
+	kv         map[string]*kvEntry
+	leases     map[string]*lease         // by reference
+	revokes    map[string]*pendingRevoke // by lease id
+	metaDenied map[string]bool           // kv-v2 mounts whose metadata the daemon may not read
+	maxTTL     map[string]time.Duration  // learnt max_ttl by issue path (e.g. database/creds/app)
+	down       bool                      // last answer was "unavailable" (for logging transitions)
+	startedAt  time.Time
+	versionKey []byte // HMAC key of content versions; never leaves the process
+}
+
+type refLock struct {
+	mu    sync.Mutex
+	users int
+}
+
+var _ source.Source = (*Source)(nil)
+
+// New returns a Source. It does not contact Vault: Login or the first Fetch does.
+func New(cfg Config) (*Source, error) {
+	u, err := url.Parse(cfg.Address)
+	switch {
+	case cfg.Address == "":
+		return nil, errors.New("vault source: address is required")
+	case err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "":
+		return nil, fmt.Errorf("vault source: address %q must be an http(s) URL", cfg.Address)
+	case cfg.Logger == nil:
+		return nil, errors.New("vault source: logger is required")
+	}
+	if err := cfg.Auth.validate(); err != nil {
+		return nil, fmt.Errorf("vault source: %w", err)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&cfg.RequestTimeout, 10*time.Second)
+	def(&cfg.MinBackoff, time.Second)
+	def(&cfg.MaxBackoff, time.Minute)
+	def(&cfg.LeaseGrace, 30*time.Second)
+	def(&cfg.OrphanGrace, 5*time.Minute)
+	def(&cfg.ReapInterval, time.Second)
+	if cfg.MaxConcurrent <= 0 {
+		cfg.MaxConcurrent = 8
+	}
+	if cfg.RequestsPerSecond <= 0 {
+		cfg.RequestsPerSecond = 50
+	}
+	if cfg.Burst <= 0 {
+		cfg.Burst = 20
+	}
+	if cfg.MaxResponseBytes <= 0 {
+		cfg.MaxResponseBytes = 1 << 20
+	}
+	hc, err := newHTTPClient(cfg.CACertFile, cfg.MaxResponseBytes, cfg.RequestTimeout)
+	if err != nil {
+		return nil, fmt.Errorf("vault source: %w", err)
+	}
+	// MaxRetries 0: retries and backoff are ours, on the injected clock.
+	c, err := api.NewClient(&api.Config{Address: cfg.Address, HttpClient: hc, MaxRetries: 0, Timeout: cfg.RequestTimeout})
+	if err != nil {
+		return nil, fmt.Errorf("vault source: client: %w", err)
+	}
+	// vault/api reads VAULT_TOKEN, VAULT_NAMESPACE and VAULT_HEADERS from the environment:
+	// nothing static may authenticate the daemon, so drop whatever it picked up.
+	c.ClearToken()
+	c.ClearNamespace()
+	c.SetHeaders(http.Header{api.RequestHeaderName: []string{"true"}})
+	s := &Source{
+		cfg: cfg, log: cfg.Logger, clock: cfg.Clock, client: c,
+		gate:    newGate(cfg.Clock, cfg.MaxConcurrent, cfg.RequestsPerSecond, cfg.Burst, cfg.MinBackoff, cfg.MaxBackoff),
+		refLock: map[string]*refLock{}, kv: map[string]*kvEntry{}, leases: map[string]*lease{},
+		revokes: map[string]*pendingRevoke{}, metaDenied: map[string]bool{}, maxTTL: map[string]time.Duration{}, startedAt: cfg.Clock.Now(),
+		versionKey: make([]byte, 32),
+	}
+	if _, err := cryptorand.Read(s.versionKey); err != nil {
+		return nil, fmt.Errorf("vault source: %w", err)
+	}
+	s.auth = newAuth(s, cfg.Auth)
+	if s.metrics, err = newMetrics(cfg.Registerer, s); err != nil {
+		return nil, fmt.Errorf("vault source: %w", err)
+	}
+	if err := s.restore(); err != nil {
+		return nil, fmt.Errorf("vault source: %w", err)
+	}
+	return s, nil
+}
+
+// Client is the Vault client, carrying the daemon's current token once logged in (for the
+// Transit KEK). Do not change its token.
+func (s *Source) Client() *api.Client { return s.client }
+
+// Login logs in now (for a caller that needs Vault before anything else, like the Transit
+// KEK at start-up).
+func (s *Source) Login(ctx context.Context) error {
+	_, err := s.auth.get(ctx)
+	return err
+}
+
+// Run renews the Vault token, revokes replaced and orphaned leases when due, and forgets
+// expired records, until ctx is done.
+func (s *Source) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.auth.run(ctx)
+	}()
+	t := s.clock.NewTicker(s.cfg.ReapInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C():
+			s.reap(source.Background(ctx))
+		}
+	}
+}
+
+// Fetch implements source.Source. path is a vaultref string.
+func (s *Source) Fetch(ctx context.Context, path string) (*source.Secret, error) {
+	spec, err := vaultref.Parse(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", source.ErrInvalidRef, err)
+	}
+	unlock := s.lockRef(path)
+	defer unlock()
+	var sec *source.Secret
+	switch spec.Engine {
+	case vaultref.KVv2:
+		sec, err = s.fetchKVv2(ctx, path, spec)
+	case vaultref.KVv1:
+		sec, err = s.fetchKVv1(ctx, path, spec)
+	default:
+		sec, err = s.fetchLeased(ctx, path, spec)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return sec.Select(spec.Keys)
+}
+
+func (s *Source) lockRef(path string) func() {
+	s.refMu.Lock()
+	l := s.refLock[path]
+	if l == nil {
+		l = &refLock{}
+		s.refLock[path] = l
+	}
+	l.users++
+	s.refMu.Unlock()
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		s.refMu.Lock()
+		if l.users--; l.users == 0 {
+			delete(s.refLock, path)
+		}
+		s.refMu.Unlock()
+	}
+}
+
+// do sends one authenticated (or login) request through the gate. A 403 with a token that a
+// lookup says is no longer valid (revoked out of band, expired early) makes it log in again
+// and retry once; a 403 with a valid token is the policy's answer (ErrForbidden).
+func (s *Source) do(ctx context.Context, c call) (*response, error) {
+	login := c.class == "login"
+	var tok vaultToken
+	if !login && c.token == "" {
+		t, err := s.auth.get(ctx)
+		if err != nil {
+			s.metrics.requests.WithLabelValues(c.class, "unavailable").Inc()
+			return nil, err
+		}
+		tok = t
+		c.token = string(t)
+	}
+	resp, err := s.send(ctx, c)
+	if login || tok == "" || !errors.Is(err, source.ErrForbidden) {
+		return resp, err
+	}
+	if s.tokenValid(ctx, tok) {
+		return nil, err
+	}
+	s.log.Warn("vault token no longer valid; logging in again")
+	s.auth.invalidate(tok)
+	if lerr := s.auth.login(ctx, tok); lerr != nil {
+		return nil, lerr
+	}
+	t, ok := s.auth.current()
+	if !ok {
+		return nil, fmt.Errorf("%w: %w", source.ErrUnavailable, ErrNotLoggedIn)
+	}
+	c.token = string(t)
+	return s.send(ctx, c)
+}
+
+// tokenValid asks Vault whether tok still works (lookup-self is allowed by the default policy).
+// Anything but a clear 403 counts as valid, so an outage never triggers logins.
+func (s *Source) tokenValid(ctx context.Context, tok vaultToken) bool {
+	_, err := s.send(ctx, call{class: "token-lookup", method: http.MethodGet, path: "auth/token/lookup-self", token: string(tok)})
+	return !errors.Is(err, source.ErrForbidden)
+}
+
+// send passes the gate, sends c once, and records the outcome.
+func (s *Source) send(ctx context.Context, c call) (*response, error) {
+	if err := s.gate.acquire(ctx); err != nil {
+		s.metrics.requests.WithLabelValues(c.class, result(err)).Inc()
+		return nil, err
+	}
+	resp, err := s.roundTrip(ctx, c)
+	s.gate.release()
+	s.metrics.requests.WithLabelValues(c.class, result(err)).Inc()
+	var ce *callError
+	switch {
+	case err == nil:
+		s.gate.healthy()
+		s.setDown(false)
+	case errors.As(err, &ce) && (ce.status == http.StatusTooManyRequests || ce.status == http.StatusServiceUnavailable):
+		s.gate.overloaded(ce.retryAfter)
+		s.setDown(true)
+	case errors.Is(err, source.ErrUnavailable):
+		s.setDown(true)
+	}
+	return resp, err
+}
+
+// setDown logs transitions between reachable and unreachable once each, not per request.
+func (s *Source) setDown(down bool) {
+	s.mu.Lock()
+	changed := s.down != down
+	s.down = down
+	s.mu.Unlock()
+	switch {
+	case changed && down:
+		s.log.Warn("vault is unavailable; cached secrets are served until they expire, never after")
+	case changed:
+		s.log.Info("vault is available again")
+	}
+}
+
+// jitter returns a random duration in [0, d].
+func jitter(d time.Duration) time.Duration {
+	if d <= 0 {
+		return 0
+	}
+	return time.Duration(rand.Int64N(int64(d) + 1))
+}
+
+// pathProblem is vaultref's path check for the auth mount.
+func pathProblem(p string) string {
+	_, err := vaultref.Spec{Engine: vaultref.KVv1, Mount: p, Path: "x"}.Encode()
+	if err != nil {
+		return err.Error()
+	}
+	return ""
+}
