@@ -14,8 +14,11 @@ const (
 	KindAuthentication Kind = "authentication"
 	KindDecision       Kind = "decision"
 	KindDelivery       Kind = "delivery"
+	KindRotation       Kind = "rotation"
 	KindRevocation     Kind = "revocation"
 	KindAdmin          Kind = "admin"
+	// KindAudit is about the audit log itself (events dropped because the queue was full).
+	KindAudit Kind = "audit"
 )
 
 // Outcome is the result of an audited event.
@@ -28,21 +31,29 @@ const (
 	OutcomeError Outcome = "error"
 )
 
-// Event is one audited fact. No field may hold a token or a secret value.
+// Event is one audited fact. No field may hold a token or a secret value: every field is a
+// name, an identity, a version or a fixed phrase. The JSON form is part of the hash chain of
+// the persistent Log, so field names must not change.
 type Event struct {
-	Time           time.Time
-	Kind           Kind
-	Outcome        Outcome
-	Namespace      string
-	ServiceAccount string
-	PodName        string
-	PodUID         string
-	SPIFFEID       string
-	Secret         string
-	Version        string
-	Delivery       string
-	Grant          string
-	Reason         string
+	// Time is when the event happened; the Log stores it as the entry's time (set to the
+	// Log's clock when zero).
+	Time           time.Time `json:"-"`
+	Kind           Kind      `json:"kind"`
+	Outcome        Outcome   `json:"outcome"`
+	Namespace      string    `json:"namespace,omitempty"`
+	ServiceAccount string    `json:"serviceAccount,omitempty"`
+	PodName        string    `json:"pod,omitempty"`
+	PodUID         string    `json:"podUID,omitempty"`
+	SPIFFEID       string    `json:"spiffeID,omitempty"`
+	Secret         string    `json:"secret,omitempty"`
+	Version        string    `json:"version,omitempty"`
+	Delivery       string    `json:"delivery,omitempty"`
+	Grant          string    `json:"grant,omitempty"`
+	// Action names an admin action ("grant.apply", "rotate", "revoke", ...).
+	Action string `json:"action,omitempty"`
+	// Actor is who performed an admin action: "admin-socket" or the caller's SPIFFE ID.
+	Actor  string `json:"actor,omitempty"`
+	Reason string `json:"reason,omitempty"`
 }
 
 // Recorder receives audit events.
@@ -78,6 +89,8 @@ func (r *SlogRecorder) Record(ctx context.Context, ev Event) {
 	add("version", ev.Version)
 	add("delivery", ev.Delivery)
 	add("grant", ev.Grant)
+	add("action", ev.Action)
+	add("actor", ev.Actor)
 	add("reason", ev.Reason)
 	r.log.LogAttrs(ctx, slog.LevelInfo, "audit", slog.Any("audit", slog.GroupValue(attrs...)))
 }

@@ -20,4 +20,5 @@
 // This package imports nothing else of Keywarden's: callers pass identities as plain strings.
 //
 // +groupName=keywarden.io
+// +versionName=v1alpha1
 package grant

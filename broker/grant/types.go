@@ -21,6 +21,7 @@ const (
 // +kubebuilder:resource:scope=Cluster,shortName=ag
 // +kubebuilder:printcolumn:name="Effect",type=string,JSONPath=`.spec.effect`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:object:generate=true
 type AccessGrant struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
@@ -33,6 +34,7 @@ type AccessGrant struct {
 // AccessGrantList is a list of AccessGrants.
 //
 // +kubebuilder:object:root=true
+// +kubebuilder:object:generate=true
 type AccessGrantList struct {
 	metav1.TypeMeta `json:",inline"`
 	metav1.ListMeta `json:"metadata,omitempty"`
@@ -93,6 +95,7 @@ const (
 )
 
 // AccessGrantSpec is the body of an AccessGrant.
+// +kubebuilder:object:generate=true
 type AccessGrantSpec struct {
 	// Effect is Allow (the default) or Deny. A matching Deny always wins over any Allow.
 	// +kubebuilder:default=Allow
@@ -101,11 +104,13 @@ type AccessGrantSpec struct {
 
 	// Subjects are the workload identities this grant applies to; any one matching is enough.
 	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=64
 	// +kubebuilder:validation:Required
 	Subjects []Subject `json:"subjects"`
 
 	// Secrets are the secrets this grant covers, by the exact name a workload asks for.
 	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=32
 	// +kubebuilder:validation:Required
 	// +listType=map
 	// +listMapKey=name
@@ -119,26 +124,37 @@ type AccessGrantSpec struct {
 }
 
 // Subject is one workload identity pattern: either Namespace and ServiceAccount, or SPIFFEID.
+// +kubebuilder:object:generate=true
+// +kubebuilder:validation:XValidation:rule="has(self.spiffeID) != (has(self.namespace) || has(self.serviceAccount))",message="set either namespace+serviceAccount or spiffeID, not both and not neither"
+// +kubebuilder:validation:XValidation:rule="has(self.spiffeID) || (has(self.namespace) && has(self.serviceAccount))",message="namespace and serviceAccount go together: set both (\"*\" matches any)"
 type Subject struct {
 	// Namespace is a namespace name, or "*" for any namespace.
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$`
 	// +optional
 	Namespace string `json:"namespace,omitempty"`
 
 	// ServiceAccount is a service account name, or "*" for any service account.
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^(\*|[a-z0-9]([-a-z0-9.]*[a-z0-9])?)$`
 	// +optional
 	ServiceAccount string `json:"serviceAccount,omitempty"`
 
 	// SPIFFEID is an exact SPIFFE ID, or a pattern in which whole path segments may be "*"
 	// (each matching exactly one segment). The trust domain is never a wildcard.
+	// +kubebuilder:validation:MaxLength=2048
+	// +kubebuilder:validation:XValidation:rule="self.matches('^spiffe://[a-z0-9._-]+(/[A-Za-z0-9._*-]+)+$') && !self.contains('/./') && !self.contains('/../') && !self.endsWith('/.') && !self.endsWith('/..')",message="must be spiffe://<trust-domain>/<path> with a lower-case trust domain and path segments of letters, digits, '.', '-', '_' or a whole-segment \"*\""
 	// +optional
 	SPIFFEID string `json:"spiffeID,omitempty"`
 }
 
 // SecretGrant is one secret clause of a grant.
+// +kubebuilder:object:generate=true
 type SecretGrant struct {
 	// Name is the name a workload asks for. It matches exactly: no prefixes, no globs.
 	// +kubebuilder:validation:Required
 	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9._]*[a-z0-9])?$') && !self.contains('..')",message="must be lower case letters, digits, '-', '.' and '_', starting and ending with a letter or digit, without \"..\""
 	Name string `json:"name"`
 
 	// Source says where the secret comes from.
@@ -148,10 +164,13 @@ type SecretGrant struct {
 	// Keys is the subset of the secret's keys delivered; empty means all keys.
 	// +optional
 	// +listType=set
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:MaxLength=253
 	Keys []string `json:"keys,omitempty"`
 
 	// Files is the CSI file layout; empty means one file per key, named after the key.
 	// +optional
+	// +kubebuilder:validation:MaxItems=32
 	Files []FileMapping `json:"files,omitempty"`
 
 	// TTL bounds the lifetime of dynamic credentials issued under this grant.
@@ -170,6 +189,7 @@ type SecretGrant struct {
 // SecretSource names where a secret comes from. Exactly one field is set.
 // +kubebuilder:validation:MinProperties=1
 // +kubebuilder:validation:MaxProperties=1
+// +kubebuilder:object:generate=true
 type SecretSource struct {
 	// Local is the embedded store of dev and single-machine mode.
 	// +optional
@@ -181,6 +201,7 @@ type SecretSource struct {
 }
 
 // LocalSource is a secret in the embedded store.
+// +kubebuilder:object:generate=true
 type LocalSource struct {
 	// Name of the secret in the local store; defaults to the secret clause's name.
 	// +optional
@@ -188,6 +209,7 @@ type LocalSource struct {
 }
 
 // VaultSource is a secret read from or issued by Vault.
+// +kubebuilder:object:generate=true
 type VaultSource struct {
 	// Mount is the path the secrets engine is mounted at, e.g. "secret".
 	// +kubebuilder:validation:Required
@@ -212,15 +234,17 @@ type VaultSource struct {
 }
 
 // FileMapping places one key of a secret at a path inside the CSI volume.
+// +kubebuilder:object:generate=true
 type FileMapping struct {
 	// Key is the secret key written to the file.
 	// +kubebuilder:validation:Required
 	Key string `json:"key"`
 
 	// Path is relative to the volume root: no "..", no leading "/", no component starting
-	// with "..".
+	// with "..". The CRD caps it at 1024 bytes (CEL cost budget); grants files allow 4096.
 	// +kubebuilder:validation:Required
-	// +kubebuilder:validation:MaxLength=4096
+	// +kubebuilder:validation:MaxLength=1024
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([^./][^/]*|[.][^./][^/]*)(/([^./][^/]*|[.][^./][^/]*))*$')",message="must be a relative path without a leading \"/\", empty or \".\" components, or components starting with \"..\""
 	Path string `json:"path"`
 
 	// Mode is the file's permission bits (at most 0777); the default is decided by the CSI
@@ -232,19 +256,32 @@ type FileMapping struct {
 }
 
 // TTLBounds bounds the TTL requested for dynamic credentials.
+// +kubebuilder:object:generate=true
+// +kubebuilder:validation:MinProperties=1
+// +kubebuilder:validation:XValidation:rule="!has(self.min) || !has(self.max) || duration(self.min) <= duration(self.max)",message="min must not be greater than max"
 type TTLBounds struct {
 	// Min is the shortest TTL accepted.
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]+([.][0-9]+)?(ns|us|µs|ms|s|m|h))+$') && duration(self) > duration('0s')",message="must be a positive duration such as 5m or 1h30m"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=64
 	// +optional
 	Min *metav1.Duration `json:"min,omitempty"`
 
 	// Max is the longest TTL requested.
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]+([.][0-9]+)?(ns|us|µs|ms|s|m|h))+$') && duration(self) > duration('0s')",message="must be a positive duration such as 24h"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=64
 	// +optional
 	Max *metav1.Duration `json:"max,omitempty"`
 }
 
 // RefreshPolicy sets how a static secret is polled.
+// +kubebuilder:object:generate=true
 type RefreshPolicy struct {
 	// Interval between polls; at least 1s.
 	// +kubebuilder:validation:Required
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]+([.][0-9]+)?(ns|us|µs|ms|s|m|h))+$') && duration(self) >= duration('1s')",message="must be a duration of at least 1s, such as 30s or 5m"
 	Interval metav1.Duration `json:"interval"`
 }

@@ -16,8 +16,10 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/keywarden/keywarden/broker"
+	"github.com/keywarden/keywarden/broker/audit"
 	"github.com/keywarden/keywarden/broker/grant"
 	"github.com/keywarden/keywarden/broker/rotate"
+	"github.com/keywarden/keywarden/broker/source"
 	"github.com/keywarden/keywarden/broker/source/local"
 	keywardenv1 "github.com/keywarden/keywarden/proto/keywarden/v1"
 )
@@ -27,6 +29,7 @@ type AdminBroker interface {
 	ListGrants() []broker.SourcedGrant
 	Explain(r grant.Request) grant.Explanation
 	WatchStreams() int64
+	SourceRefs(name string) []source.Ref
 }
 
 var _ AdminBroker = (*broker.Broker)(nil)
@@ -70,6 +73,14 @@ type AdminConfig struct {
 	// Limits bound what one client can make the server do. Zero fields take defaults, except
 	// MaxRecvMsgSize which defaults to 1 MiB here (grant manifests).
 	Limits Limits
+	// Audit is the persistent audit log; nil makes the audit calls answer FailedPrecondition.
+	Audit AuditLog
+	// Recorder audits every admin call. Defaults to Audit when that records, else discards.
+	Recorder audit.Recorder
+	// Rotator re-fetches secrets for RotateNow; nil makes it answer FailedPrecondition.
+	Rotator Rotator
+	// Revoker enforces revocations; nil makes Revoke answer FailedPrecondition.
+	Revoker Revoker
 }
 
 // AdminService implements keywarden.v1.AdminService. It is served only on the admin socket,
@@ -83,6 +94,32 @@ var _ keywardenv1.AdminServiceServer = (*AdminService)(nil)
 
 // NewAdminServer returns a gRPC server with AdminService registered.
 func NewAdminServer(cfg AdminConfig) (*grpc.Server, error) {
+	opts, err := adminOptions(&cfg, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	srv := grpc.NewServer(opts...)
+	registerAdmin(srv, cfg)
+	return srv, nil
+}
+
+func defaultRecorder(cfg *AdminConfig) {
+	if cfg.Recorder == nil {
+		if r, ok := cfg.Audit.(audit.Recorder); ok {
+			cfg.Recorder = r
+		} else {
+			cfg.Recorder = audit.Discard{}
+		}
+	}
+}
+
+func registerAdmin(srv *grpc.Server, cfg AdminConfig) {
+	keywardenv1.RegisterAdminServiceServer(srv, &AdminService{cfg: cfg})
+}
+
+// adminOptions validates cfg, applies defaults and returns the server options every admin
+// server shares: limits, logging, auditing and recovery. authz, when set, runs first.
+func adminOptions(cfg *AdminConfig, authzU grpc.UnaryServerInterceptor, authzS grpc.StreamServerInterceptor) ([]grpc.ServerOption, error) {
 	switch {
 	case cfg.Broker == nil:
 		return nil, errors.New("server: broker is required")
@@ -99,13 +136,16 @@ func NewAdminServer(cfg AdminConfig) (*grpc.Server, error) {
 	if cfg.Limits.MaxRecvMsgSize <= 0 {
 		cfg.Limits.MaxRecvMsgSize = 1 << 20
 	}
-	opts := append(cfg.Limits.serverOptions(),
-		grpc.ChainUnaryInterceptor(LogUnary(cfg.Logger, cfg.Metrics), RecoverUnary(cfg.Logger)),
-		grpc.ChainStreamInterceptor(LogStream(cfg.Logger, cfg.Metrics), RecoverStream(cfg.Logger)),
-	)
-	srv := grpc.NewServer(opts...)
-	keywardenv1.RegisterAdminServiceServer(srv, &AdminService{cfg: cfg})
-	return srv, nil
+	defaultRecorder(cfg)
+	unary := []grpc.UnaryServerInterceptor{LogUnary(cfg.Logger, cfg.Metrics), RecoverUnary(cfg.Logger)}
+	stream := []grpc.StreamServerInterceptor{LogStream(cfg.Logger, cfg.Metrics), RecoverStream(cfg.Logger)}
+	if authzU != nil {
+		unary = append(unary, authzU)
+		stream = append(stream, authzS)
+	}
+	unary = append(unary, auditUnary(cfg.Recorder))
+	stream = append(stream, auditStream(cfg.Recorder))
+	return append(cfg.Limits.serverOptions(), grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...)), nil
 }
 
 // ListGrants implements keywardenv1.AdminServiceServer.
@@ -210,8 +250,9 @@ func (a *AdminService) GetStatus(context.Context, *keywardenv1.GetStatusRequest)
 		Grants:       int32(len(a.cfg.Broker.ListGrants())),
 		WatchStreams: int32(a.cfg.Broker.WatchStreams()),
 	}
+	a.statusDetails(out)
 	for _, e := range a.cfg.Cache.Status() {
-		cs := &keywardenv1.CachedSecret{Source: e.Ref.Source, Path: e.Ref.Path, Version: e.Version, Subscribers: int32(e.Subscribers), LastError: e.LastError}
+		cs := &keywardenv1.CachedSecret{Source: e.Ref.Source, Path: e.Ref.Path, Version: e.Version, Subscribers: int32(e.Subscribers), LastError: e.LastError, Stale: e.Stale}
 		if !e.FetchedAt.IsZero() {
 			cs.FetchedAt = timestamppb.New(e.FetchedAt)
 		}

@@ -642,14 +642,16 @@ func (*GetStatusRequest) Descriptor() ([]byte, []int) {
 
 // CachedSecret describes one cached secret without its value.
 type CachedSecret struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Source        string                 `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
-	Path          string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
-	Version       string                 `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
-	FetchedAt     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=fetched_at,json=fetchedAt,proto3" json:"fetched_at,omitempty"`
-	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
-	Subscribers   int32                  `protobuf:"varint,6,opt,name=subscribers,proto3" json:"subscribers,omitempty"`
-	LastError     string                 `protobuf:"bytes,7,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Source      string                 `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	Path        string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	Version     string                 `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	FetchedAt   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=fetched_at,json=fetchedAt,proto3" json:"fetched_at,omitempty"`
+	ExpiresAt   *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	Subscribers int32                  `protobuf:"varint,6,opt,name=subscribers,proto3" json:"subscribers,omitempty"`
+	LastError   string                 `protobuf:"bytes,7,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	// stale is true while the value served is one whose last refresh failed.
+	Stale         bool `protobuf:"varint,8,opt,name=stale,proto3" json:"stale,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -733,21 +735,189 @@ func (x *CachedSecret) GetLastError() string {
 	return ""
 }
 
+func (x *CachedSecret) GetStale() bool {
+	if x != nil {
+		return x.Stale
+	}
+	return false
+}
+
+// GrantSourceStatus counts the grants of one source.
+type GrantSourceStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Source        string                 `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	Grants        int32                  `protobuf:"varint,2,opt,name=grants,proto3" json:"grants,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GrantSourceStatus) Reset() {
+	*x = GrantSourceStatus{}
+	mi := &file_keywarden_v1_admin_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GrantSourceStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GrantSourceStatus) ProtoMessage() {}
+
+func (x *GrantSourceStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_v1_admin_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GrantSourceStatus.ProtoReflect.Descriptor instead.
+func (*GrantSourceStatus) Descriptor() ([]byte, []int) {
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *GrantSourceStatus) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *GrantSourceStatus) GetGrants() int32 {
+	if x != nil {
+		return x.Grants
+	}
+	return 0
+}
+
+// AuditStatus describes the audit log.
+type AuditStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// enabled is false when audit records go to the daemon's log only.
+	Enabled  bool   `protobuf:"varint,1,opt,name=enabled,proto3" json:"enabled,omitempty"`
+	FirstSeq uint64 `protobuf:"varint,2,opt,name=first_seq,json=firstSeq,proto3" json:"first_seq,omitempty"`
+	HeadSeq  uint64 `protobuf:"varint,3,opt,name=head_seq,json=headSeq,proto3" json:"head_seq,omitempty"`
+	HeadHash string `protobuf:"bytes,4,opt,name=head_hash,json=headHash,proto3" json:"head_hash,omitempty"`
+	// pending events are queued for the next batch.
+	Pending int32 `protobuf:"varint,5,opt,name=pending,proto3" json:"pending,omitempty"`
+	// dropped events did not fit the queue (the count itself is audited).
+	Dropped       uint64 `protobuf:"varint,6,opt,name=dropped,proto3" json:"dropped,omitempty"`
+	Written       uint64 `protobuf:"varint,7,opt,name=written,proto3" json:"written,omitempty"`
+	FlushFailures uint64 `protobuf:"varint,8,opt,name=flush_failures,json=flushFailures,proto3" json:"flush_failures,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditStatus) Reset() {
+	*x = AuditStatus{}
+	mi := &file_keywarden_v1_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditStatus) ProtoMessage() {}
+
+func (x *AuditStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_v1_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditStatus.ProtoReflect.Descriptor instead.
+func (*AuditStatus) Descriptor() ([]byte, []int) {
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *AuditStatus) GetEnabled() bool {
+	if x != nil {
+		return x.Enabled
+	}
+	return false
+}
+
+func (x *AuditStatus) GetFirstSeq() uint64 {
+	if x != nil {
+		return x.FirstSeq
+	}
+	return 0
+}
+
+func (x *AuditStatus) GetHeadSeq() uint64 {
+	if x != nil {
+		return x.HeadSeq
+	}
+	return 0
+}
+
+func (x *AuditStatus) GetHeadHash() string {
+	if x != nil {
+		return x.HeadHash
+	}
+	return ""
+}
+
+func (x *AuditStatus) GetPending() int32 {
+	if x != nil {
+		return x.Pending
+	}
+	return 0
+}
+
+func (x *AuditStatus) GetDropped() uint64 {
+	if x != nil {
+		return x.Dropped
+	}
+	return 0
+}
+
+func (x *AuditStatus) GetWritten() uint64 {
+	if x != nil {
+		return x.Written
+	}
+	return 0
+}
+
+func (x *AuditStatus) GetFlushFailures() uint64 {
+	if x != nil {
+		return x.FlushFailures
+	}
+	return 0
+}
+
 // GetStatusResponse is the daemon's state.
 type GetStatusResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Version       string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
-	StartedAt     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
-	Grants        int32                  `protobuf:"varint,3,opt,name=grants,proto3" json:"grants,omitempty"`
-	Secrets       []*CachedSecret        `protobuf:"bytes,4,rep,name=secrets,proto3" json:"secrets,omitempty"`
-	WatchStreams  int32                  `protobuf:"varint,5,opt,name=watch_streams,json=watchStreams,proto3" json:"watch_streams,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Version      string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	StartedAt    *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	Grants       int32                  `protobuf:"varint,3,opt,name=grants,proto3" json:"grants,omitempty"`
+	Secrets      []*CachedSecret        `protobuf:"bytes,4,rep,name=secrets,proto3" json:"secrets,omitempty"`
+	WatchStreams int32                  `protobuf:"varint,5,opt,name=watch_streams,json=watchStreams,proto3" json:"watch_streams,omitempty"`
+	Audit        *AuditStatus           `protobuf:"bytes,6,opt,name=audit,proto3" json:"audit,omitempty"`
+	GrantSources []*GrantSourceStatus   `protobuf:"bytes,7,rep,name=grant_sources,json=grantSources,proto3" json:"grant_sources,omitempty"`
+	// revocations are the names of the revocations in force.
+	Revocations   []string `protobuf:"bytes,8,rep,name=revocations,proto3" json:"revocations,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetStatusResponse) Reset() {
 	*x = GetStatusResponse{}
-	mi := &file_keywarden_v1_admin_proto_msgTypes[12]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -759,7 +929,7 @@ func (x *GetStatusResponse) String() string {
 func (*GetStatusResponse) ProtoMessage() {}
 
 func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_v1_admin_proto_msgTypes[12]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -772,7 +942,7 @@ func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetStatusResponse) Descriptor() ([]byte, []int) {
-	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetStatusResponse) GetVersion() string {
@@ -810,6 +980,27 @@ func (x *GetStatusResponse) GetWatchStreams() int32 {
 	return 0
 }
 
+func (x *GetStatusResponse) GetAudit() *AuditStatus {
+	if x != nil {
+		return x.Audit
+	}
+	return nil
+}
+
+func (x *GetStatusResponse) GetGrantSources() []*GrantSourceStatus {
+	if x != nil {
+		return x.GrantSources
+	}
+	return nil
+}
+
+func (x *GetStatusResponse) GetRevocations() []string {
+	if x != nil {
+		return x.Revocations
+	}
+	return nil
+}
+
 // PutSecretRequest writes a secret in the embedded store.
 type PutSecretRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -821,7 +1012,7 @@ type PutSecretRequest struct {
 
 func (x *PutSecretRequest) Reset() {
 	*x = PutSecretRequest{}
-	mi := &file_keywarden_v1_admin_proto_msgTypes[13]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -833,7 +1024,7 @@ func (x *PutSecretRequest) String() string {
 func (*PutSecretRequest) ProtoMessage() {}
 
 func (x *PutSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_v1_admin_proto_msgTypes[13]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -846,7 +1037,7 @@ func (x *PutSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutSecretRequest.ProtoReflect.Descriptor instead.
 func (*PutSecretRequest) Descriptor() ([]byte, []int) {
-	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PutSecretRequest) GetName() string {
@@ -873,7 +1064,7 @@ type PutSecretResponse struct {
 
 func (x *PutSecretResponse) Reset() {
 	*x = PutSecretResponse{}
-	mi := &file_keywarden_v1_admin_proto_msgTypes[14]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -885,7 +1076,7 @@ func (x *PutSecretResponse) String() string {
 func (*PutSecretResponse) ProtoMessage() {}
 
 func (x *PutSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_v1_admin_proto_msgTypes[14]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -898,7 +1089,7 @@ func (x *PutSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutSecretResponse.ProtoReflect.Descriptor instead.
 func (*PutSecretResponse) Descriptor() ([]byte, []int) {
-	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PutSecretResponse) GetVersion() string {
@@ -906,6 +1097,737 @@ func (x *PutSecretResponse) GetVersion() string {
 		return x.Version
 	}
 	return ""
+}
+
+// RotateNowRequest names a secret as workloads ask for it.
+type RotateNowRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Secret        string                 `protobuf:"bytes,1,opt,name=secret,proto3" json:"secret,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateNowRequest) Reset() {
+	*x = RotateNowRequest{}
+	mi := &file_keywarden_v1_admin_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateNowRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateNowRequest) ProtoMessage() {}
+
+func (x *RotateNowRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_v1_admin_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateNowRequest.ProtoReflect.Descriptor instead.
+func (*RotateNowRequest) Descriptor() ([]byte, []int) {
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *RotateNowRequest) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+// RotatedSource is one source reference fetched again.
+type RotatedSource struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Source string                 `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	Path   string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// version is the version now cached; empty when the fetch failed.
+	Version string `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	// error says why the fetch failed, without backend error text.
+	Error         string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotatedSource) Reset() {
+	*x = RotatedSource{}
+	mi := &file_keywarden_v1_admin_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotatedSource) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotatedSource) ProtoMessage() {}
+
+func (x *RotatedSource) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_v1_admin_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotatedSource.ProtoReflect.Descriptor instead.
+func (*RotatedSource) Descriptor() ([]byte, []int) {
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RotatedSource) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *RotatedSource) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *RotatedSource) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *RotatedSource) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+// RotateNowResponse lists every source reference the secret name resolves to.
+type RotateNowResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sources       []*RotatedSource       `protobuf:"bytes,1,rep,name=sources,proto3" json:"sources,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateNowResponse) Reset() {
+	*x = RotateNowResponse{}
+	mi := &file_keywarden_v1_admin_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateNowResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateNowResponse) ProtoMessage() {}
+
+func (x *RotateNowResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_v1_admin_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateNowResponse.ProtoReflect.Descriptor instead.
+func (*RotateNowResponse) Descriptor() ([]byte, []int) {
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *RotateNowResponse) GetSources() []*RotatedSource {
+	if x != nil {
+		return x.Sources
+	}
+	return nil
+}
+
+// RevokeRequest names exactly one target: a secret, or a workload (namespace and service
+// account, or SPIFFE ID).
+type RevokeRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Secret         string                 `protobuf:"bytes,1,opt,name=secret,proto3" json:"secret,omitempty"`
+	Namespace      string                 `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	ServiceAccount string                 `protobuf:"bytes,3,opt,name=service_account,json=serviceAccount,proto3" json:"service_account,omitempty"`
+	SpiffeId       string                 `protobuf:"bytes,4,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// reason is recorded in the audit log.
+	Reason string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	// lift removes the revocation of the same target instead.
+	Lift          bool `protobuf:"varint,6,opt,name=lift,proto3" json:"lift,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeRequest) Reset() {
+	*x = RevokeRequest{}
+	mi := &file_keywarden_v1_admin_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeRequest) ProtoMessage() {}
+
+func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_v1_admin_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
+func (*RevokeRequest) Descriptor() ([]byte, []int) {
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *RevokeRequest) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+func (x *RevokeRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *RevokeRequest) GetServiceAccount() string {
+	if x != nil {
+		return x.ServiceAccount
+	}
+	return ""
+}
+
+func (x *RevokeRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *RevokeRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *RevokeRequest) GetLift() bool {
+	if x != nil {
+		return x.Lift
+	}
+	return false
+}
+
+// RevokeResponse names the revocation.
+type RevokeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// revocation is the name of the Deny grant that enforces it (source "revoked").
+	Revocation string `protobuf:"bytes,1,opt,name=revocation,proto3" json:"revocation,omitempty"`
+	// purged is how many cached values were dropped.
+	Purged        int32 `protobuf:"varint,2,opt,name=purged,proto3" json:"purged,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeResponse) Reset() {
+	*x = RevokeResponse{}
+	mi := &file_keywarden_v1_admin_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeResponse) ProtoMessage() {}
+
+func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_v1_admin_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeResponse.ProtoReflect.Descriptor instead.
+func (*RevokeResponse) Descriptor() ([]byte, []int) {
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *RevokeResponse) GetRevocation() string {
+	if x != nil {
+		return x.Revocation
+	}
+	return ""
+}
+
+func (x *RevokeResponse) GetPurged() int32 {
+	if x != nil {
+		return x.Purged
+	}
+	return 0
+}
+
+// AuditTailRequest selects entries.
+type AuditTailRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// last is how many existing entries to send first (default 20, at most 10000).
+	Last uint32 `protobuf:"varint,1,opt,name=last,proto3" json:"last,omitempty"`
+	// follow keeps the stream open and sends new entries as they are written.
+	Follow        bool `protobuf:"varint,2,opt,name=follow,proto3" json:"follow,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditTailRequest) Reset() {
+	*x = AuditTailRequest{}
+	mi := &file_keywarden_v1_admin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditTailRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditTailRequest) ProtoMessage() {}
+
+func (x *AuditTailRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_v1_admin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditTailRequest.ProtoReflect.Descriptor instead.
+func (*AuditTailRequest) Descriptor() ([]byte, []int) {
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *AuditTailRequest) GetLast() uint32 {
+	if x != nil {
+		return x.Last
+	}
+	return 0
+}
+
+func (x *AuditTailRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+// AuditTailResponse is one audit log entry.
+type AuditTailResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Seq   uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Time  *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	// json is the entry exactly as `audit export` writes it (one JSON object).
+	Json          []byte `protobuf:"bytes,3,opt,name=json,proto3" json:"json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditTailResponse) Reset() {
+	*x = AuditTailResponse{}
+	mi := &file_keywarden_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditTailResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditTailResponse) ProtoMessage() {}
+
+func (x *AuditTailResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditTailResponse.ProtoReflect.Descriptor instead.
+func (*AuditTailResponse) Descriptor() ([]byte, []int) {
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *AuditTailResponse) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *AuditTailResponse) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *AuditTailResponse) GetJson() []byte {
+	if x != nil {
+		return x.Json
+	}
+	return nil
+}
+
+// AuditVerifyRequest has no fields.
+type AuditVerifyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditVerifyRequest) Reset() {
+	*x = AuditVerifyRequest{}
+	mi := &file_keywarden_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditVerifyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditVerifyRequest) ProtoMessage() {}
+
+func (x *AuditVerifyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditVerifyRequest.ProtoReflect.Descriptor instead.
+func (*AuditVerifyRequest) Descriptor() ([]byte, []int) {
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
+// AuditProblem is one finding of the verifier.
+type AuditProblem struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// seq is the entry concerned; 0 for the head record or a foreign record.
+	Seq uint64 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// kind is modified, removed, reordered, inserted or checkpoint.
+	Kind          string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	Detail        string `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditProblem) Reset() {
+	*x = AuditProblem{}
+	mi := &file_keywarden_v1_admin_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditProblem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditProblem) ProtoMessage() {}
+
+func (x *AuditProblem) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_v1_admin_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditProblem.ProtoReflect.Descriptor instead.
+func (*AuditProblem) Descriptor() ([]byte, []int) {
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *AuditProblem) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *AuditProblem) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *AuditProblem) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+// AuditVerifyResponse is the verdict.
+type AuditVerifyResponse struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Ok          bool                   `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
+	Entries     uint64                 `protobuf:"varint,2,opt,name=entries,proto3" json:"entries,omitempty"`
+	FirstSeq    uint64                 `protobuf:"varint,3,opt,name=first_seq,json=firstSeq,proto3" json:"first_seq,omitempty"`
+	LastSeq     uint64                 `protobuf:"varint,4,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	HeadSeq     uint64                 `protobuf:"varint,5,opt,name=head_seq,json=headSeq,proto3" json:"head_seq,omitempty"`
+	HeadHash    string                 `protobuf:"bytes,6,opt,name=head_hash,json=headHash,proto3" json:"head_hash,omitempty"`
+	Checkpoints uint32                 `protobuf:"varint,7,opt,name=checkpoints,proto3" json:"checkpoints,omitempty"`
+	// dropped_through is the last entry removed by retention (0: none).
+	DroppedThrough uint64          `protobuf:"varint,8,opt,name=dropped_through,json=droppedThrough,proto3" json:"dropped_through,omitempty"`
+	Problems       []*AuditProblem `protobuf:"bytes,9,rep,name=problems,proto3" json:"problems,omitempty"`
+	// more is how many further problems were not listed.
+	More          uint32 `protobuf:"varint,10,opt,name=more,proto3" json:"more,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditVerifyResponse) Reset() {
+	*x = AuditVerifyResponse{}
+	mi := &file_keywarden_v1_admin_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditVerifyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditVerifyResponse) ProtoMessage() {}
+
+func (x *AuditVerifyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_v1_admin_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditVerifyResponse.ProtoReflect.Descriptor instead.
+func (*AuditVerifyResponse) Descriptor() ([]byte, []int) {
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *AuditVerifyResponse) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *AuditVerifyResponse) GetEntries() uint64 {
+	if x != nil {
+		return x.Entries
+	}
+	return 0
+}
+
+func (x *AuditVerifyResponse) GetFirstSeq() uint64 {
+	if x != nil {
+		return x.FirstSeq
+	}
+	return 0
+}
+
+func (x *AuditVerifyResponse) GetLastSeq() uint64 {
+	if x != nil {
+		return x.LastSeq
+	}
+	return 0
+}
+
+func (x *AuditVerifyResponse) GetHeadSeq() uint64 {
+	if x != nil {
+		return x.HeadSeq
+	}
+	return 0
+}
+
+func (x *AuditVerifyResponse) GetHeadHash() string {
+	if x != nil {
+		return x.HeadHash
+	}
+	return ""
+}
+
+func (x *AuditVerifyResponse) GetCheckpoints() uint32 {
+	if x != nil {
+		return x.Checkpoints
+	}
+	return 0
+}
+
+func (x *AuditVerifyResponse) GetDroppedThrough() uint64 {
+	if x != nil {
+		return x.DroppedThrough
+	}
+	return 0
+}
+
+func (x *AuditVerifyResponse) GetProblems() []*AuditProblem {
+	if x != nil {
+		return x.Problems
+	}
+	return nil
+}
+
+func (x *AuditVerifyResponse) GetMore() uint32 {
+	if x != nil {
+		return x.More
+	}
+	return 0
+}
+
+// AuditExportRequest selects entries.
+type AuditExportRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// from_seq is the first entry to export (default: the oldest kept).
+	FromSeq       uint64 `protobuf:"varint,1,opt,name=from_seq,json=fromSeq,proto3" json:"from_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditExportRequest) Reset() {
+	*x = AuditExportRequest{}
+	mi := &file_keywarden_v1_admin_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditExportRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditExportRequest) ProtoMessage() {}
+
+func (x *AuditExportRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_v1_admin_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditExportRequest.ProtoReflect.Descriptor instead.
+func (*AuditExportRequest) Descriptor() ([]byte, []int) {
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *AuditExportRequest) GetFromSeq() uint64 {
+	if x != nil {
+		return x.FromSeq
+	}
+	return 0
+}
+
+// AuditExportResponse is part of the JSON-lines export: whole lines only.
+type AuditExportResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditExportResponse) Reset() {
+	*x = AuditExportResponse{}
+	mi := &file_keywarden_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditExportResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditExportResponse) ProtoMessage() {}
+
+func (x *AuditExportResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditExportResponse.ProtoReflect.Descriptor instead.
+func (*AuditExportResponse) Descriptor() ([]byte, []int) {
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *AuditExportResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
 }
 
 var File_keywarden_v1_admin_proto protoreflect.FileDescriptor
@@ -949,7 +1871,7 @@ const file_keywarden_v1_admin_proto_rawDesc = "" +
 	"\x06checks\x18\x04 \x03(\v2\x18.keywarden.v1.GrantCheckR\x06checks\x12\x12\n" +
 	"\x04hint\x18\x05 \x01(\tR\x04hint\x12\x1b\n" +
 	"\tspiffe_id\x18\x06 \x01(\tR\bspiffeId\"\x12\n" +
-	"\x10GetStatusRequest\"\x8b\x02\n" +
+	"\x10GetStatusRequest\"\xa1\x02\n" +
 	"\fCachedSecret\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x18\n" +
@@ -960,14 +1882,30 @@ const file_keywarden_v1_admin_proto_rawDesc = "" +
 	"expires_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12 \n" +
 	"\vsubscribers\x18\x06 \x01(\x05R\vsubscribers\x12\x1d\n" +
 	"\n" +
-	"last_error\x18\a \x01(\tR\tlastError\"\xdb\x01\n" +
+	"last_error\x18\a \x01(\tR\tlastError\x12\x14\n" +
+	"\x05stale\x18\b \x01(\bR\x05stale\"C\n" +
+	"\x11GrantSourceStatus\x12\x16\n" +
+	"\x06source\x18\x01 \x01(\tR\x06source\x12\x16\n" +
+	"\x06grants\x18\x02 \x01(\x05R\x06grants\"\xf1\x01\n" +
+	"\vAuditStatus\x12\x18\n" +
+	"\aenabled\x18\x01 \x01(\bR\aenabled\x12\x1b\n" +
+	"\tfirst_seq\x18\x02 \x01(\x04R\bfirstSeq\x12\x19\n" +
+	"\bhead_seq\x18\x03 \x01(\x04R\aheadSeq\x12\x1b\n" +
+	"\thead_hash\x18\x04 \x01(\tR\bheadHash\x12\x18\n" +
+	"\apending\x18\x05 \x01(\x05R\apending\x12\x18\n" +
+	"\adropped\x18\x06 \x01(\x04R\adropped\x12\x18\n" +
+	"\awritten\x18\a \x01(\x04R\awritten\x12%\n" +
+	"\x0eflush_failures\x18\b \x01(\x04R\rflushFailures\"\xf4\x02\n" +
 	"\x11GetStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x129\n" +
 	"\n" +
 	"started_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12\x16\n" +
 	"\x06grants\x18\x03 \x01(\x05R\x06grants\x124\n" +
 	"\asecrets\x18\x04 \x03(\v2\x1a.keywarden.v1.CachedSecretR\asecrets\x12#\n" +
-	"\rwatch_streams\x18\x05 \x01(\x05R\fwatchStreams\"\x9d\x01\n" +
+	"\rwatch_streams\x18\x05 \x01(\x05R\fwatchStreams\x12/\n" +
+	"\x05audit\x18\x06 \x01(\v2\x19.keywarden.v1.AuditStatusR\x05audit\x12D\n" +
+	"\rgrant_sources\x18\a \x03(\v2\x1f.keywarden.v1.GrantSourceStatusR\fgrantSources\x12 \n" +
+	"\vrevocations\x18\b \x03(\tR\vrevocations\"\x9d\x01\n" +
 	"\x10PutSecretRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12<\n" +
 	"\x04data\x18\x02 \x03(\v2(.keywarden.v1.PutSecretRequest.DataEntryR\x04data\x1a7\n" +
@@ -975,7 +1913,56 @@ const file_keywarden_v1_admin_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"-\n" +
 	"\x11PutSecretResponse\x12\x18\n" +
-	"\aversion\x18\x01 \x01(\tR\aversion2\xf7\x03\n" +
+	"\aversion\x18\x01 \x01(\tR\aversion\"*\n" +
+	"\x10RotateNowRequest\x12\x16\n" +
+	"\x06secret\x18\x01 \x01(\tR\x06secret\"k\n" +
+	"\rRotatedSource\x12\x16\n" +
+	"\x06source\x18\x01 \x01(\tR\x06source\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\tR\aversion\x12\x14\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\"J\n" +
+	"\x11RotateNowResponse\x125\n" +
+	"\asources\x18\x01 \x03(\v2\x1b.keywarden.v1.RotatedSourceR\asources\"\xb7\x01\n" +
+	"\rRevokeRequest\x12\x16\n" +
+	"\x06secret\x18\x01 \x01(\tR\x06secret\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12'\n" +
+	"\x0fservice_account\x18\x03 \x01(\tR\x0eserviceAccount\x12\x1b\n" +
+	"\tspiffe_id\x18\x04 \x01(\tR\bspiffeId\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x12\n" +
+	"\x04lift\x18\x06 \x01(\bR\x04lift\"H\n" +
+	"\x0eRevokeResponse\x12\x1e\n" +
+	"\n" +
+	"revocation\x18\x01 \x01(\tR\n" +
+	"revocation\x12\x16\n" +
+	"\x06purged\x18\x02 \x01(\x05R\x06purged\">\n" +
+	"\x10AuditTailRequest\x12\x12\n" +
+	"\x04last\x18\x01 \x01(\rR\x04last\x12\x16\n" +
+	"\x06follow\x18\x02 \x01(\bR\x06follow\"i\n" +
+	"\x11AuditTailResponse\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
+	"\x04json\x18\x03 \x01(\fR\x04json\"\x14\n" +
+	"\x12AuditVerifyRequest\"L\n" +
+	"\fAuditProblem\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x16\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\"\xc6\x02\n" +
+	"\x13AuditVerifyResponse\x12\x0e\n" +
+	"\x02ok\x18\x01 \x01(\bR\x02ok\x12\x18\n" +
+	"\aentries\x18\x02 \x01(\x04R\aentries\x12\x1b\n" +
+	"\tfirst_seq\x18\x03 \x01(\x04R\bfirstSeq\x12\x19\n" +
+	"\blast_seq\x18\x04 \x01(\x04R\alastSeq\x12\x19\n" +
+	"\bhead_seq\x18\x05 \x01(\x04R\aheadSeq\x12\x1b\n" +
+	"\thead_hash\x18\x06 \x01(\tR\bheadHash\x12 \n" +
+	"\vcheckpoints\x18\a \x01(\rR\vcheckpoints\x12'\n" +
+	"\x0fdropped_through\x18\b \x01(\x04R\x0edroppedThrough\x126\n" +
+	"\bproblems\x18\t \x03(\v2\x1a.keywarden.v1.AuditProblemR\bproblems\x12\x12\n" +
+	"\x04more\x18\n" +
+	" \x01(\rR\x04more\"/\n" +
+	"\x12AuditExportRequest\x12\x19\n" +
+	"\bfrom_seq\x18\x01 \x01(\x04R\afromSeq\")\n" +
+	"\x13AuditExportResponse\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data2\x84\a\n" +
 	"\fAdminService\x12O\n" +
 	"\n" +
 	"ListGrants\x12\x1f.keywarden.v1.ListGrantsRequest\x1a .keywarden.v1.ListGrantsResponse\x12O\n" +
@@ -984,7 +1971,12 @@ const file_keywarden_v1_admin_proto_rawDesc = "" +
 	"\vDeleteGrant\x12 .keywarden.v1.DeleteGrantRequest\x1a!.keywarden.v1.DeleteGrantResponse\x12U\n" +
 	"\fExplainGrant\x12!.keywarden.v1.ExplainGrantRequest\x1a\".keywarden.v1.ExplainGrantResponse\x12L\n" +
 	"\tGetStatus\x12\x1e.keywarden.v1.GetStatusRequest\x1a\x1f.keywarden.v1.GetStatusResponse\x12L\n" +
-	"\tPutSecret\x12\x1e.keywarden.v1.PutSecretRequest\x1a\x1f.keywarden.v1.PutSecretResponseB?Z=github.com/keywarden/keywarden/proto/keywarden/v1;keywardenv1b\x06proto3"
+	"\tPutSecret\x12\x1e.keywarden.v1.PutSecretRequest\x1a\x1f.keywarden.v1.PutSecretResponse\x12L\n" +
+	"\tRotateNow\x12\x1e.keywarden.v1.RotateNowRequest\x1a\x1f.keywarden.v1.RotateNowResponse\x12C\n" +
+	"\x06Revoke\x12\x1b.keywarden.v1.RevokeRequest\x1a\x1c.keywarden.v1.RevokeResponse\x12N\n" +
+	"\tAuditTail\x12\x1e.keywarden.v1.AuditTailRequest\x1a\x1f.keywarden.v1.AuditTailResponse0\x01\x12R\n" +
+	"\vAuditVerify\x12 .keywarden.v1.AuditVerifyRequest\x1a!.keywarden.v1.AuditVerifyResponse\x12T\n" +
+	"\vAuditExport\x12 .keywarden.v1.AuditExportRequest\x1a!.keywarden.v1.AuditExportResponse0\x01B?Z=github.com/keywarden/keywarden/proto/keywarden/v1;keywardenv1b\x06proto3"
 
 var (
 	file_keywarden_v1_admin_proto_rawDescOnce sync.Once
@@ -998,7 +1990,7 @@ func file_keywarden_v1_admin_proto_rawDescGZIP() []byte {
 	return file_keywarden_v1_admin_proto_rawDescData
 }
 
-var file_keywarden_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_keywarden_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_keywarden_v1_admin_proto_goTypes = []any{
 	(*Grant)(nil),                 // 0: keywarden.v1.Grant
 	(*ListGrantsRequest)(nil),     // 1: keywarden.v1.ListGrantsRequest
@@ -1012,37 +2004,66 @@ var file_keywarden_v1_admin_proto_goTypes = []any{
 	(*ExplainGrantResponse)(nil),  // 9: keywarden.v1.ExplainGrantResponse
 	(*GetStatusRequest)(nil),      // 10: keywarden.v1.GetStatusRequest
 	(*CachedSecret)(nil),          // 11: keywarden.v1.CachedSecret
-	(*GetStatusResponse)(nil),     // 12: keywarden.v1.GetStatusResponse
-	(*PutSecretRequest)(nil),      // 13: keywarden.v1.PutSecretRequest
-	(*PutSecretResponse)(nil),     // 14: keywarden.v1.PutSecretResponse
-	nil,                           // 15: keywarden.v1.PutSecretRequest.DataEntry
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(*GrantSourceStatus)(nil),     // 12: keywarden.v1.GrantSourceStatus
+	(*AuditStatus)(nil),           // 13: keywarden.v1.AuditStatus
+	(*GetStatusResponse)(nil),     // 14: keywarden.v1.GetStatusResponse
+	(*PutSecretRequest)(nil),      // 15: keywarden.v1.PutSecretRequest
+	(*PutSecretResponse)(nil),     // 16: keywarden.v1.PutSecretResponse
+	(*RotateNowRequest)(nil),      // 17: keywarden.v1.RotateNowRequest
+	(*RotatedSource)(nil),         // 18: keywarden.v1.RotatedSource
+	(*RotateNowResponse)(nil),     // 19: keywarden.v1.RotateNowResponse
+	(*RevokeRequest)(nil),         // 20: keywarden.v1.RevokeRequest
+	(*RevokeResponse)(nil),        // 21: keywarden.v1.RevokeResponse
+	(*AuditTailRequest)(nil),      // 22: keywarden.v1.AuditTailRequest
+	(*AuditTailResponse)(nil),     // 23: keywarden.v1.AuditTailResponse
+	(*AuditVerifyRequest)(nil),    // 24: keywarden.v1.AuditVerifyRequest
+	(*AuditProblem)(nil),          // 25: keywarden.v1.AuditProblem
+	(*AuditVerifyResponse)(nil),   // 26: keywarden.v1.AuditVerifyResponse
+	(*AuditExportRequest)(nil),    // 27: keywarden.v1.AuditExportRequest
+	(*AuditExportResponse)(nil),   // 28: keywarden.v1.AuditExportResponse
+	nil,                           // 29: keywarden.v1.PutSecretRequest.DataEntry
+	(*timestamppb.Timestamp)(nil), // 30: google.protobuf.Timestamp
 }
 var file_keywarden_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: keywarden.v1.ListGrantsResponse.grants:type_name -> keywarden.v1.Grant
 	8,  // 1: keywarden.v1.ExplainGrantResponse.checks:type_name -> keywarden.v1.GrantCheck
-	16, // 2: keywarden.v1.CachedSecret.fetched_at:type_name -> google.protobuf.Timestamp
-	16, // 3: keywarden.v1.CachedSecret.expires_at:type_name -> google.protobuf.Timestamp
-	16, // 4: keywarden.v1.GetStatusResponse.started_at:type_name -> google.protobuf.Timestamp
+	30, // 2: keywarden.v1.CachedSecret.fetched_at:type_name -> google.protobuf.Timestamp
+	30, // 3: keywarden.v1.CachedSecret.expires_at:type_name -> google.protobuf.Timestamp
+	30, // 4: keywarden.v1.GetStatusResponse.started_at:type_name -> google.protobuf.Timestamp
 	11, // 5: keywarden.v1.GetStatusResponse.secrets:type_name -> keywarden.v1.CachedSecret
-	15, // 6: keywarden.v1.PutSecretRequest.data:type_name -> keywarden.v1.PutSecretRequest.DataEntry
-	1,  // 7: keywarden.v1.AdminService.ListGrants:input_type -> keywarden.v1.ListGrantsRequest
-	3,  // 8: keywarden.v1.AdminService.ApplyGrant:input_type -> keywarden.v1.ApplyGrantRequest
-	5,  // 9: keywarden.v1.AdminService.DeleteGrant:input_type -> keywarden.v1.DeleteGrantRequest
-	7,  // 10: keywarden.v1.AdminService.ExplainGrant:input_type -> keywarden.v1.ExplainGrantRequest
-	10, // 11: keywarden.v1.AdminService.GetStatus:input_type -> keywarden.v1.GetStatusRequest
-	13, // 12: keywarden.v1.AdminService.PutSecret:input_type -> keywarden.v1.PutSecretRequest
-	2,  // 13: keywarden.v1.AdminService.ListGrants:output_type -> keywarden.v1.ListGrantsResponse
-	4,  // 14: keywarden.v1.AdminService.ApplyGrant:output_type -> keywarden.v1.ApplyGrantResponse
-	6,  // 15: keywarden.v1.AdminService.DeleteGrant:output_type -> keywarden.v1.DeleteGrantResponse
-	9,  // 16: keywarden.v1.AdminService.ExplainGrant:output_type -> keywarden.v1.ExplainGrantResponse
-	12, // 17: keywarden.v1.AdminService.GetStatus:output_type -> keywarden.v1.GetStatusResponse
-	14, // 18: keywarden.v1.AdminService.PutSecret:output_type -> keywarden.v1.PutSecretResponse
-	13, // [13:19] is the sub-list for method output_type
-	7,  // [7:13] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	13, // 6: keywarden.v1.GetStatusResponse.audit:type_name -> keywarden.v1.AuditStatus
+	12, // 7: keywarden.v1.GetStatusResponse.grant_sources:type_name -> keywarden.v1.GrantSourceStatus
+	29, // 8: keywarden.v1.PutSecretRequest.data:type_name -> keywarden.v1.PutSecretRequest.DataEntry
+	18, // 9: keywarden.v1.RotateNowResponse.sources:type_name -> keywarden.v1.RotatedSource
+	30, // 10: keywarden.v1.AuditTailResponse.time:type_name -> google.protobuf.Timestamp
+	25, // 11: keywarden.v1.AuditVerifyResponse.problems:type_name -> keywarden.v1.AuditProblem
+	1,  // 12: keywarden.v1.AdminService.ListGrants:input_type -> keywarden.v1.ListGrantsRequest
+	3,  // 13: keywarden.v1.AdminService.ApplyGrant:input_type -> keywarden.v1.ApplyGrantRequest
+	5,  // 14: keywarden.v1.AdminService.DeleteGrant:input_type -> keywarden.v1.DeleteGrantRequest
+	7,  // 15: keywarden.v1.AdminService.ExplainGrant:input_type -> keywarden.v1.ExplainGrantRequest
+	10, // 16: keywarden.v1.AdminService.GetStatus:input_type -> keywarden.v1.GetStatusRequest
+	15, // 17: keywarden.v1.AdminService.PutSecret:input_type -> keywarden.v1.PutSecretRequest
+	17, // 18: keywarden.v1.AdminService.RotateNow:input_type -> keywarden.v1.RotateNowRequest
+	20, // 19: keywarden.v1.AdminService.Revoke:input_type -> keywarden.v1.RevokeRequest
+	22, // 20: keywarden.v1.AdminService.AuditTail:input_type -> keywarden.v1.AuditTailRequest
+	24, // 21: keywarden.v1.AdminService.AuditVerify:input_type -> keywarden.v1.AuditVerifyRequest
+	27, // 22: keywarden.v1.AdminService.AuditExport:input_type -> keywarden.v1.AuditExportRequest
+	2,  // 23: keywarden.v1.AdminService.ListGrants:output_type -> keywarden.v1.ListGrantsResponse
+	4,  // 24: keywarden.v1.AdminService.ApplyGrant:output_type -> keywarden.v1.ApplyGrantResponse
+	6,  // 25: keywarden.v1.AdminService.DeleteGrant:output_type -> keywarden.v1.DeleteGrantResponse
+	9,  // 26: keywarden.v1.AdminService.ExplainGrant:output_type -> keywarden.v1.ExplainGrantResponse
+	14, // 27: keywarden.v1.AdminService.GetStatus:output_type -> keywarden.v1.GetStatusResponse
+	16, // 28: keywarden.v1.AdminService.PutSecret:output_type -> keywarden.v1.PutSecretResponse
+	19, // 29: keywarden.v1.AdminService.RotateNow:output_type -> keywarden.v1.RotateNowResponse
+	21, // 30: keywarden.v1.AdminService.Revoke:output_type -> keywarden.v1.RevokeResponse
+	23, // 31: keywarden.v1.AdminService.AuditTail:output_type -> keywarden.v1.AuditTailResponse
+	26, // 32: keywarden.v1.AdminService.AuditVerify:output_type -> keywarden.v1.AuditVerifyResponse
+	28, // 33: keywarden.v1.AdminService.AuditExport:output_type -> keywarden.v1.AuditExportResponse
+	23, // [23:34] is the sub-list for method output_type
+	12, // [12:23] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_keywarden_v1_admin_proto_init() }
@@ -1056,7 +2077,7 @@ func file_keywarden_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keywarden_v1_admin_proto_rawDesc), len(file_keywarden_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,13 +25,19 @@ const (
 	AdminService_ExplainGrant_FullMethodName = "/keywarden.v1.AdminService/ExplainGrant"
 	AdminService_GetStatus_FullMethodName    = "/keywarden.v1.AdminService/GetStatus"
 	AdminService_PutSecret_FullMethodName    = "/keywarden.v1.AdminService/PutSecret"
+	AdminService_RotateNow_FullMethodName    = "/keywarden.v1.AdminService/RotateNow"
+	AdminService_Revoke_FullMethodName       = "/keywarden.v1.AdminService/Revoke"
+	AdminService_AuditTail_FullMethodName    = "/keywarden.v1.AdminService/AuditTail"
+	AdminService_AuditVerify_FullMethodName  = "/keywarden.v1.AdminService/AuditVerify"
+	AdminService_AuditExport_FullMethodName  = "/keywarden.v1.AdminService/AuditExport"
 )
 
 // AdminServiceClient is the client API for AdminService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// AdminService is served only on the root-owned admin socket. It never returns secret values.
+// AdminService is served on the root-owned admin socket, and over TCP only with mTLS from an
+// allowed SPIFFE ID. It never returns secret values. Every call is audited.
 type AdminServiceClient interface {
 	// ListGrants lists the grants in force, from every grant source.
 	ListGrants(ctx context.Context, in *ListGrantsRequest, opts ...grpc.CallOption) (*ListGrantsResponse, error)
@@ -45,6 +51,18 @@ type AdminServiceClient interface {
 	GetStatus(ctx context.Context, in *GetStatusRequest, opts ...grpc.CallOption) (*GetStatusResponse, error)
 	// PutSecret writes a new version of a secret in the embedded store (dev and single machines).
 	PutSecret(ctx context.Context, in *PutSecretRequest, opts ...grpc.CallOption) (*PutSecretResponse, error)
+	// RotateNow fetches a secret again from its source at once; every watch stream and volume on
+	// the node that uses it gets the new value.
+	RotateNow(ctx context.Context, in *RotateNowRequest, opts ...grpc.CallOption) (*RotateNowResponse, error)
+	// Revoke stops delivery of a secret to everyone, or of every secret to one workload, and
+	// drops cached values; with lift it removes a revocation.
+	Revoke(ctx context.Context, in *RevokeRequest, opts ...grpc.CallOption) (*RevokeResponse, error)
+	// AuditTail streams the last entries of the audit log, then (with follow) new ones.
+	AuditTail(ctx context.Context, in *AuditTailRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AuditTailResponse], error)
+	// AuditVerify checks the audit log's hash chain.
+	AuditVerify(ctx context.Context, in *AuditVerifyRequest, opts ...grpc.CallOption) (*AuditVerifyResponse, error)
+	// AuditExport streams the audit log as JSON lines.
+	AuditExport(ctx context.Context, in *AuditExportRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AuditExportResponse], error)
 }
 
 type adminServiceClient struct {
@@ -115,11 +133,80 @@ func (c *adminServiceClient) PutSecret(ctx context.Context, in *PutSecretRequest
 	return out, nil
 }
 
+func (c *adminServiceClient) RotateNow(ctx context.Context, in *RotateNowRequest, opts ...grpc.CallOption) (*RotateNowResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateNowResponse)
+	err := c.cc.Invoke(ctx, AdminService_RotateNow_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) Revoke(ctx context.Context, in *RevokeRequest, opts ...grpc.CallOption) (*RevokeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeResponse)
+	err := c.cc.Invoke(ctx, AdminService_Revoke_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) AuditTail(ctx context.Context, in *AuditTailRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AuditTailResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[0], AdminService_AuditTail_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[AuditTailRequest, AuditTailResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_AuditTailClient = grpc.ServerStreamingClient[AuditTailResponse]
+
+func (c *adminServiceClient) AuditVerify(ctx context.Context, in *AuditVerifyRequest, opts ...grpc.CallOption) (*AuditVerifyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AuditVerifyResponse)
+	err := c.cc.Invoke(ctx, AdminService_AuditVerify_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) AuditExport(ctx context.Context, in *AuditExportRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AuditExportResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[1], AdminService_AuditExport_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[AuditExportRequest, AuditExportResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_AuditExportClient = grpc.ServerStreamingClient[AuditExportResponse]
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
 //
-// AdminService is served only on the root-owned admin socket. It never returns secret values.
+// AdminService is served on the root-owned admin socket, and over TCP only with mTLS from an
+// allowed SPIFFE ID. It never returns secret values. Every call is audited.
 type AdminServiceServer interface {
 	// ListGrants lists the grants in force, from every grant source.
 	ListGrants(context.Context, *ListGrantsRequest) (*ListGrantsResponse, error)
@@ -133,6 +220,18 @@ type AdminServiceServer interface {
 	GetStatus(context.Context, *GetStatusRequest) (*GetStatusResponse, error)
 	// PutSecret writes a new version of a secret in the embedded store (dev and single machines).
 	PutSecret(context.Context, *PutSecretRequest) (*PutSecretResponse, error)
+	// RotateNow fetches a secret again from its source at once; every watch stream and volume on
+	// the node that uses it gets the new value.
+	RotateNow(context.Context, *RotateNowRequest) (*RotateNowResponse, error)
+	// Revoke stops delivery of a secret to everyone, or of every secret to one workload, and
+	// drops cached values; with lift it removes a revocation.
+	Revoke(context.Context, *RevokeRequest) (*RevokeResponse, error)
+	// AuditTail streams the last entries of the audit log, then (with follow) new ones.
+	AuditTail(*AuditTailRequest, grpc.ServerStreamingServer[AuditTailResponse]) error
+	// AuditVerify checks the audit log's hash chain.
+	AuditVerify(context.Context, *AuditVerifyRequest) (*AuditVerifyResponse, error)
+	// AuditExport streams the audit log as JSON lines.
+	AuditExport(*AuditExportRequest, grpc.ServerStreamingServer[AuditExportResponse]) error
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -160,6 +259,21 @@ func (UnimplementedAdminServiceServer) GetStatus(context.Context, *GetStatusRequ
 }
 func (UnimplementedAdminServiceServer) PutSecret(context.Context, *PutSecretRequest) (*PutSecretResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method PutSecret not implemented")
+}
+func (UnimplementedAdminServiceServer) RotateNow(context.Context, *RotateNowRequest) (*RotateNowResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateNow not implemented")
+}
+func (UnimplementedAdminServiceServer) Revoke(context.Context, *RevokeRequest) (*RevokeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Revoke not implemented")
+}
+func (UnimplementedAdminServiceServer) AuditTail(*AuditTailRequest, grpc.ServerStreamingServer[AuditTailResponse]) error {
+	return status.Error(codes.Unimplemented, "method AuditTail not implemented")
+}
+func (UnimplementedAdminServiceServer) AuditVerify(context.Context, *AuditVerifyRequest) (*AuditVerifyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AuditVerify not implemented")
+}
+func (UnimplementedAdminServiceServer) AuditExport(*AuditExportRequest, grpc.ServerStreamingServer[AuditExportResponse]) error {
+	return status.Error(codes.Unimplemented, "method AuditExport not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -290,6 +404,82 @@ func _AdminService_PutSecret_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_RotateNow_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateNowRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RotateNow(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RotateNow_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RotateNow(ctx, req.(*RotateNowRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_Revoke_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).Revoke(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_Revoke_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).Revoke(ctx, req.(*RevokeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_AuditTail_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(AuditTailRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AdminServiceServer).AuditTail(m, &grpc.GenericServerStream[AuditTailRequest, AuditTailResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_AuditTailServer = grpc.ServerStreamingServer[AuditTailResponse]
+
+func _AdminService_AuditVerify_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AuditVerifyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).AuditVerify(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_AuditVerify_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).AuditVerify(ctx, req.(*AuditVerifyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_AuditExport_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(AuditExportRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AdminServiceServer).AuditExport(m, &grpc.GenericServerStream[AuditExportRequest, AuditExportResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_AuditExportServer = grpc.ServerStreamingServer[AuditExportResponse]
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -321,7 +511,30 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "PutSecret",
 			Handler:    _AdminService_PutSecret_Handler,
 		},
+		{
+			MethodName: "RotateNow",
+			Handler:    _AdminService_RotateNow_Handler,
+		},
+		{
+			MethodName: "Revoke",
+			Handler:    _AdminService_Revoke_Handler,
+		},
+		{
+			MethodName: "AuditVerify",
+			Handler:    _AdminService_AuditVerify_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "AuditTail",
+			Handler:       _AdminService_AuditTail_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "AuditExport",
+			Handler:       _AdminService_AuditExport_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "keywarden/v1/admin.proto",
 }

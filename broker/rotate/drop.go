@@ -1,0 +1,30 @@
+package rotate
+
+import (
+	"log/slog"
+
+	"github.com/keywarden/keywarden/broker/source"
+)
+
+// Drop discards the cached value of ref (an administrator's revocation), without asking the
+// source. Subscribers are signalled so that they re-read: a revoked reader is refused by its
+// grants, any other fetches the value again. It reports whether a value was cached.
+func (e *Engine) Drop(ref source.Ref) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	en := e.entries[ref]
+	if en == nil {
+		return false
+	}
+	had := en.secret != nil
+	en.secret = nil
+	en.lastErr = "dropped by an administrator"
+	e.signalLocked(en)
+	if len(en.subs) == 0 {
+		delete(e.entries, ref)
+	}
+	if had {
+		e.log.Info("cached secret dropped", slog.String("ref", ref.String()))
+	}
+	return had
+}
