@@ -280,6 +280,7 @@ func newStatusCommand(g *globals) *cobra.Command {
 				}
 				fmt.Fprintf(g.stdout, "keywarden %s, up since %s\n", st.GetVersion(), st.GetStartedAt().AsTime().Format(time.RFC3339))
 				fmt.Fprintf(g.stdout, "grants: %d   watch streams: %d   cached secrets: %d\n", st.GetGrants(), st.GetWatchStreams(), len(st.GetSecrets()))
+				printStatusDetails(g.stdout, st)
 				if len(st.GetSecrets()) > 0 {
 					tw := tabwriter.NewWriter(g.stdout, 2, 4, 2, ' ', 0)
 					fmt.Fprintln(tw, "SOURCE\tPATH\tVERSION\tFETCHED\tEXPIRES\tSUBSCRIBERS\tLAST ERROR")

@@ -28,6 +28,14 @@ type rawConfig struct {
 	Limits      rawLimits   `json:"limits"`
 	Store       rawStore    `json:"store"`
 	Rotation    rawRotation `json:"rotation"`
+	rawNode                 // identity.go: nodeName
+
+	// admin_wiring.go
+	Kubernetes rawKubernetes `json:"kubernetes"`
+	Admin      rawAdmin      `json:"admin"`
+	Audit      rawAudit      `json:"audit"`
+
+	Vault rawVault `json:"vault"` // vault.go
 }
 
 type rawSocket struct {
@@ -48,15 +56,18 @@ type rawIdentity struct {
 	Leeway            string   `json:"leeway"`
 	MaxLifetime       string   `json:"maxLifetime"`
 	RequirePodBinding *bool    `json:"requirePodBinding"`
+	rawIdentityRemote          // identity.go: jwksURL, discoveryURL, caFile, mode, nodeBinding
 }
 
 type rawGrants struct {
 	File           string `json:"file"`
 	ReloadInterval string `json:"reloadInterval"`
+	Kubernetes     bool   `json:"kubernetes"` // AccessGrant objects through an informer
 }
 
 type rawKEK struct {
 	LocalKeysetFile string `json:"localKeysetFile"`
+	Provider        string `json:"provider"` // local (default) or transit: vault.go
 }
 
 type rawSources struct {
@@ -102,6 +113,7 @@ type config struct {
 	Leeway            time.Duration
 	MaxLifetime       time.Duration
 	RequirePodBinding bool
+	identityRemote    // identity.go
 
 	GrantsFile     string
 	GrantsInterval time.Duration
@@ -117,6 +129,10 @@ type config struct {
 
 	LogLevel  string
 	LogFormat string
+
+	i7Config // kubernetes, admin TCP, audit: admin_wiring.go
+
+	vaultConfig // vault source and KEK provider: vault.go
 }
 
 // Defaults for `serve`.
@@ -196,12 +212,7 @@ func (r rawConfig) typed() (config, error) {
 	if c.Issuer == "" {
 		fail("identity.issuer", "is required: the `iss` of the tokens to accept (the cluster's service-account issuer)")
 	}
-	switch {
-	case c.JWKSFile == "" && c.DevIssuerKeyFile == "":
-		fail("identity", "set jwksFile (the issuer's public keys) or devIssuerKeyFile (single machine)")
-	case c.JWKSFile != "" && c.DevIssuerKeyFile != "":
-		fail("identity", "set only one of jwksFile and devIssuerKeyFile")
-	}
+	r.typedIdentity(&c, fail)
 	if c.TrustDomain, err = spiffeid.TrustDomainFromString(or(r.Identity.TrustDomain, defaultTrustDomain)); err != nil {
 		fail("identity.trustDomain", "%v", err)
 	}
@@ -241,6 +252,8 @@ func (r rawConfig) typed() (config, error) {
 	if c.MaxRecvMsgSize < 0 || c.MaxRecvMsgSize > 16<<20 {
 		fail("limits.maxRecvMsgBytes", "want 0 (default) to 16777216; got %d", c.MaxRecvMsgSize)
 	}
+	r.typedI7(&c, fail)
+	r.typedVault(&c, fail)
 	return c, errors.Join(errs...)
 }
 

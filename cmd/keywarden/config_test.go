@@ -7,6 +7,7 @@ import (
 )
 
 const minimalConfig = `
+nodeName: node-1
 identity:
   issuer: https://kubernetes.default.svc
   jwksFile: /etc/keywarden/jwks.json
@@ -36,8 +37,8 @@ func TestParseConfig_badInput(t *testing.T) {
 		{"not yaml", "{{{", "config:"},
 		{"wrong type", minimalConfig + "dataDir: [1]\n", "config:"},
 		{"missing issuer", "identity: {jwksFile: /x}\n", "identity.issuer: is required"},
-		{"no keys", "identity: {issuer: x}\n", "set jwksFile"},
-		{"both keys", "identity: {issuer: x, jwksFile: /a, devIssuerKeyFile: /b}\n", "only one of"},
+		{"no keys", "identity: {issuer: x}\n", "set exactly one of"},
+		{"both keys", "identity: {issuer: x, jwksFile: /a, devIssuerKeyFile: /b}\n", "set exactly one of"},
 		{"world socket", minimalConfig + "socket: {mode: \"0666\"}\n", "socket.mode"},
 		{"bad mode", minimalConfig + "socket: {mode: \"rw\"}\n", "socket.mode"},
 		{"group admin socket", minimalConfig + "adminSocket: {mode: \"0660\"}\n", "adminSocket.mode"},
@@ -81,4 +82,27 @@ func FuzzParseConfig(f *testing.F) {
 			t.Fatalf("accepted an unsafe config: %+v", c)
 		}
 	})
+}
+
+func TestParseConfig_identityBadInput(t *testing.T) {
+	tests := []struct{ name, doc, want string }{
+		{"two key sources", "nodeName: node-1\nidentity: {issuer: x, jwksFile: /a, jwksURL: https://b}\n", "set exactly one of"},
+		{"no key source", "nodeName: node-1\nidentity: {issuer: x}\n", "set exactly one of"},
+		{"tokenreview with keys", "nodeName: node-1\nidentity: {issuer: x, mode: tokenreview, jwksFile: /a}\n", "mode tokenreview asks the apiserver"},
+		{"bad mode", "nodeName: node-1\nidentity: {issuer: x, mode: oidc, jwksFile: /a}\n", "identity.mode"},
+		{"plain http discovery", "nodeName: node-1\nidentity: {issuer: x, discoveryURL: http://apiserver}\n", "identity.discoveryURL: want an https URL"},
+		{"node binding without node", "identity: {issuer: x, jwksFile: /a}\n", "nodeName: is required"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := parseConfig([]byte(tc.doc))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want %q", err, tc.want)
+			}
+		})
+	}
+	c, err := parseConfig([]byte("identity: {issuer: x, mode: tokenreview, nodeBinding: false}\n"))
+	if err != nil || c.IdentityMode != identityModeTokenReview || c.NodeBinding {
+		t.Fatalf("tokenreview without binding: %+v %v", c.identityRemote, err)
+	}
 }

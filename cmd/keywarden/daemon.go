@@ -20,7 +20,6 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/keywarden/keywarden/broker"
-	"github.com/keywarden/keywarden/broker/audit"
 	"github.com/keywarden/keywarden/broker/grant"
 	"github.com/keywarden/keywarden/broker/identity"
 	"github.com/keywarden/keywarden/broker/rotate"
@@ -28,7 +27,6 @@ import (
 	"github.com/keywarden/keywarden/broker/source"
 	"github.com/keywarden/keywarden/broker/source/local"
 	"github.com/keywarden/keywarden/broker/store"
-	"github.com/keywarden/keywarden/crypto"
 )
 
 // Files inside the data directory.
@@ -49,8 +47,13 @@ type daemon struct {
 	files  *grant.FileSource
 	grants *grant.StoreSource
 	dev    *identity.DevIssuer
-	ready  atomic.Bool
-	closed atomic.Bool
+	// metrics is the daemon's Prometheus registry, served on /metrics.
+	metrics *prometheus.Registry
+	// runners are long-lived parts started with the servers (key refresh, pod watch, …).
+	runners []func(context.Context) error
+	i7      i7State // admin_wiring.go
+	ready   atomic.Bool
+	closed  atomic.Bool
 }
 
 // newDaemon opens the stores and builds every part, without starting anything.
@@ -64,9 +67,9 @@ func newDaemon(cfg config, log *slog.Logger) (_ *daemon, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
-	kek, err := crypto.LoadOrCreateLocalKEK(cfg.KEKFile)
+	kek, err := d.loadKEK(context.Background()) // vault.go: local keyset file or Vault Transit
 	if err != nil {
-		return nil, fmt.Errorf("load key-encryption key: %w", err)
+		return nil, err
 	}
 	statePath := filepath.Join(cfg.DataDir, stateFile)
 	d.state, err = store.Open(store.Config{Path: statePath, KEK: kek, LockTimeout: cfg.LockTimeout, Logger: log})
@@ -83,39 +86,23 @@ func newDaemon(cfg config, log *slog.Logger) (_ *daemon, err error) {
 		return nil, err
 	}
 
-	var keys identity.KeySet
-	if cfg.DevIssuerKeyFile != "" {
-		if d.dev, err = identity.LoadOrCreateDevIssuer(cfg.DevIssuerKeyFile, cfg.Issuer); err != nil {
-			return nil, fmt.Errorf("dev issuer: %w", err)
-		}
-		keys = d.dev.KeySet()
-	} else {
-		data, err := os.ReadFile(cfg.JWKSFile)
-		if err != nil {
-			return nil, fmt.Errorf("read JWKS file: %w", err)
-		}
-		if keys, err = identity.ParseJWKS(data); err != nil {
-			return nil, fmt.Errorf("JWKS file %s: %w", cfg.JWKSFile, err)
-		}
-	}
-	verifier, err := identity.NewVerifier(identity.Config{
-		Issuer:            cfg.Issuer,
-		Audiences:         cfg.Audiences,
-		Keys:              keys,
-		TrustDomain:       cfg.TrustDomain,
-		Leeway:            cfg.Leeway,
-		MaxLifetime:       cfg.MaxLifetime,
-		DisablePodBinding: !cfg.RequirePodBinding,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("token verifier: %w", err)
-	}
-	// Verifying a signature costs ~0.2 ms; a pod calls with the same token until kubelet
-	// rotates it, so results are reused (never past the token's exp).
-	cached, err := identity.NewCachingVerifier(identity.CacheConfig{Verifier: verifier})
+	// Metrics are registered here, before anything that records them is built.
+	d.metrics = prometheus.NewRegistry()
+	d.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	idMetrics, err := identity.NewMetrics(d.metrics)
 	if err != nil {
 		return nil, err
 	}
+	kube, err := d.kubeClient()
+	if err != nil {
+		return nil, err
+	}
+	vp, err := buildVerifier(cfg, log, kube, idMetrics)
+	if err != nil {
+		return nil, err
+	}
+	d.dev = vp.dev
+	d.runners = append(d.runners, vp.runners...)
 
 	sources := map[string]source.Source{}
 	if cfg.LocalSource {
@@ -124,16 +111,23 @@ func newDaemon(cfg config, log *slog.Logger) (_ *daemon, err error) {
 		}
 		sources["local"] = d.local
 	}
+	if err := d.addVaultSource(sources); err != nil { // vault.go
+		return nil, fmt.Errorf("vault source: %w", err)
+	}
 	if len(sources) == 0 {
-		return nil, errors.New("no secret source is enabled: set sources.local.enabled")
+		return nil, errors.New("no secret source is enabled: set sources.local.enabled or the vault section")
 	}
 	if d.engine, err = rotate.New(rotate.Config{Sources: sources, Logger: log.With(slog.String("component", "rotate")), PollInterval: cfg.PollInterval}); err != nil {
 		return nil, err
 	}
+	rec, err := d.auditRecorder(log) // admin_wiring.go: the hash-chained audit log in state.db
+	if err != nil {
+		return nil, err
+	}
 	if d.broker, err = broker.New(broker.Config{
-		Verifier: cached,
+		Verifier: vp.verifier,
 		Cache:    d.engine,
-		Audit:    audit.NewSlogRecorder(log.With(slog.String("component", "audit"))),
+		Audit:    rec,
 		Logger:   log.With(slog.String("component", "broker")),
 	}); err != nil {
 		return nil, err
@@ -160,6 +154,9 @@ func newDaemon(cfg config, log *slog.Logger) (_ *daemon, err error) {
 			return nil, err
 		}
 	}
+	if err := d.setupI7(log); err != nil { // admin_wiring.go: revocations, AccessGrant informer
+		return nil, err
+	}
 	return d, nil
 }
 
@@ -175,8 +172,7 @@ func (d *daemon) grantsChanged(src string) func(*grant.Set) error {
 
 // run serves until ctx is done. onReady is called once every listener is up.
 func (d *daemon) run(ctx context.Context, version string, onReady func()) error {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg := d.metrics
 	metrics, err := server.NewMetrics(reg)
 	if err != nil {
 		return err
@@ -190,11 +186,15 @@ func (d *daemon) run(ctx context.Context, version string, onReady func()) error 
 	if d.local != nil {
 		secrets = d.local
 	}
-	admin, err := server.NewAdminServer(server.AdminConfig{
+	adminCfg := d.withI7(server.AdminConfig{ // admin_wiring.go adds audit, rotation, revocation
 		Broker: d.broker, Grants: d.grants, Secrets: secrets, Cache: d.engine, TrustDomain: d.cfg.TrustDomain,
 		Version: version, StartedAt: time.Now(), Logger: d.log.With(slog.String("component", "admin-api")), Metrics: metrics,
 	})
+	admin, err := server.NewAdminServer(adminCfg)
 	if err != nil {
+		return err
+	}
+	if err := d.listenAdminTCP(adminCfg); err != nil { // admin_wiring.go: admin.tcp with mTLS
 		return err
 	}
 	wl, err := server.ListenUnix(d.cfg.Socket, d.cfg.SocketMode)
@@ -217,6 +217,9 @@ func (d *daemon) run(ctx context.Context, version string, onReady func()) error 
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return d.engine.Run(gctx) })
+	for _, run := range d.runners {
+		g.Go(func() error { return run(gctx) })
+	}
 	if d.files != nil {
 		g.Go(func() error { return d.files.Run(gctx) })
 	}
@@ -266,6 +269,7 @@ func (d *daemon) close() {
 	if d.closed.Swap(true) {
 		return
 	}
+	d.closeI7() // admin_wiring.go: flush the audit log before the stores close
 	for _, db := range []*store.DB{d.cache, d.state} {
 		if db != nil {
 			if err := db.Close(); err != nil {

@@ -81,16 +81,18 @@ func devConfig(dir string) (config, error) {
 			return config{}, fmt.Errorf("write demo grants: %w", err)
 		}
 	}
-	enabled := true
+	enabled, off := true, false
 	raw := rawConfig{
 		DataDir:     abs,
 		Socket:      rawSocket{Path: filepath.Join(abs, "keywarden.sock"), Mode: "0600"},
 		AdminSocket: rawSocket{Path: filepath.Join(abs, "admin.sock")},
 		Health:      rawHealth{Addr: "off"},
-		Identity:    rawIdentity{Issuer: devIssuer, DevIssuerKeyFile: filepath.Join(abs, "dev-issuer.jwk")},
-		Grants:      rawGrants{File: grants, ReloadInterval: "1s"},
-		Sources:     rawSources{Local: rawLocal{Enabled: &enabled}},
-		Log:         rawLog{Level: "info", Format: "text"},
+		// No cluster: tokens come from the dev issuer and no pod list exists to bind them to.
+		Identity: rawIdentity{Issuer: devIssuer, DevIssuerKeyFile: filepath.Join(abs, "dev-issuer.jwk"),
+			rawIdentityRemote: rawIdentityRemote{NodeBinding: &off}},
+		Grants:  rawGrants{File: grants, ReloadInterval: "1s"},
+		Sources: rawSources{Local: rawLocal{Enabled: &enabled}},
+		Log:     rawLog{Level: "info", Format: "text"},
 	}
 	return raw.typed()
 }

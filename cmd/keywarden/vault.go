@@ -1,0 +1,224 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/tink-crypto/tink-go/v2/tink"
+
+	"github.com/keywarden/keywarden/broker"
+	"github.com/keywarden/keywarden/broker/source"
+	"github.com/keywarden/keywarden/broker/source/vault"
+	"github.com/keywarden/keywarden/crypto"
+)
+
+// KEK providers (kek.provider).
+const (
+	kekLocal   = "local"
+	kekTransit = "transit"
+)
+
+// rawVault is the `vault:` section. Vault is enabled when address is set.
+type rawVault struct {
+	Address    string         `json:"address"`
+	CAFile     string         `json:"caFile"`
+	Auth       rawVaultAuth   `json:"auth"`
+	Limits     rawVaultLimits `json:"limits"`
+	Leases     rawVaultLeases `json:"leases"`
+	TransitKEK rawTransitKEK  `json:"transitKEK"`
+}
+
+type rawVaultAuth struct {
+	Method    string `json:"method"`
+	Mount     string `json:"mount"`
+	Role      string `json:"role"`
+	TokenFile string `json:"tokenFile"`
+}
+
+type rawVaultLimits struct {
+	MaxConcurrent     int     `json:"maxConcurrent"`
+	RequestsPerSecond float64 `json:"requestsPerSecond"`
+	Burst             int     `json:"burst"`
+	RequestTimeout    string  `json:"requestTimeout"`
+	MaxResponseBytes  int64   `json:"maxResponseBytes"`
+}
+
+type rawVaultLeases struct {
+	Grace       string `json:"grace"`
+	OrphanGrace string `json:"orphanGrace"`
+}
+
+type rawTransitKEK struct {
+	Mount string `json:"mount"`
+	Key   string `json:"key"`
+}
+
+// vaultConfig is the typed form of rawVault and kek.provider.
+type vaultConfig struct {
+	KEKProvider string
+	Vault       *vault.Config // nil when Vault is not configured; Logger/Clock/stores set at wiring
+	TransitKEK  crypto.TransitKEKConfig
+}
+
+const defaultVaultTokenFile = "/var/run/secrets/keywarden/vault-token"
+
+func (r rawConfig) typedVault(c *config, fail func(field, format string, args ...any)) {
+	c.KEKProvider = or(r.KEK.Provider, kekLocal)
+	if c.KEKProvider != kekLocal && c.KEKProvider != kekTransit {
+		fail("kek.provider", "want local or transit; got %q", c.KEKProvider)
+	}
+	rv := r.Vault
+	if rv.Address == "" {
+		if c.KEKProvider == kekTransit {
+			fail("kek.provider", "transit needs the vault section (vault.address and vault.transitKEK.key)")
+		}
+		if rv != (rawVault{}) {
+			fail("vault.address", "is required when the vault section is present, e.g. \"https://vault.vault.svc:8200\"")
+		}
+		return
+	}
+	if u, err := url.Parse(rv.Address); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		fail("vault.address", "want an http(s) URL such as \"https://vault.vault.svc:8200\"; got %q", rv.Address)
+	}
+	vc := &vault.Config{
+		Address: rv.Address, CACertFile: rv.CAFile,
+		Auth: vault.AuthConfig{Method: or(rv.Auth.Method, vault.MethodKubernetes), Mount: rv.Auth.Mount, Role: rv.Auth.Role,
+			TokenFile: or(rv.Auth.TokenFile, defaultVaultTokenFile)},
+		MaxConcurrent: rv.Limits.MaxConcurrent, RequestsPerSecond: rv.Limits.RequestsPerSecond, Burst: rv.Limits.Burst,
+		MaxResponseBytes: rv.Limits.MaxResponseBytes,
+	}
+	if m := vc.Auth.Method; m != vault.MethodKubernetes && m != vault.MethodJWT {
+		fail("vault.auth.method", "want kubernetes or jwt; got %q", m)
+	}
+	if vc.Auth.Role == "" {
+		fail("vault.auth.role", "is required: the Vault role the daemon logs in as")
+	}
+	if !filepath.IsAbs(vc.Auth.TokenFile) {
+		fail("vault.auth.tokenFile", "must be an absolute path; got %q", vc.Auth.TokenFile)
+	}
+	if vc.MaxConcurrent < 0 || vc.MaxConcurrent > 1024 {
+		fail("vault.limits.maxConcurrent", "want 0 (default 8) to 1024; got %d", vc.MaxConcurrent)
+	}
+	if vc.RequestsPerSecond < 0 || vc.Burst < 0 {
+		fail("vault.limits", "requestsPerSecond and burst must not be negative")
+	}
+	if vc.MaxResponseBytes < 0 || vc.MaxResponseBytes > 64<<20 {
+		fail("vault.limits.maxResponseBytes", "want 0 (default 1 MiB) to 67108864; got %d", vc.MaxResponseBytes)
+	}
+	for _, d := range []struct {
+		field, raw string
+		dst        *time.Duration
+	}{
+		{"vault.limits.requestTimeout", rv.Limits.RequestTimeout, &vc.RequestTimeout},
+		{"vault.leases.grace", rv.Leases.Grace, &vc.LeaseGrace},
+		{"vault.leases.orphanGrace", rv.Leases.OrphanGrace, &vc.OrphanGrace},
+	} {
+		if d.raw == "" {
+			continue
+		}
+		v, err := time.ParseDuration(d.raw)
+		if err != nil || v <= 0 {
+			fail(d.field, "want a positive duration such as \"30s\"; got %q", d.raw)
+			continue
+		}
+		*d.dst = v
+	}
+	c.Vault = vc
+	c.TransitKEK = crypto.TransitKEKConfig{Mount: or(rv.TransitKEK.Mount, "transit"), Key: rv.TransitKEK.Key}
+	switch c.KEKProvider {
+	case kekLocal:
+		if rv.TransitKEK.Key != "" {
+			fail("kek.provider", "vault.transitKEK is set but kek.provider is local: set kek.provider: transit to use it")
+		}
+	case kekTransit:
+		if rv.TransitKEK.Key == "" {
+			fail("vault.transitKEK.key", "is required with kek.provider transit: a Transit key created with derived=true")
+		}
+		if r.KEK.LocalKeysetFile != "" {
+			fail("kek.localKeysetFile", "is not used with kek.provider transit: remove it")
+		}
+	}
+}
+
+// loadKEK returns the key-encryption key the stores are opened with: the local keyset file,
+// or a Vault Transit key (then Vault must answer at start: the stores cannot be opened
+// without it). The Transit KEK has its own Vault login, kept fresh by a runner.
+func (d *daemon) loadKEK(ctx context.Context) (tink.AEAD, error) {
+	if d.cfg.KEKProvider != kekTransit {
+		kek, err := crypto.LoadOrCreateLocalKEK(d.cfg.KEKFile)
+		if err != nil {
+			return nil, fmt.Errorf("load key-encryption key: %w", err)
+		}
+		return kek, nil
+	}
+	vc := *d.cfg.Vault
+	vc.Logger = d.log.With(slog.String("component", "vault-kek"))
+	src, err := vault.New(vc)
+	if err != nil {
+		return nil, err
+	}
+	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := src.Login(lctx); err != nil {
+		return nil, fmt.Errorf("kek.provider transit: log in to Vault at %s: %w (the encrypted stores cannot be opened without Vault)", vc.Address, err)
+	}
+	tc := d.cfg.TransitKEK
+	tc.Client = src.Client()
+	kek, err := crypto.NewTransitKEK(lctx, tc)
+	if err != nil {
+		return nil, fmt.Errorf("kek.provider transit: %w", err)
+	}
+	// Prove the key works before a store is opened with it, so an outage is reported as
+	// such and not as a corrupt store.
+	probe := []byte("keywarden/kek-probe/v1")
+	ct, err := kek.Encrypt(probe, probe)
+	if err == nil {
+		_, err = kek.Decrypt(ct, probe)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kek.provider transit: %w", err)
+	}
+	d.runners = append(d.runners, src.Run)
+	return kek, nil
+}
+
+// addVaultSource registers the Vault source as "vault" when configured. Its leases live in
+// the cache store (sealed); its metrics go to the daemon's registry.
+func (d *daemon) addVaultSource(sources map[string]source.Source) error {
+	if d.cfg.Vault == nil {
+		return nil
+	}
+	vc := *d.cfg.Vault
+	vc.Logger = d.log.With(slog.String("component", "vault"))
+	vc.Leases = d.cache
+	vc.Registerer = d.metrics
+	src, err := vault.New(vc)
+	if err != nil {
+		return err
+	}
+	err = vault.RegisterStaleGauge(d.metrics, func() float64 {
+		if d.engine == nil {
+			return 0
+		}
+		n := 0
+		for _, st := range d.engine.Status() {
+			if st.Ref.Source == broker.VaultSourceName && st.Stale {
+				n++
+			}
+		}
+		return float64(n)
+	})
+	if err != nil {
+		return err
+	}
+	sources[broker.VaultSourceName] = src
+	d.runners = append(d.runners, src.Run)
+	return nil
+}
+
+var _ prometheus.Registerer = (*prometheus.Registry)(nil)

@@ -1,0 +1,72 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// vaultBase is a minimal config of its own, so these tests do not depend on other sections'
+// requirements.
+const vaultBase = `
+identity:
+  issuer: https://kubernetes.default.svc
+  jwksFile: /etc/keywarden/jwks.json
+  nodeBinding: false
+sources:
+  local: {enabled: true}
+`
+
+const vaultConfigDoc = vaultBase + `
+vault:
+  address: https://vault.example:8200
+  caFile: /etc/keywarden/vault-ca.pem
+  auth: {method: jwt, role: keywarden, tokenFile: /var/run/secrets/tokens/vault}
+  limits: {maxConcurrent: 4, requestsPerSecond: 10, burst: 5, requestTimeout: 3s, maxResponseBytes: 65536}
+  leases: {grace: 20s, orphanGrace: 2m}
+`
+
+func TestParseConfig_vault(t *testing.T) {
+	c, err := parseConfig([]byte(vaultConfigDoc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := c.Vault
+	if v == nil || v.Address != "https://vault.example:8200" || v.Auth.Method != "jwt" || v.Auth.Role != "keywarden" ||
+		v.MaxConcurrent != 4 || v.RequestTimeout != 3*time.Second || v.LeaseGrace != 20*time.Second ||
+		v.OrphanGrace != 2*time.Minute || v.MaxResponseBytes != 65536 || c.KEKProvider != kekLocal {
+		t.Fatalf("vault config: %+v", v)
+	}
+	c, err = parseConfig([]byte(vaultBase))
+	if err != nil || c.Vault != nil {
+		t.Fatalf("vault enabled without a vault section: %v", err)
+	}
+	c, err = parseConfig([]byte(vaultConfigDoc + "  transitKEK: {key: kek}\nkek: {provider: transit}\n"))
+	if err != nil || c.KEKProvider != kekTransit || c.TransitKEK.Mount != "transit" || c.TransitKEK.Key != "kek" {
+		t.Fatalf("transit kek: %+v %v", c.TransitKEK, err)
+	}
+}
+
+func TestParseConfig_vaultBadInput(t *testing.T) {
+	tests := []struct{ name, doc, want string }{
+		{"unknown key", vaultConfigDoc + "  tokn: x\n", `unknown field "tokn"`},
+		{"no address", vaultBase + "vault: {auth: {role: r}}\n", "vault.address: is required"},
+		{"bad address", vaultBase + "vault: {address: vault:8200, auth: {role: r}}\n", "vault.address: want an http(s) URL"},
+		{"bad method", vaultBase + "vault: {address: http://v, auth: {method: token, role: r}}\n", "vault.auth.method"},
+		{"no role", vaultBase + "vault: {address: http://v}\n", "vault.auth.role: is required"},
+		{"relative token file", vaultBase + "vault: {address: http://v, auth: {role: r, tokenFile: tok}}\n", "vault.auth.tokenFile"},
+		{"bad duration", vaultBase + "vault: {address: http://v, auth: {role: r}, leases: {grace: soon}}\n", "vault.leases.grace"},
+		{"transit without vault", vaultBase + "kek: {provider: transit}\n", "kek.provider: transit needs the vault section"},
+		{"transit without key", vaultConfigDoc + "kek: {provider: transit}\n", "vault.transitKEK.key: is required"},
+		{"transit key without provider", vaultConfigDoc + "  transitKEK: {key: k}\n", "set kek.provider: transit"},
+		{"bad provider", vaultBase + "kek: {provider: hsm}\n", "kek.provider: want local or transit"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := parseConfig([]byte(tt.doc))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
