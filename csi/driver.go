@@ -1,0 +1,558 @@
+package csi
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"k8s.io/utils/clock"
+
+	"github.com/keywarden/keywarden/broker"
+	"github.com/keywarden/keywarden/broker/grant"
+	"github.com/keywarden/keywarden/broker/identity"
+	"github.com/keywarden/keywarden/broker/source"
+	"github.com/keywarden/keywarden/broker/store"
+)
+
+// Broker is the part of broker.Broker the driver uses.
+type Broker interface {
+	Authenticate(ctx context.Context, tok identity.Token) (identity.Workload, error)
+	GetSecret(ctx context.Context, w identity.Workload, name string, d grant.Delivery) (*source.Secret, error)
+	Watch(ctx context.Context, w identity.Workload, names []string, d grant.Delivery, send broker.SendFunc) error
+	Grants() *grant.Set
+}
+
+var _ Broker = (*broker.Broker)(nil)
+
+// Store keeps volume records; *store.DB (the cache store) implements it, sealing every record.
+type Store interface {
+	Put(bucket, key string, value []byte) error
+	Delete(bucket, key string) error
+	List(bucket string) ([]store.Record, error)
+}
+
+var _ Store = (*store.DB)(nil)
+
+// PodLookup tells whether a pod still runs on this node (identity.PodIndex).
+type PodLookup interface {
+	PodByUID(uid string) (identity.Pod, bool)
+	Synced() bool
+}
+
+// Defaults.
+const (
+	DefaultDriverName       = "keywarden.dev"
+	DefaultAudience         = "keywarden"
+	DefaultPodCheckInterval = 10 * time.Second
+	DefaultMinBackoff       = time.Second
+	DefaultMaxBackoff       = time.Minute
+	defaultFileMode         = fs.FileMode(0o400)
+	defaultGroupFileMode    = fs.FileMode(0o440)
+)
+
+// Config configures a Driver.
+type Config struct {
+	// Broker verifies tokens and delivers secrets. Required.
+	Broker Broker
+	// Store records published volumes so a restarted daemon finds them. Required.
+	Store Store
+	// Mounter prepares volume directories. Required.
+	Mounter Mounter
+	// KubeletRoot is kubelet's root directory (/var/lib/kubelet); target paths must be
+	// <KubeletRoot>/pods/<pod UID>/volumes/kubernetes.io~csi/<volume>/mount. Required, absolute.
+	KubeletRoot string
+	// NodeID is this node's name, returned by NodeGetInfo. Required.
+	NodeID string
+	// DriverName is the CSI driver name; default DefaultDriverName.
+	DriverName string
+	// Version is reported by GetPluginInfo.
+	Version string
+	// Audience of the pod token taken from the volume context; default DefaultAudience.
+	Audience string
+	// APISocket is the workload API socket bound into volumes; empty: no socket in volumes.
+	APISocket string
+	// Pods, when set, lets the driver stop and clear the volumes of pods gone from this node.
+	Pods PodLookup
+	// PodCheckInterval is how often Pods is consulted; default DefaultPodCheckInterval.
+	PodCheckInterval time.Duration
+	// MinBackoff and MaxBackoff bound the retry delay of a volume's watch after a source
+	// error; defaults DefaultMinBackoff and DefaultMaxBackoff.
+	MinBackoff, MaxBackoff time.Duration
+	// Metrics records volumes, publishes and writes. Required.
+	Metrics *Metrics
+	// Logger receives operational events. Required.
+	Logger *slog.Logger
+	// Clock drives backoff and pod checks; default the real clock.
+	Clock clock.WithTicker
+}
+
+// Driver is the CSI node driver: it publishes, rotates and unpublishes volumes.
+type Driver struct {
+	cfg     Config
+	log     *slog.Logger
+	metrics *Metrics
+
+	locks [64]sync.Mutex // per-volume-ID publish/unpublish serialization, striped
+
+	mu   sync.Mutex
+	vols map[string]*volume
+
+	ctx    context.Context // parent of every volume watch; canceled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	// hooks for tests: called between writing a new volume's files and recording it.
+	afterWrite func()
+}
+
+// volume is one published volume.
+type volume struct {
+	id, target string
+	req        Request
+	pod        PodInfo
+	gid        int
+	names      []string
+
+	mu       sync.Mutex // guards the fields below and writes to the volume
+	w        identity.Workload
+	writer   *AtomicWriter
+	secrets  map[string]*source.Secret
+	versions map[string]string // versions written
+	revoked  bool
+
+	stop func() // stops the watch and waits for it; nil when not watching
+}
+
+// New returns a Driver.
+func New(cfg Config) (*Driver, error) {
+	switch {
+	case cfg.Broker == nil:
+		return nil, errors.New("csi: broker is required")
+	case cfg.Store == nil:
+		return nil, errors.New("csi: store is required")
+	case cfg.Mounter == nil:
+		return nil, errors.New("csi: mounter is required")
+	case cfg.NodeID == "":
+		return nil, errors.New("csi: node ID is required")
+	case cfg.Metrics == nil:
+		return nil, errors.New("csi: metrics are required")
+	case cfg.Logger == nil:
+		return nil, errors.New("csi: logger is required")
+	case !filepath.IsAbs(cfg.KubeletRoot):
+		return nil, errors.New("csi: kubelet root must be an absolute path")
+	}
+	if cfg.DriverName == "" {
+		cfg.DriverName = DefaultDriverName
+	}
+	if cfg.Audience == "" {
+		cfg.Audience = DefaultAudience
+	}
+	if cfg.PodCheckInterval <= 0 {
+		cfg.PodCheckInterval = DefaultPodCheckInterval
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = DefaultMinBackoff
+	}
+	if cfg.MaxBackoff < cfg.MinBackoff {
+		cfg.MaxBackoff = max(DefaultMaxBackoff, cfg.MinBackoff)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	cfg.KubeletRoot = filepath.Clean(cfg.KubeletRoot)
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Driver{cfg: cfg, log: cfg.Logger, metrics: cfg.Metrics, vols: map[string]*volume{}, ctx: ctx, cancel: cancel}, nil
+}
+
+func (d *Driver) lock(id string) func() {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(id))
+	m := &d.locks[h.Sum32()%uint32(len(d.locks))]
+	m.Lock()
+	return m.Unlock
+}
+
+func (d *Driver) get(id string) *volume {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.vols[id]
+}
+
+// Volumes is the number of published volumes.
+func (d *Driver) Volumes() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.vols)
+}
+
+// PublishRequest is a NodePublishVolume request in domain terms.
+type PublishRequest struct {
+	VolumeID   string
+	TargetPath string
+	// VolumeContext is the raw volume_context (attributes, pod info, tokens).
+	VolumeContext map[string]string
+	// GID is the pod's fsGroup (volume_mount_group), or -1.
+	GID int
+}
+
+// checkTarget confines target to kubelet's directory for the pod's CSI volumes
+// (CVE-2020-8568): it must be exactly <root>/pods/<uid>/volumes/kubernetes.io~csi/<vol>/mount,
+// written without "..", "." or duplicate separators, and no existing component may be a
+// symlink that leads elsewhere.
+func (d *Driver) checkTarget(target, podUID string) error {
+	if !filepath.IsAbs(target) || filepath.Clean(target) != target || strings.IndexByte(target, 0) >= 0 {
+		return invalid("target_path must be a clean absolute path")
+	}
+	prefix := filepath.Join(d.cfg.KubeletRoot, "pods", podUID, "volumes", "kubernetes.io~csi") + "/"
+	rest, ok := strings.CutPrefix(target, prefix)
+	if !ok {
+		return invalid("target_path is not in kubelet's volume directory for pod %s", podUID)
+	}
+	vol, last, ok := strings.Cut(rest, "/")
+	if !ok || last != "mount" || vol == "" || vol == "." || vol == ".." {
+		return invalid("target_path must end in /kubernetes.io~csi/<volume>/mount")
+	}
+	// The longest existing ancestor must resolve to itself under the resolved root.
+	p := target
+	for {
+		if _, err := os.Lstat(p); err == nil {
+			break
+		}
+		parent := filepath.Dir(p)
+		if parent == p {
+			break
+		}
+		p = parent
+	}
+	if p != d.cfg.KubeletRoot && !strings.HasPrefix(p, d.cfg.KubeletRoot+"/") {
+		// Nothing under the kubelet root exists yet: no symlink can be planted in it.
+		return nil
+	}
+	real, err := filepath.EvalSymlinks(p)
+	if err != nil {
+		return invalid("target_path cannot be resolved")
+	}
+	root, err := filepath.EvalSymlinks(d.cfg.KubeletRoot)
+	if err != nil {
+		return invalid("target_path cannot be resolved")
+	}
+	if real != root+strings.TrimPrefix(p, d.cfg.KubeletRoot) {
+		return invalid("target_path leads through a symlink")
+	}
+	return nil
+}
+
+// Publish makes the volume: first publish fetches every secret (any failure fails the publish
+// with nothing written), writes the files, records the volume and starts rotating it. A
+// republish with the same arguments refreshes the volume's identity; during an outage it keeps
+// the old files and succeeds.
+func (d *Driver) Publish(ctx context.Context, r PublishRequest) (err error) {
+	result := resultError
+	defer func() { d.metrics.publishes.WithLabelValues(result).Inc() }()
+	vc, err := ParseVolumeContext(r.VolumeContext, d.cfg.Audience)
+	if err != nil {
+		result = resultInvalid
+		return err
+	}
+	if err := d.checkTarget(r.TargetPath, vc.Pod.UID); err != nil {
+		result = resultInvalid
+		return err
+	}
+	unlock := d.lock(r.VolumeID)
+	defer unlock()
+	log := d.log.With(slog.String("volume_id", r.VolumeID), slog.String("pod_uid", vc.Pod.UID))
+
+	v := d.get(r.VolumeID)
+	if v != nil && (v.target != r.TargetPath || v.pod.UID != vc.Pod.UID || v.gid != r.GID || !v.req.Equal(vc.Request)) {
+		result = resultInvalid
+		return fmt.Errorf("%w: volume %s", ErrAlreadyExists, r.VolumeID)
+	}
+	w, err := d.cfg.Broker.Authenticate(ctx, vc.Token)
+	if err != nil {
+		if v != nil && errors.Is(err, broker.ErrUnavailable) && v.isWritten() {
+			log.Warn("republish: identity check unavailable; keeping the volume's files")
+			result = resultStale
+			return nil
+		}
+		result = resultOf(err)
+		return err
+	}
+	if w.PodUID != vc.Pod.UID || (w.Namespace != vc.Pod.Namespace) || (w.PodName != "" && w.PodName != vc.Pod.Name) {
+		result = resultInvalid
+		return invalid("the token belongs to another pod than the one in volume_context")
+	}
+	if v != nil && v.isWritten() {
+		// Republish: new identity, same files; rotation keeps them current.
+		d.refresh(v, w)
+		result = resultRepublished
+		return nil
+	}
+
+	names, err := d.names(vc.Request)
+	if err != nil {
+		result = resultInvalid
+		return err
+	}
+	secrets := make(map[string]*source.Secret, len(names))
+	for _, n := range names {
+		s, err := d.cfg.Broker.GetSecret(ctx, w, n, grant.DeliveryCSI)
+		if err != nil {
+			result = resultOf(err)
+			return err
+		}
+		secrets[n] = s
+	}
+	payload, err := buildPayload(vc.Request, names, secrets, r.GID)
+	if err != nil {
+		result = resultInvalid
+		return err
+	}
+	if v != nil {
+		// Known but empty (revoked, or recovered without files): write it again.
+		if err := d.rewrite(v, secrets, payload); err != nil {
+			return err
+		}
+		d.refresh(v, w)
+		result = resultOK
+		return nil
+	}
+	if err := d.cfg.Mounter.Setup(r.TargetPath, r.GID); err != nil {
+		log.Error("volume setup failed", slog.Any("error", err))
+		return fmt.Errorf("set up volume: %w", err)
+	}
+	fail := func(err error) error {
+		if terr := d.cfg.Mounter.Teardown(r.TargetPath); terr != nil {
+			log.Error("volume teardown after a failed publish", slog.Any("error", terr))
+		}
+		return err
+	}
+	aw, err := NewAtomicWriter(r.TargetPath, r.GID, d.cfg.Clock.Now)
+	if err != nil {
+		return fail(err)
+	}
+	v = &volume{id: r.VolumeID, target: r.TargetPath, req: vc.Request, pod: vc.Pod, gid: r.GID, names: names, w: w,
+		writer: aw, secrets: secrets, versions: map[string]string{}}
+	start := time.Now()
+	if err := aw.Write(payload); err != nil {
+		_ = aw.Close()
+		return fail(fmt.Errorf("write volume: %w", err))
+	}
+	d.metrics.writeSeconds.Observe(time.Since(start).Seconds())
+	for n, s := range secrets {
+		v.versions[n] = s.Version
+	}
+	if vc.Request.APISocket && d.cfg.APISocket != "" {
+		if err := d.cfg.Mounter.BindSocket(d.cfg.APISocket, filepath.Join(r.TargetPath, APISocketName)); err != nil && !errors.Is(err, errors.ErrUnsupported) {
+			log.Warn("workload socket not bound into the volume", slog.Any("error", err))
+		}
+	}
+	if d.afterWrite != nil {
+		d.afterWrite()
+	}
+	if err := d.save(v); err != nil {
+		_ = aw.Close()
+		log.Error("record volume", slog.Any("error", err))
+		return fail(fmt.Errorf("record volume: %w", err))
+	}
+	d.mu.Lock()
+	d.vols[v.id] = v
+	d.metrics.volumes.Set(float64(len(d.vols)))
+	d.mu.Unlock()
+	d.startWatch(v)
+	log.Info("volume published", slog.Int("secrets", len(names)))
+	result = resultOK
+	return nil
+}
+
+func resultOf(err error) string {
+	switch {
+	case errors.Is(err, broker.ErrInvalidArgument), errors.Is(err, ErrInvalidRequest):
+		return resultInvalid
+	case errors.Is(err, broker.ErrUnauthenticated), errors.Is(err, broker.ErrPermissionDenied), errors.Is(err, broker.ErrNotFound):
+		return resultDenied
+	case errors.Is(err, broker.ErrUnavailable):
+		return resultUnavailable
+	}
+	return resultError
+}
+
+func (v *volume) isWritten() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return !v.revoked && v.writer != nil && v.writer.Written()
+}
+
+// names resolves the request's secrets: the list given, or every secret of the named grant.
+func (d *Driver) names(r Request) ([]string, error) {
+	if r.Grant == "" {
+		return r.Secrets, nil
+	}
+	for _, g := range d.cfg.Broker.Grants().Grants() {
+		if g.Name != r.Grant {
+			continue
+		}
+		var names []string
+		for _, s := range g.Spec.Secrets {
+			if !slices.Contains(names, s.Name) {
+				names = append(names, s.Name)
+			}
+		}
+		if len(names) == 0 || len(names) > MaxSecrets {
+			break
+		}
+		return names, nil
+	}
+	return nil, invalid("grant %q is not in force or names no secrets (or more than %d)", r.Grant, MaxSecrets)
+}
+
+// buildPayload lays the secrets out as files: <secret>/<key> unless the request maps the key
+// elsewhere, plus the optional JSON bundle.
+func buildPayload(r Request, names []string, secrets map[string]*source.Secret, gid int) (map[string]File, error) {
+	mode := r.Mode
+	if mode == 0 {
+		mode = defaultFileMode
+		if gid >= 0 {
+			mode = defaultGroupFileMode
+		}
+	}
+	enc := func(b []byte) []byte {
+		if r.Encoding == EncodingBase64 {
+			return []byte(base64.StdEncoding.EncodeToString(b))
+		}
+		return slices.Clone(b)
+	}
+	out := map[string]File{}
+	bundle := map[string]map[string]string{}
+	for _, n := range names {
+		s := secrets[n]
+		if s == nil {
+			return nil, fmt.Errorf("secret %q has no value", n)
+		}
+		bundle[n] = map[string]string{}
+		for _, k := range s.Keys() {
+			p, ok := r.Files[n+"/"+k]
+			if !ok {
+				p = n + "/" + k
+			}
+			if err := validateVolumePath(p); err != nil {
+				return nil, invalid("secret %q: key %q cannot be a file name (%v); map it with the %q attribute", n, k, err, AttrFiles)
+			}
+			if _, dup := out[p]; dup {
+				return nil, invalid("two keys map to the same file %q", p)
+			}
+			out[p] = File{Data: enc(s.Data[k]), Mode: mode}
+			bundle[n][k] = string(enc(s.Data[k]))
+		}
+	}
+	if r.Bundle != "" {
+		if _, dup := out[r.Bundle]; dup {
+			return nil, invalid("the bundle file %q is also a key's file", r.Bundle)
+		}
+		b, err := json.Marshal(bundle)
+		if err != nil {
+			return nil, fmt.Errorf("encode bundle: %w", err)
+		}
+		out[r.Bundle] = File{Data: b, Mode: mode}
+	}
+	if err := checkPayload(out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// rewrite writes payload (built from secrets) to v and remembers the versions.
+func (d *Driver) rewrite(v *volume, secrets map[string]*source.Secret, payload map[string]File) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	start := time.Now()
+	if err := v.writer.Write(payload); err != nil {
+		return fmt.Errorf("write volume: %w", err)
+	}
+	d.metrics.writeSeconds.Observe(time.Since(start).Seconds())
+	v.secrets = secrets
+	v.versions = map[string]string{}
+	for n, s := range secrets {
+		v.versions[n] = s.Version
+	}
+	v.revoked = false
+	return nil
+}
+
+// refresh puts a newly verified identity in force and restarts the volume's watch with it.
+func (d *Driver) refresh(v *volume, w identity.Workload) {
+	d.stopWatch(v)
+	v.mu.Lock()
+	v.w = w
+	v.mu.Unlock()
+	if err := d.save(v); err != nil {
+		d.log.Error("record volume", slog.String("volume_id", v.id), slog.Any("error", err))
+	}
+	d.startWatch(v)
+}
+
+func (d *Driver) save(v *volume) error {
+	v.mu.Lock()
+	rec := record{VolumeID: v.id, Target: v.target, Request: v.req, Pod: v.pod, GID: v.gid, Names: v.names,
+		Workload: toRecordWorkload(v.w), Versions: v.versions, Revoked: v.revoked}
+	b, err := encodeRecord(rec)
+	v.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return d.cfg.Store.Put(volumesBucket, v.id, b)
+}
+
+// Unpublish removes the volume's files, mount and record. An unknown volume is not an error;
+// a target left by a crash before the volume was recorded is still removed when it is a
+// kubelet CSI volume path.
+func (d *Driver) Unpublish(_ context.Context, volumeID, target string) error {
+	unlock := d.lock(volumeID)
+	defer unlock()
+	v := d.get(volumeID)
+	if v == nil || v.target != target {
+		if d.confined(target) {
+			if err := d.cfg.Mounter.Teardown(target); err != nil {
+				return fmt.Errorf("remove volume: %w", err)
+			}
+		}
+		return nil
+	}
+	d.stopWatch(v)
+	v.mu.Lock()
+	_ = v.writer.Close()
+	v.mu.Unlock()
+	if err := d.cfg.Mounter.Teardown(v.target); err != nil {
+		return fmt.Errorf("remove volume: %w", err)
+	}
+	if err := d.cfg.Store.Delete(volumesBucket, v.id); err != nil {
+		return fmt.Errorf("delete volume record: %w", err)
+	}
+	d.mu.Lock()
+	delete(d.vols, v.id)
+	d.metrics.volumes.Set(float64(len(d.vols)))
+	d.mu.Unlock()
+	d.log.Info("volume unpublished", slog.String("volume_id", v.id), slog.String("pod_uid", v.pod.UID))
+	return nil
+}
+
+// confined reports whether target has the shape of a kubelet CSI volume path under the root.
+func (d *Driver) confined(target string) bool {
+	rest, ok := strings.CutPrefix(target, filepath.Join(d.cfg.KubeletRoot, "pods")+"/")
+	if !ok || filepath.Clean(target) != target {
+		return false
+	}
+	parts := strings.Split(rest, "/")
+	return len(parts) == 5 && validatePodUID(parts[0]) == nil && parts[1] == "volumes" && parts[2] == "kubernetes.io~csi" &&
+		parts[3] != ".." && parts[3] != "." && parts[4] == "mount" && d.checkTarget(target, parts[0]) == nil
+}

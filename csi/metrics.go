@@ -1,0 +1,41 @@
+package csi
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Publish results (the only label values of keywarden_csi_publishes_total).
+const (
+	resultOK          = "ok"
+	resultRepublished = "republished"
+	resultStale       = "stale" // republish during an outage: old content kept
+	resultInvalid     = "invalid"
+	resultDenied      = "denied"
+	resultUnavailable = "unavailable"
+	resultError       = "error"
+)
+
+// Metrics are the driver's Prometheus metrics. Labels never carry pod, secret or volume names.
+type Metrics struct {
+	volumes        prometheus.Gauge
+	publishes      *prometheus.CounterVec
+	rotationWrites *prometheus.CounterVec
+	writeSeconds   prometheus.Histogram
+}
+
+// NewMetrics registers the driver's metrics on reg.
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
+		volumes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "keywarden_csi_volumes", Help: "Published CSI volumes on this node."}),
+		publishes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keywarden_csi_publishes_total",
+			Help: "NodePublishVolume calls by result (ok, republished, stale, invalid, denied, unavailable, error)."}, []string{"result"}),
+		rotationWrites: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keywarden_csi_rotation_writes_total",
+			Help: "Volume rewrites after a secret changed, by result (ok, error)."}, []string{"result"}),
+		writeSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "keywarden_csi_write_seconds",
+			Help: "Time to write a volume's files atomically.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}),
+	}
+	for _, c := range []prometheus.Collector{m.volumes, m.publishes, m.rotationWrites, m.writeSeconds} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}

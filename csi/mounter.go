@@ -1,0 +1,139 @@
+package csi
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	mount "k8s.io/mount-utils"
+)
+
+// Mounter prepares and removes volume directories. Two implementations: TmpfsMounter (one
+// sized tmpfs per volume; needs root / CAP_SYS_ADMIN) and DirMounter (a plain directory, for
+// tests and unprivileged runs: the files then live on the disk that holds the kubelet root).
+type Mounter interface {
+	// Setup makes target a volume: creates it and mounts it when needed. It is idempotent: an
+	// existing volume is kept with its files.
+	Setup(target string, gid int) error
+	// BindSocket makes the socket at src visible at dst inside a volume. It returns
+	// errors.ErrUnsupported when the mounter cannot.
+	BindSocket(src, dst string) error
+	// Teardown unmounts and removes target and everything in it. A missing target is not an
+	// error.
+	Teardown(target string) error
+}
+
+// TmpfsMounter mounts one tmpfs per volume with k8s.io/mount-utils.
+type TmpfsMounter struct {
+	m mount.Interface
+	// SizeBytes caps each volume; 0 means the kernel default (half of RAM).
+	sizeBytes int64
+}
+
+// NewTmpfsMounter returns a TmpfsMounter whose volumes hold at most sizeBytes.
+func NewTmpfsMounter(sizeBytes int64) *TmpfsMounter {
+	return &TmpfsMounter{m: mount.New(""), sizeBytes: sizeBytes}
+}
+
+var _ Mounter = (*TmpfsMounter)(nil)
+
+// Setup implements Mounter.
+func (t *TmpfsMounter) Setup(target string, gid int) error {
+	if err := os.MkdirAll(target, 0o750); err != nil {
+		return fmt.Errorf("create target: %w", err)
+	}
+	notMnt, err := t.m.IsLikelyNotMountPoint(target)
+	if err != nil {
+		return fmt.Errorf("check target: %w", err)
+	}
+	if !notMnt {
+		return nil
+	}
+	opts := []string{"nosuid", "nodev", "noexec", "mode=0755"}
+	if gid >= 0 {
+		opts = []string{"nosuid", "nodev", "noexec", "mode=0750", "gid=" + strconv.Itoa(gid)}
+	}
+	if t.sizeBytes > 0 {
+		opts = append(opts, "size="+strconv.FormatInt(t.sizeBytes, 10))
+	}
+	if err := t.m.Mount("tmpfs", target, "tmpfs", opts); err != nil {
+		return fmt.Errorf("mount tmpfs: %w", err)
+	}
+	return nil
+}
+
+// BindSocket implements Mounter.
+func (t *TmpfsMounter) BindSocket(src, dst string) error {
+	if notMnt, err := t.m.IsLikelyNotMountPoint(dst); err == nil && !notMnt {
+		return nil
+	}
+	f, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("create socket mount point: %w", err)
+	}
+	_ = f.Close()
+	if err := t.m.Mount(src, dst, "", []string{"bind"}); err != nil {
+		_ = os.Remove(dst)
+		return fmt.Errorf("bind workload socket: %w", err)
+	}
+	return nil
+}
+
+// Teardown implements Mounter.
+func (t *TmpfsMounter) Teardown(target string) error {
+	if _, err := os.Lstat(target); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	sock := filepath.Join(target, APISocketName)
+	if _, err := os.Lstat(sock); err == nil {
+		if err := mount.CleanupMountPoint(sock, t.m, false); err != nil {
+			return fmt.Errorf("unmount workload socket: %w", err)
+		}
+	}
+	notMnt, err := t.m.IsLikelyNotMountPoint(target)
+	if err != nil {
+		return fmt.Errorf("check target: %w", err)
+	}
+	if !notMnt {
+		if err := t.m.Unmount(target); err != nil {
+			return fmt.Errorf("unmount tmpfs: %w", err)
+		}
+	}
+	// Left: a plain directory (a volume from a DirMounter run, or an interrupted setup).
+	return os.RemoveAll(target)
+}
+
+// DirMounter uses a plain directory per volume.
+type DirMounter struct{}
+
+var _ Mounter = DirMounter{}
+
+// Setup implements Mounter.
+func (DirMounter) Setup(target string, gid int) error {
+	mode := os.FileMode(0o755)
+	if gid >= 0 {
+		mode = 0o750
+	}
+	if err := os.MkdirAll(target, mode); err != nil {
+		return fmt.Errorf("create target: %w", err)
+	}
+	if gid >= 0 {
+		if err := os.Lchown(target, -1, gid); err != nil {
+			return fmt.Errorf("set target group: %w", err)
+		}
+	}
+	return nil
+}
+
+// BindSocket implements Mounter: a plain directory cannot carry the socket.
+func (DirMounter) BindSocket(_, _ string) error { return errors.ErrUnsupported }
+
+// Teardown implements Mounter.
+func (DirMounter) Teardown(target string) error {
+	if err := os.RemoveAll(target); err != nil {
+		return fmt.Errorf("remove target: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,144 @@
+package csi
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strconv"
+
+	csipb "github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/keywarden/keywarden/broker/server"
+)
+
+// Server serves the CSI Identity and Node services of a Driver.
+type Server struct {
+	csipb.UnimplementedIdentityServer
+	csipb.UnimplementedNodeServer
+	d *Driver
+}
+
+var (
+	_ csipb.IdentityServer = (*Server)(nil)
+	_ csipb.NodeServer     = (*Server)(nil)
+)
+
+// NewServer returns the gRPC services for d.
+func NewServer(d *Driver) *Server { return &Server{d: d} }
+
+// Register adds the Identity and Node services to s.
+func (s *Server) Register(g *grpc.Server) {
+	csipb.RegisterIdentityServer(g, s)
+	csipb.RegisterNodeServer(g, s)
+}
+
+// NewGRPCServer returns a gRPC server with the CSI services and an interceptor that logs each
+// call's outcome without its request (the volume context carries the pod's token).
+func NewGRPCServer(d *Driver) *grpc.Server {
+	g := grpc.NewServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		resp, err := h(ctx, req)
+		if err != nil {
+			st, _ := status.FromError(err)
+			d.log.Info("csi call failed", slog.String("method", info.FullMethod), slog.String("code", st.Code().String()), slog.String("message", st.Message()))
+		} else {
+			d.log.Debug("csi call", slog.String("method", info.FullMethod))
+		}
+		return resp, err
+	}))
+	NewServer(d).Register(g)
+	return g
+}
+
+// toStatus is the driver's one mapping to gRPC status codes: its own errors here, the
+// broker's through server.ToStatus.
+func toStatus(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrAlreadyExists):
+		return status.Error(codes.AlreadyExists, err.Error())
+	case errors.Is(err, ErrInvalidRequest):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, ErrVolumeFull):
+		return status.Error(codes.ResourceExhausted, "the volume's files do not fit its tmpfs: raise csi.tmpfsSize or deliver fewer keys")
+	}
+	return server.ToStatus(err)
+}
+
+// GetPluginInfo implements csi.IdentityServer.
+func (s *Server) GetPluginInfo(context.Context, *csipb.GetPluginInfoRequest) (*csipb.GetPluginInfoResponse, error) {
+	v := s.d.cfg.Version
+	if v == "" {
+		v = "dev"
+	}
+	return &csipb.GetPluginInfoResponse{Name: s.d.cfg.DriverName, VendorVersion: v}, nil
+}
+
+// GetPluginCapabilities implements csi.IdentityServer: a node-only plugin has none.
+func (s *Server) GetPluginCapabilities(context.Context, *csipb.GetPluginCapabilitiesRequest) (*csipb.GetPluginCapabilitiesResponse, error) {
+	return &csipb.GetPluginCapabilitiesResponse{}, nil
+}
+
+// Probe implements csi.IdentityServer.
+func (s *Server) Probe(context.Context, *csipb.ProbeRequest) (*csipb.ProbeResponse, error) {
+	return &csipb.ProbeResponse{Ready: wrapperspb.Bool(true)}, nil
+}
+
+// NodeGetInfo implements csi.NodeServer.
+func (s *Server) NodeGetInfo(context.Context, *csipb.NodeGetInfoRequest) (*csipb.NodeGetInfoResponse, error) {
+	return &csipb.NodeGetInfoResponse{NodeId: s.d.cfg.NodeID}, nil
+}
+
+// NodeGetCapabilities implements csi.NodeServer: VOLUME_MOUNT_GROUP, so kubelet passes the
+// pod's fsGroup as volume_mount_group.
+func (s *Server) NodeGetCapabilities(context.Context, *csipb.NodeGetCapabilitiesRequest) (*csipb.NodeGetCapabilitiesResponse, error) {
+	return &csipb.NodeGetCapabilitiesResponse{Capabilities: []*csipb.NodeServiceCapability{{
+		Type: &csipb.NodeServiceCapability_Rpc{Rpc: &csipb.NodeServiceCapability_RPC{Type: csipb.NodeServiceCapability_RPC_VOLUME_MOUNT_GROUP}},
+	}}}, nil
+}
+
+// NodePublishVolume implements csi.NodeServer.
+func (s *Server) NodePublishVolume(ctx context.Context, r *csipb.NodePublishVolumeRequest) (*csipb.NodePublishVolumeResponse, error) {
+	switch {
+	case r.GetVolumeId() == "":
+		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
+	case r.GetTargetPath() == "":
+		return nil, status.Error(codes.InvalidArgument, "target_path is required")
+	case r.GetVolumeCapability() == nil:
+		return nil, status.Error(codes.InvalidArgument, "volume_capability is required")
+	case r.GetVolumeCapability().GetMount() == nil:
+		return nil, status.Error(codes.InvalidArgument, "only mount volumes are supported, not block")
+	}
+	gid := -1
+	if g := r.GetVolumeCapability().GetMount().GetVolumeMountGroup(); g != "" {
+		n, err := strconv.Atoi(g)
+		if err != nil || n < 0 || n > 1<<31-1 {
+			return nil, status.Error(codes.InvalidArgument, "volume_mount_group must be a numeric group ID")
+		}
+		gid = n
+	}
+	err := s.d.Publish(ctx, PublishRequest{VolumeID: r.GetVolumeId(), TargetPath: r.GetTargetPath(), VolumeContext: r.GetVolumeContext(), GID: gid})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &csipb.NodePublishVolumeResponse{}, nil
+}
+
+// NodeUnpublishVolume implements csi.NodeServer.
+func (s *Server) NodeUnpublishVolume(ctx context.Context, r *csipb.NodeUnpublishVolumeRequest) (*csipb.NodeUnpublishVolumeResponse, error) {
+	switch {
+	case r.GetVolumeId() == "":
+		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
+	case r.GetTargetPath() == "":
+		return nil, status.Error(codes.InvalidArgument, "target_path is required")
+	}
+	if err := s.d.Unpublish(ctx, r.GetVolumeId(), r.GetTargetPath()); err != nil {
+		s.d.log.Error("unpublish failed", slog.String("volume_id", r.GetVolumeId()), slog.Any("error", err))
+		return nil, status.Error(codes.Internal, "the volume could not be removed; kubelet will retry")
+	}
+	return &csipb.NodeUnpublishVolumeResponse{}, nil
+}

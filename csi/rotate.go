@@ -1,0 +1,273 @@
+package csi
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/keywarden/keywarden/broker"
+	"github.com/keywarden/keywarden/broker/grant"
+	"github.com/keywarden/keywarden/broker/identity"
+	"github.com/keywarden/keywarden/broker/source"
+)
+
+// startWatch follows v's secrets through the broker and rewrites v on every change. The
+// goroutine is owned by the driver (d.wg) and stopped by stopWatch or Close.
+func (d *Driver) startWatch(v *volume) {
+	v.mu.Lock()
+	if v.revoked || v.stop != nil {
+		v.mu.Unlock()
+		return
+	}
+	ctx, cancel := context.WithCancel(d.ctx)
+	done := make(chan struct{})
+	w := v.w
+	v.stop = func() { cancel(); <-done }
+	v.mu.Unlock()
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		defer close(done)
+		d.watch(ctx, v, w)
+	}()
+}
+
+// stopWatch stops v's watch and waits for it. It must not be called with v.mu held.
+func (d *Driver) stopWatch(v *volume) {
+	v.mu.Lock()
+	stop := v.stop
+	v.stop = nil
+	v.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+}
+
+func (d *Driver) watch(ctx context.Context, v *volume, w identity.Workload) {
+	log := d.log.With(slog.String("volume_id", v.id), slog.String("pod_uid", v.pod.UID))
+	backoff := d.cfg.MinBackoff
+	for {
+		delivered := false
+		err := d.cfg.Broker.Watch(ctx, w, v.names, grant.DeliveryCSI, func(name string, s *source.Secret) error {
+			delivered = true
+			d.deliver(ctx, v, name, s)
+			return nil
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		switch {
+		case errors.Is(err, broker.ErrPermissionDenied), errors.Is(err, broker.ErrNotFound):
+			// Grant withdrawn or secret deleted: the pod must not keep the files.
+			log.Warn("volume revoked: files removed", slog.String("reason", err.Error()))
+			d.revoke(v)
+			return
+		case errors.Is(err, broker.ErrUnauthenticated), errors.Is(err, broker.ErrInvalidArgument):
+			// The identity expired: the files stay; the next republish brings a fresh token.
+			log.Info("volume rotation paused until the next republish", slog.String("reason", err.Error()))
+			return
+		}
+		if delivered {
+			backoff = d.cfg.MinBackoff
+		}
+		log.Warn("volume rotation interrupted; retrying", slog.String("reason", errText(err)), slog.Duration("backoff", backoff))
+		t := d.cfg.Clock.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C():
+		}
+		backoff = min(2*backoff, d.cfg.MaxBackoff)
+	}
+}
+
+// errText is an error's caller-safe text: broker errors are; anything else is summarised.
+func errText(err error) string {
+	var be *broker.Error
+	if errors.As(err, &be) {
+		return be.Error()
+	}
+	if err == nil {
+		return "watch ended"
+	}
+	return "internal error"
+}
+
+// deliver records a secret's value and rewrites the volume once every secret has a value and
+// one of them changed.
+func (d *Driver) deliver(ctx context.Context, v *volume, name string, s *source.Secret) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.revoked || ctx.Err() != nil {
+		return
+	}
+	v.secrets[name] = s
+	changed := false
+	for _, n := range v.names {
+		cur, ok := v.secrets[n]
+		if !ok {
+			return
+		}
+		if v.versions[n] != cur.Version {
+			changed = true
+		}
+	}
+	if !changed && v.writer.Written() {
+		return
+	}
+	payload, err := buildPayload(v.req, v.names, v.secrets, v.gid)
+	if err != nil {
+		d.metrics.rotationWrites.WithLabelValues(resultError).Inc()
+		d.log.Error("volume rotation: the new value cannot be laid out; old files kept", slog.String("volume_id", v.id), slog.String("reason", err.Error()))
+		return
+	}
+	start := time.Now()
+	if err := v.writer.Write(payload); err != nil {
+		d.metrics.rotationWrites.WithLabelValues(resultError).Inc()
+		d.log.Error("volume rotation: write failed; old files kept", slog.String("volume_id", v.id), slog.Any("error", err))
+		return
+	}
+	d.metrics.writeSeconds.Observe(time.Since(start).Seconds())
+	d.metrics.rotationWrites.WithLabelValues(resultOK).Inc()
+	versions := make(map[string]string, len(v.names))
+	for _, n := range v.names {
+		versions[n] = v.secrets[n].Version
+	}
+	v.versions = versions
+	rec := record{VolumeID: v.id, Target: v.target, Request: v.req, Pod: v.pod, GID: v.gid, Names: v.names,
+		Workload: toRecordWorkload(v.w), Versions: versions}
+	if b, err := encodeRecord(rec); err == nil {
+		if err := d.cfg.Store.Put(volumesBucket, v.id, b); err != nil {
+			d.log.Error("record volume", slog.String("volume_id", v.id), slog.Any("error", err))
+		}
+	}
+	d.log.Info("volume rotated", slog.String("volume_id", v.id))
+}
+
+// revoke removes v's files and marks it revoked; a later successful publish restores it.
+func (d *Driver) revoke(v *volume) {
+	v.mu.Lock()
+	v.revoked = true
+	v.secrets = map[string]*source.Secret{}
+	v.versions = map[string]string{}
+	err := v.writer.Clear()
+	v.mu.Unlock()
+	if err != nil {
+		d.log.Error("clear revoked volume", slog.String("volume_id", v.id), slog.Any("error", err))
+	}
+	if err := d.save(v); err != nil {
+		d.log.Error("record volume", slog.String("volume_id", v.id), slog.Any("error", err))
+	}
+}
+
+// Run checks every PodCheckInterval that the volumes' pods still run here, until ctx is done.
+// It then stops every watch (files stay: the next daemon picks them up). Call Recover first.
+func (d *Driver) Run(ctx context.Context) error {
+	defer d.Close()
+	if d.cfg.Pods == nil {
+		<-ctx.Done()
+		return nil
+	}
+	t := d.cfg.Clock.NewTicker(d.cfg.PodCheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C():
+			d.checkPods()
+		}
+	}
+}
+
+// Close stops every watch and waits for them. It is idempotent.
+func (d *Driver) Close() {
+	d.cancel()
+	d.wg.Wait()
+}
+
+// Recover finds the volumes recorded before a restart, keeps their files and resumes their
+// rotation. Call it once, before serving publishes. A record whose target is gone is dropped.
+func (d *Driver) Recover() error {
+	recs, err := d.cfg.Store.List(volumesBucket)
+	if err != nil {
+		return err
+	}
+	n := 0
+	for _, rc := range recs {
+		r, err := decodeRecord(rc.Value)
+		if err != nil || r.VolumeID != rc.Key {
+			d.log.Error("volume record unreadable; dropped", slog.String("volume_id", rc.Key))
+			_ = d.cfg.Store.Delete(volumesBucket, rc.Key)
+			continue
+		}
+		log := d.log.With(slog.String("volume_id", r.VolumeID), slog.String("pod_uid", r.Pod.UID))
+		if _, err := os.Lstat(r.Target); err != nil || d.checkTarget(r.Target, r.Pod.UID) != nil {
+			log.Info("recorded volume is gone; record dropped")
+			_ = d.cfg.Store.Delete(volumesBucket, r.VolumeID)
+			continue
+		}
+		w, err := r.Workload.workload()
+		if err != nil {
+			log.Error("volume record unreadable; dropped")
+			_ = d.cfg.Store.Delete(volumesBucket, r.VolumeID)
+			continue
+		}
+		aw, err := NewAtomicWriter(r.Target, r.GID, d.cfg.Clock.Now)
+		if err != nil {
+			log.Error("recorded volume cannot be opened", slog.Any("error", err))
+			continue
+		}
+		v := &volume{id: r.VolumeID, target: r.Target, req: r.Request, pod: r.Pod, gid: r.GID, names: r.Names, w: w,
+			writer: aw, secrets: map[string]*source.Secret{}, versions: r.Versions, revoked: r.Revoked}
+		if v.versions == nil || !aw.Written() {
+			v.versions = map[string]string{}
+		}
+		d.mu.Lock()
+		d.vols[v.id] = v
+		d.mu.Unlock()
+		d.startWatch(v)
+		n++
+	}
+	d.mu.Lock()
+	d.metrics.volumes.Set(float64(len(d.vols)))
+	d.mu.Unlock()
+	if n > 0 {
+		d.log.Info("volumes recovered", slog.Int("volumes", n))
+	}
+	return nil
+}
+
+// checkPods stops and clears the volumes of pods no longer on this node.
+func (d *Driver) checkPods() {
+	p := d.cfg.Pods
+	if !p.Synced() {
+		return
+	}
+	if s, ok := p.(interface{ Stale() bool }); ok && s.Stale() {
+		return
+	}
+	d.mu.Lock()
+	vols := make([]*volume, 0, len(d.vols))
+	for _, v := range d.vols {
+		vols = append(vols, v)
+	}
+	d.mu.Unlock()
+	for _, v := range vols {
+		if _, ok := p.PodByUID(v.pod.UID); ok {
+			continue
+		}
+		v.mu.Lock()
+		revoked := v.revoked
+		v.mu.Unlock()
+		if revoked {
+			continue
+		}
+		d.log.Warn("pod gone from this node: volume files removed", slog.String("volume_id", v.id), slog.String("pod_uid", v.pod.UID))
+		d.stopWatch(v)
+		d.revoke(v)
+	}
+}
