@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"k8s.io/utils/clock"
 
@@ -45,16 +46,28 @@ type Config struct {
 	// Logger receives operational events. Required.
 	Logger *slog.Logger
 	// Clock ends watch streams when their token expires. Defaults to the real clock.
-	Clock clock.Clock
+	Clock clock.WithTicker
+	// Binding re-checks, during a watch stream's life, that the caller's pod still runs on
+	// this node. Nil when the daemon has no node binding (dev mode).
+	Binding BindingChecker
+	// RecheckInterval is how often open watch streams re-check the binding. Default 5s.
+	RecheckInterval time.Duration
+}
+
+// BindingChecker tells whether a verified workload's pod is still on this node.
+type BindingChecker interface {
+	Check(w identity.Workload) error
 }
 
 // Broker answers "may this workload read this secret, and what is its value".
 type Broker struct {
-	verifier Verifier
-	cache    Cache
-	audit    audit.Recorder
-	log      *slog.Logger
-	clock    clock.Clock
+	verifier     Verifier
+	cache        Cache
+	audit        audit.Recorder
+	log          *slog.Logger
+	clock        clock.WithTicker
+	binding      BindingChecker
+	recheckEvery time.Duration
 
 	grants atomic.Pointer[grant.Set]
 	// mu guards the per-source grant sets and grantsChanged. grantsChanged is closed and
@@ -81,11 +94,15 @@ func New(cfg Config) (*Broker, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.RealClock{}
 	}
+	if cfg.RecheckInterval <= 0 {
+		cfg.RecheckInterval = 5 * time.Second
+	}
 	empty, err := grant.NewSet(nil)
 	if err != nil {
 		return nil, err
 	}
 	b := &Broker{verifier: cfg.Verifier, cache: cfg.Cache, audit: cfg.Audit, log: cfg.Logger, clock: cfg.Clock,
+		binding: cfg.Binding, recheckEvery: cfg.RecheckInterval,
 		sources: map[string]*grant.Set{}, grantsChanged: make(chan struct{})}
 	b.grants.Store(empty)
 	return b, nil

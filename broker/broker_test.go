@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -163,5 +164,51 @@ func TestBroker_Watch_endsWhenTokenExpires(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("watch outlived its token")
+	}
+}
+
+// flipBinding is a BindingChecker whose answer the test changes.
+type flipBinding struct{ err atomic.Pointer[error] }
+
+func (f *flipBinding) Check(identity.Workload) error {
+	if e := f.err.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+func TestBroker_Watch_endsWhenPodLeavesNode(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Now())
+	src := mapSource{"db": {Data: map[string]source.Value{"password": source.Value("pw")}, Version: "1"}}
+	eng, _ := rotate.New(rotate.Config{Sources: map[string]source.Source{"local": src}, Logger: discard(), Clock: clk})
+	fb := &flipBinding{}
+	b, err := New(Config{Verifier: fakeVerifier{}, Cache: eng, Audit: audit.Discard{}, Logger: discard(), Clock: clk, Binding: fb, RecheckInterval: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.UpdateGrantSource("file", mustSet(t, grantDoc)); err != nil {
+		t.Fatal(err)
+	}
+	sent := make(chan string, 4)
+	done := make(chan error, 1)
+	go func() {
+		done <- b.Watch(context.Background(), app, []string{"db"}, grant.DeliveryGRPC, func(_ string, s *source.Secret) error {
+			sent <- s.Version
+			return nil
+		})
+	}()
+	<-sent
+	gone := error(&identity.VerifyError{Reason: identity.ReasonPodNotOnNode})
+	fb.err.Store(&gone)
+	for {
+		select {
+		case err := <-done:
+			if !errors.Is(err, ErrUnauthenticated) || !strings.Contains(err.Error(), identity.ReasonPodNotOnNode) {
+				t.Fatalf("got %v", err)
+			}
+			return
+		case <-time.After(10 * time.Millisecond):
+			clk.Step(time.Second)
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 
 	"github.com/keywarden/keywarden/broker/audit"
 	"github.com/keywarden/keywarden/broker/grant"
@@ -29,8 +30,10 @@ type watched struct {
 }
 
 // Watch sends the current value of every named secret, then each new value, until ctx is
-// done, the caller's token expires (ErrUnauthenticated: reconnect with a fresh token), or a grant
-// is withdrawn (ErrPermissionDenied) or a secret deleted (ErrNotFound).
+// done, the caller's token expires or its pod leaves this node (ErrUnauthenticated: reconnect
+// with a fresh token), a grant is withdrawn (ErrPermissionDenied) or a secret deleted
+// (ErrNotFound). Every value is re-authorized just before it is sent, so a value is never
+// delivered under a grant that is no longer in force.
 func (b *Broker) Watch(ctx context.Context, w identity.Workload, names []string, d grant.Delivery, send SendFunc) error {
 	if len(names) == 0 || len(names) > MaxWatchNames {
 		return newError(ErrInvalidArgument, fmt.Sprintf("watch needs 1 to %d secret names, got %d", MaxWatchNames, len(names)))
@@ -45,6 +48,12 @@ func (b *Broker) Watch(ctx context.Context, w identity.Workload, names []string,
 	// Take the change signal before the first authorization, so a grant change at any later
 	// moment is noticed.
 	grantsChanged := b.grantsChangedCh()
+
+	// Every goroutine started here is owned by this call: cancelled and waited for on return.
+	wctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
 
 	ws := make([]*watched, 0, len(names))
 	defer func() {
@@ -66,12 +75,11 @@ func (b *Broker) Watch(ctx context.Context, w identity.Workload, names []string,
 		ws = append(ws, &watched{name: n, dec: dec, ref: ref, keys: keys, sub: b.cache.Subscribe(ref)})
 	}
 
-	// One goroutine per subscription forwards its signals into a single channel.
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	changed := make(chan int, len(ws))
 	forward := func(i int, c <-chan struct{}) {
+		wg.Add(1)
 		go func() {
+			defer wg.Done()
 			for {
 				select {
 				case <-wctx.Done():
@@ -95,7 +103,9 @@ func (b *Broker) Watch(ctx context.Context, w identity.Workload, names []string,
 		t := b.clock.NewTimer(w.ExpiresAt.Sub(b.clock.Now()))
 		defer t.Stop()
 		done := make(chan struct{})
+		wg.Add(1)
 		go func() {
+			defer wg.Done()
 			select {
 			case <-t.C():
 				close(done)
@@ -103,6 +113,28 @@ func (b *Broker) Watch(ctx context.Context, w identity.Workload, names []string,
 			}
 		}()
 		expiry = done
+	}
+	var recheck <-chan struct{}
+	if b.binding != nil {
+		tick := b.clock.NewTicker(b.recheckEvery)
+		defer tick.Stop()
+		ch := make(chan struct{}, 1)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-tick.C():
+					select {
+					case ch <- struct{}{}:
+					default:
+					}
+				case <-wctx.Done():
+					return
+				}
+			}
+		}()
+		recheck = ch
 	}
 
 	for _, x := range ws {
@@ -116,9 +148,20 @@ func (b *Broker) Watch(ctx context.Context, w identity.Workload, names []string,
 			return newError(ErrCanceled, "watch canceled")
 		case <-expiry:
 			return newError(ErrUnauthenticated, "token expired: reconnect with a fresh token")
-		case i := <-changed:
-			if err := b.deliver(ctx, w, d, ws[i], send); err != nil {
+		case <-recheck:
+			if err := b.checkBinding(ctx, w); err != nil {
 				return err
+			}
+		case i := <-changed:
+			moved, err := b.recheck(ctx, w, d, ws[i], send)
+			if err == nil && !moved {
+				err = b.deliver(ctx, w, d, ws[i], send)
+			}
+			if err != nil {
+				return err
+			}
+			if moved {
+				forward(i, ws[i].sub.C())
 			}
 		case <-grantsChanged:
 			grantsChanged = b.grantsChangedCh()
@@ -133,6 +176,26 @@ func (b *Broker) Watch(ctx context.Context, w identity.Workload, names []string,
 			}
 		}
 	}
+}
+
+// checkBinding ends a stream whose pod has left this node (deleted, rescheduled).
+func (b *Broker) checkBinding(ctx context.Context, w identity.Workload) error {
+	if b.binding == nil {
+		return nil
+	}
+	err := b.binding.Check(w)
+	if err == nil {
+		return nil
+	}
+	reason := "pod binding no longer holds"
+	var ve *identity.VerifyError
+	if errors.As(err, &ve) {
+		reason = ve.Reason
+	} else if errors.Is(err, identity.ErrUnavailable) {
+		return nil // the pod list is not loaded: keep the stream rather than guess
+	}
+	b.audit.Record(ctx, withWorkload(audit.Event{Kind: audit.KindRevocation, Outcome: audit.OutcomeDeny, Reason: reason}, w))
+	return newError(ErrUnauthenticated, "invalid token: "+reason)
 }
 
 func firstDup(sorted []string) int {
@@ -156,6 +219,9 @@ func (b *Broker) deliver(ctx context.Context, w identity.Workload, d grant.Deliv
 	if s.Version == x.version {
 		return nil
 	}
+	if err := b.checkBinding(ctx, w); err != nil {
+		return err
+	}
 	if err := send(x.name, s); err != nil {
 		return err
 	}
@@ -164,9 +230,10 @@ func (b *Broker) deliver(ctx context.Context, w identity.Workload, d grant.Deliv
 	return nil
 }
 
-// recheck re-evaluates x's grant after a grant change. A withdrawn grant ends the watch; a
-// grant that now points elsewhere (another source path or key set) moves the subscription, and
-// recheck reports it so the caller forwards the new subscription's signals.
+// recheck re-evaluates x's grant against the grants in force now. A withdrawn grant ends the
+// watch; a grant that now points elsewhere (another source path or key set) moves the
+// subscription, delivers the new value and reports it so the caller forwards the new
+// subscription's signals.
 func (b *Broker) recheck(ctx context.Context, w identity.Workload, d grant.Delivery, x *watched, send SendFunc) (bool, error) {
 	dec := b.grants.Load().Evaluate(requestFor(w, x.name, d))
 	if !dec.Allowed {

@@ -38,12 +38,15 @@ type Secret struct {
 }
 
 // String describes the secret without its data.
-func (s *Secret) String() string {
+func (s Secret) String() string {
 	return fmt.Sprintf("secret %q version %s keys %v", s.Name, s.Version, slices.Sorted(maps.Keys(s.Data)))
 }
 
 // GoString describes the secret without its data.
-func (s *Secret) GoString() string { return s.String() }
+func (s Secret) GoString() string { return s.String() }
+
+// Format prints the description for every verb, so no verb (%d, %x …) dumps Data.
+func (s Secret) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(s.String())) }
 
 // TokenSource returns the bearer token for the next call.
 type TokenSource func(ctx context.Context) (string, error)

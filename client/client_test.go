@@ -167,7 +167,7 @@ func TestClient_Watch_callbackErrorAndCancel(t *testing.T) {
 
 func TestSecret_String_hidesData(t *testing.T) {
 	s := &Secret{Name: "db", Version: "1", Data: map[string][]byte{"password": []byte("hunter2-xyz")}}
-	for _, out := range []string{fmt.Sprint(s), fmt.Sprintf("%v %+v %#v %s", s, s, s, s)} {
+	for _, out := range []string{fmt.Sprint(s), fmt.Sprintf("%v %+v %#v %s %d %x", s, s, s, s, s, s), fmt.Sprintf("%v %+v %#v %d %x", *s, *s, *s, *s, *s)} {
 		if strings.Contains(out, "hunter2-xyz") {
 			t.Fatalf("data printed: %s", out)
 		}

@@ -1,6 +1,7 @@
 package crypto
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/tink-crypto/tink-go/v2/aead"
@@ -37,4 +38,25 @@ func flipBit(b []byte, bit int) []byte {
 	c := append([]byte(nil), b...)
 	c[bit/8] ^= 1 << (bit % 8)
 	return c
+}
+
+// flakyKEK is a KEK that can be switched to fail every call with
+// ErrKEKUnavailable, like Vault Transit during an outage.
+type flakyKEK struct {
+	tink.AEAD
+	down bool
+}
+
+func (f *flakyKEK) Encrypt(pt, ad []byte) ([]byte, error) {
+	if f.down {
+		return nil, fmt.Errorf("fake kek: %w: vault unreachable", ErrKEKUnavailable)
+	}
+	return f.AEAD.Encrypt(pt, ad)
+}
+
+func (f *flakyKEK) Decrypt(ct, ad []byte) ([]byte, error) {
+	if f.down {
+		return nil, fmt.Errorf("fake kek: %w: vault unreachable", ErrKEKUnavailable)
+	}
+	return f.AEAD.Decrypt(ct, ad)
 }

@@ -62,7 +62,9 @@ func NewKeyring(kek tink.AEAD) (kr *Keyring, wrapped []byte, err error) {
 }
 
 // OpenKeyring unwraps a keyset produced by NewKeyring, Rotate or Wrapped. A
-// wrong KEK or any modified byte gives ErrDecrypt.
+// wrong KEK or any modified byte gives ErrDecrypt; a KEK that could not be
+// reached (its error matches ErrKEKUnavailable) gives an error matching
+// ErrKEKUnavailable and not ErrDecrypt.
 func OpenKeyring(kek tink.AEAD, wrapped []byte) (*Keyring, error) {
 	if kek == nil {
 		return nil, errors.New("open keyring: kek is required")
@@ -215,7 +217,11 @@ func (k *Keyring) Wrapped() ([]byte, error) {
 // can be flipped without failing to open.
 func wrapKeyset(kek tink.AEAD, h *keyset.Handle) ([]byte, error) {
 	var w ciphertextOnly
-	if err := h.WriteWithAssociatedData(&w, kek, []byte(WrappedKeysetAssociatedData)); err != nil {
+	rec := &recordingKEK{AEAD: kek}
+	if err := h.WriteWithAssociatedData(&w, rec, []byte(WrappedKeysetAssociatedData)); err != nil {
+		if errors.Is(rec.err, ErrKEKUnavailable) {
+			return nil, fmt.Errorf("kek encryption failed: %w", rec.err)
+		}
 		return nil, errors.New("kek encryption failed")
 	}
 	if len(w.ct) == 0 {
@@ -229,14 +235,40 @@ func unwrapKeyset(kek tink.AEAD, wrapped []byte) (*keyset.Handle, error) {
 		return nil, fmt.Errorf("empty wrapped keyset: %w", ErrDecrypt)
 	}
 	r := ciphertextOnly{ct: bytes.Clone(wrapped)}
-	h, err := keyset.ReadWithAssociatedData(&r, kek, []byte(WrappedKeysetAssociatedData))
+	rec := &recordingKEK{AEAD: kek}
+	h, err := keyset.ReadWithAssociatedData(&r, rec, []byte(WrappedKeysetAssociatedData))
 	if err != nil {
+		// A KEK that could not be asked (Vault Transit down or refusing the
+		// daemon) says nothing about the bytes: keep that apart from ErrDecrypt
+		// so a caller does not take an outage for a corrupt store.
+		if errors.Is(rec.err, ErrKEKUnavailable) {
+			return nil, fmt.Errorf("unwrap keyset: %w", rec.err)
+		}
 		// Either the KEK does not authenticate the bytes (wrong KEK, tamper)
 		// or they decrypt to something that is not a keyset, which only a
 		// tampered-but-authentic blob could do.
 		return nil, fmt.Errorf("unwrap keyset: %w", ErrDecrypt)
 	}
 	return h, nil
+}
+
+// recordingKEK remembers the KEK's last error: Tink's keyset reader and
+// writer flatten it to text, losing ErrKEKUnavailable.
+type recordingKEK struct {
+	tink.AEAD
+	err error
+}
+
+func (r *recordingKEK) Encrypt(plaintext, associatedData []byte) ([]byte, error) {
+	ct, err := r.AEAD.Encrypt(plaintext, associatedData)
+	r.err = err
+	return ct, err
+}
+
+func (r *recordingKEK) Decrypt(ciphertext, associatedData []byte) ([]byte, error) {
+	pt, err := r.AEAD.Decrypt(ciphertext, associatedData)
+	r.err = err
+	return pt, err
 }
 
 // ciphertextOnly is a keyset.Reader/Writer that keeps only the encrypted

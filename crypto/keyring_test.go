@@ -119,6 +119,26 @@ func TestOpenKeyring_wrongKEKFails(t *testing.T) {
 	}
 }
 
+func TestOpenKeyring_kekUnavailableIsNotDecryptError(t *testing.T) {
+	kek := &flakyKEK{AEAD: newTestKEK(t)}
+	_, wrapped, err := NewKeyring(kek)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kek.down = true
+	_, err = OpenKeyring(kek, wrapped)
+	if !errors.Is(err, ErrKEKUnavailable) || errors.Is(err, ErrDecrypt) {
+		t.Fatalf("OpenKeyring with the KEK down = %v, want ErrKEKUnavailable only", err)
+	}
+	if _, _, err := NewKeyring(kek); !errors.Is(err, ErrKEKUnavailable) {
+		t.Fatalf("NewKeyring with the KEK down = %v, want ErrKEKUnavailable", err)
+	}
+	kek.down = false
+	if _, err := OpenKeyring(kek, wrapped); err != nil {
+		t.Fatalf("OpenKeyring once the KEK is back: %v", err)
+	}
+}
+
 func TestOpenKeyring_otherAssociatedDataFails(t *testing.T) {
 	// A blob encrypted by the same KEK under other associated data (a record,
 	// another product's keyset) must not open as a DEK keyset.

@@ -42,16 +42,22 @@ type InformerSourceConfig struct {
 
 // InformerSource is the Kubernetes grant source: it watches AccessGrant objects with a dynamic
 // informer and hands the valid ones to OnChange as a Set. An object that does not convert or
-// validate (the CRD's schema normally refuses it first) is logged and skipped; every other
-// grant stays in force.
+// validate (the CRD's schema normally refuses it first) is logged, and:
+//   - if an earlier version of the same object (same name and UID) was valid, that last valid
+//     version stays in force: the last good config stays, so an edit that breaks a Deny grant
+//     cannot widen access (THREATS.md);
+//   - a brand-new object that never validated is skipped.
+//
+// Every other grant stays in force; a deleted object is withdrawn.
 type InformerSource struct {
 	cfg     InformerSourceConfig
 	current atomic.Pointer[Set]
 	synced  atomic.Bool
 
-	mu      sync.Mutex
-	invalid map[string]string // name → problem, for objects currently skipped
-	logged  map[string]string // name → resourceVersion whose problem was logged
+	mu        sync.Mutex
+	invalid   map[string]string      // name → problem, for objects whose current version does not validate
+	logged    map[string]string      // name → resourceVersion whose problem was logged
+	lastValid map[string]AccessGrant // name → last version of the object that validated
 }
 
 // NewInformerSource returns an InformerSource with no grants; Run starts it.
@@ -69,7 +75,7 @@ func NewInformerSource(cfg InformerSourceConfig) (*InformerSource, error) {
 	if cfg.Settle == 0 {
 		cfg.Settle = 50 * time.Millisecond
 	}
-	s := &InformerSource{cfg: cfg, invalid: map[string]string{}, logged: map[string]string{}}
+	s := &InformerSource{cfg: cfg, invalid: map[string]string{}, logged: map[string]string{}, lastValid: map[string]AccessGrant{}}
 	empty, _ := NewSet(nil)
 	s.current.Store(empty)
 	return s, nil
@@ -81,7 +87,8 @@ func (s *InformerSource) Current() *Set { return s.current.Load() }
 // HasSynced reports whether the first full list has been applied.
 func (s *InformerSource) HasSynced() bool { return s.synced.Load() }
 
-// Invalid returns the objects currently skipped, by name, with the problem.
+// Invalid returns the objects whose current version does not validate, by name, with the
+// problem: skipped, or in force in their last valid version (Stale).
 func (s *InformerSource) Invalid() map[string]string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -133,24 +140,53 @@ func (s *InformerSource) Run(ctx context.Context) error {
 	}
 }
 
-// rebuild converts and validates every object and hands the valid ones to OnChange.
+// Stale returns the names of the objects whose current version does not validate and whose
+// last valid version is in force instead, sorted.
+func (s *InformerSource) Stale() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for name := range s.invalid {
+		if _, ok := s.lastValid[name]; ok {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// rebuild converts and validates every object and hands the valid ones (and the last valid
+// version of each object that stopped validating) to OnChange.
 func (s *InformerSource) rebuild(objs []any) {
 	var grants []AccessGrant
 	invalid := map[string]string{}
 	versions := map[string]string{}
+	s.mu.Lock()
+	lastValid := make(map[string]AccessGrant, len(s.lastValid))
+	stale := map[string]string{} // name → resourceVersion of the last valid version kept
 	for _, o := range objs {
 		u, ok := o.(*unstructured.Unstructured)
 		if !ok {
 			continue
 		}
+		name := u.GetName()
 		g, err := FromUnstructured(u)
 		if err != nil {
-			invalid[u.GetName()] = err.Error()
-			versions[u.GetName()] = u.GetResourceVersion()
+			invalid[name] = err.Error()
+			versions[name] = u.GetResourceVersion()
+			// The same object (a delete and re-create gives a new UID) was valid before:
+			// keep that version in force rather than drop it.
+			if prev, ok := s.lastValid[name]; ok && prev.UID == u.GetUID() {
+				lastValid[name] = prev
+				stale[name] = prev.ResourceVersion
+				grants = append(grants, prev)
+			}
 			continue
 		}
+		lastValid[name] = *g
 		grants = append(grants, *g)
 	}
+	s.mu.Unlock()
 	set, err := NewSet(grants)
 	if err != nil {
 		// Validated one by one above, so only a duplicate name (impossible for objects of
@@ -161,8 +197,14 @@ func (s *InformerSource) rebuild(objs []any) {
 	s.mu.Lock()
 	for name, problem := range invalid {
 		if v, ok := s.logged[name]; !ok || v != versions[name] {
-			s.cfg.Logger.Warn("accessgrant skipped: it does not validate; the other grants stay in force",
-				slog.String("grant", name), slog.String("problem", problem))
+			if kept, ok := stale[name]; ok {
+				s.cfg.Logger.Warn("accessgrant update does not validate; its last valid version stays in force",
+					slog.String("grant", name), slog.String("problem", problem),
+					slog.String("resource_version", versions[name]), slog.String("in_force_resource_version", kept))
+			} else {
+				s.cfg.Logger.Warn("accessgrant skipped: it does not validate; the other grants stay in force",
+					slog.String("grant", name), slog.String("problem", problem))
+			}
 			s.logged[name] = versions[name]
 		}
 	}
@@ -172,6 +214,7 @@ func (s *InformerSource) rebuild(objs []any) {
 		}
 	}
 	s.invalid = invalid
+	s.lastValid = lastValid
 	s.mu.Unlock()
 	if err := s.cfg.OnChange(set); err != nil {
 		s.cfg.Logger.Error("accessgrants refused by the broker; the previous grants stay in force", slog.Any("error", err))
@@ -183,7 +226,7 @@ func (s *InformerSource) rebuild(objs []any) {
 		names = append(names, g.Name)
 	}
 	slices.Sort(names)
-	s.cfg.Logger.Debug("accessgrants applied", slog.Int("grants", len(names)), slog.Int("skipped", len(invalid)))
+	s.cfg.Logger.Debug("accessgrants applied", slog.Int("grants", len(names)), slog.Int("invalid", len(invalid)), slog.Int("stale", len(stale)))
 }
 
 // FromUnstructured converts an AccessGrant object read from the apiserver and validates it.

@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"sigs.k8s.io/yaml"
 )
@@ -199,4 +200,106 @@ func FuzzFromUnstructured(f *testing.F) {
 			}
 		}
 	})
+}
+
+// lastSet is the Set last handed to OnChange.
+func (r *setRecorder) lastSet() *Set {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.sets) == 0 {
+		return nil
+	}
+	return r.sets[len(r.sets)-1]
+}
+
+func withUID(u *unstructured.Unstructured, uid string) *unstructured.Unstructured {
+	u.SetUID(types.UID(uid))
+	return u
+}
+
+func TestInformerSource_Run_invalidUpdateKeepsLastValidVersion(t *testing.T) {
+	allowDoc := grantDoc("allow-db", specOf("subjects: "+okSubjects, "secrets: "+okSecrets))
+	denyDoc := grantDoc("deny-db", specOf("effect: Deny", "subjects: "+okSubjects, "secrets: "+okSecrets))
+	// Passes a CRD schema but not the daemon's validation: no subject.
+	brokenDenyDoc := grantDoc("deny-db", specOf("effect: Deny", "subjects: []", "secrets: "+okSecrets))
+	client := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
+		map[schema.GroupVersionResource]string{GroupVersionResource: "AccessGrantList"},
+		withUID(unstructuredGrant(t, allowDoc), "uid-allow"), withUID(unstructuredGrant(t, denyDoc), "uid-deny-1"))
+	logs := &lockedLog{}
+	rec := &setRecorder{}
+	src, err := NewInformerSource(InformerSourceConfig{Client: client, OnChange: rec.onChange, Logger: slog.New(slog.NewJSONHandler(logs, nil)), Settle: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- src.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, "first sync", src.HasSynced)
+	denied := func() bool {
+		s := rec.lastSet()
+		return s != nil && !s.Evaluate(Request{Namespace: "demo", ServiceAccount: "app", Secret: "db", Delivery: DeliveryGRPC}).Allowed
+	}
+	if !denied() {
+		t.Fatal("the Deny grant is not in force")
+	}
+	res := client.Resource(GroupVersionResource)
+	sets := func() int { rec.mu.Lock(); defer rec.mu.Unlock(); return len(rec.sets) }
+
+	// The Deny grant is edited into something invalid: its last valid version stays.
+	before := sets()
+	if _, err := res.Update(ctx, withUID(unstructuredGrant(t, brokenDenyDoc), "uid-deny-1"), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the invalid update seen", func() bool { return sets() > before && src.Invalid()["deny-db"] != "" })
+	if !denied() || strings.Join(rec.names(), ",") != "allow-db,deny-db" {
+		t.Fatalf("an invalid update of a Deny grant widened access: grants %v", rec.names())
+	}
+	if got := src.Stale(); len(got) != 1 || got[0] != "deny-db" {
+		t.Errorf("Stale = %v", got)
+	}
+	if !strings.Contains(logs.String(), "last valid version stays in force") {
+		t.Errorf("kept version not logged: %s", logs)
+	}
+
+	// A brand-new object that never validated is still skipped.
+	if _, err := res.Create(ctx, withUID(unstructuredGrant(t, grantDoc("new-bad", specOf("subjects: []", "secrets: "+okSecrets))), "uid-new"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the new invalid object seen", func() bool { return src.Invalid()["new-bad"] != "" })
+	if strings.Join(rec.names(), ",") != "allow-db,deny-db" {
+		t.Fatalf("grants %v", rec.names())
+	}
+	if !strings.Contains(logs.String(), `"accessgrant skipped: it does not validate; the other grants stay in force","grant":"new-bad"`) {
+		t.Errorf("skipped object not logged: %s", logs)
+	}
+
+	// Deleted and re-created (a new UID) invalid: a new object, so nothing is kept.
+	if err := res.Delete(ctx, "deny-db", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := res.Create(ctx, withUID(unstructuredGrant(t, brokenDenyDoc), "uid-deny-2"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the re-created object replaces the old", func() bool { return strings.Join(rec.names(), ",") == "allow-db" })
+	if len(src.Stale()) != 0 {
+		t.Errorf("Stale after re-create = %v", src.Stale())
+	}
+
+	// Fixed, broken again (its last valid version stays), then deleted: withdrawn.
+	if _, err := res.Update(ctx, withUID(unstructuredGrant(t, denyDoc), "uid-deny-2"), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the fixed Deny grant", func() bool { return strings.Join(rec.names(), ",") == "allow-db,deny-db" })
+	if _, err := res.Update(ctx, withUID(unstructuredGrant(t, brokenDenyDoc), "uid-deny-2"), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "broken again", func() bool { return len(src.Stale()) == 1 })
+	if err := res.Delete(ctx, "deny-db", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the deleted grant withdrawn", func() bool { return strings.Join(rec.names(), ",") == "allow-db" })
+	if len(src.Stale()) != 0 || src.Invalid()["deny-db"] != "" {
+		t.Errorf("deleted object still tracked: stale %v invalid %v", src.Stale(), src.Invalid())
+	}
 }

@@ -60,7 +60,7 @@ func NewBindingVerifier(cfg BindingConfig) (*BindingVerifier, error) {
 func (b *BindingVerifier) Verify(ctx context.Context, tok Token) (Workload, error) {
 	w, err := b.cfg.Verifier.Verify(ctx, tok)
 	if err == nil {
-		err = b.check(w)
+		err = b.Check(w)
 	}
 	if err != nil {
 		return Workload{}, err
@@ -68,7 +68,9 @@ func (b *BindingVerifier) Verify(ctx context.Context, tok Token) (Workload, erro
 	return w, nil
 }
 
-func (b *BindingVerifier) check(w Workload) error {
+// Check reports whether w's pod still exists on this node. Long-lived streams call it again
+// during their life: a token is checked once, but its pod can go away long before its exp.
+func (b *BindingVerifier) Check(w Workload) error {
 	if w.PodUID == "" {
 		return invalid(ReasonNoPodBinding)
 	}

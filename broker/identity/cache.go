@@ -105,14 +105,26 @@ func (c *CachingVerifier) Verify(ctx context.Context, tok Token) (Workload, erro
 		c.cfg.Metrics.cacheHit()
 		return copyWorkload(e.w), e.err
 	}
-	v, err, _ := c.sf.Do(string(d[:]), func() (any, error) {
-		w, err := c.cfg.Verifier.Verify(ctx, tok)
+	// The shared call runs detached from any one caller, so a caller that gives up does not
+	// fail the others waiting for the same token; each waiter still honours its own ctx.
+	ch := c.sf.DoChan(string(d[:]), func() (any, error) {
+		vctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), verifyTimeout)
+		defer cancel()
+		w, err := c.cfg.Verifier.Verify(vctx, tok)
 		c.store(d, w, err)
 		return w, err
 	})
-	w, _ := v.(Workload)
-	return copyWorkload(w), err
+	select {
+	case <-ctx.Done():
+		return Workload{}, errors.Join(ErrUnavailable, ctx.Err())
+	case r := <-ch:
+		w, _ := r.Val.(Workload)
+		return copyWorkload(w), r.Err
+	}
 }
+
+// verifyTimeout bounds one shared verification (a TokenReview or a JWKS fetch inside it).
+const verifyTimeout = 15 * time.Second
 
 func (c *CachingVerifier) store(d [sha256.Size]byte, w Workload, err error) {
 	now := c.cfg.Clock.Now()

@@ -207,13 +207,24 @@ func (r *RemoteKeySet) rebase(u *url.URL) string {
 	return u.String()
 }
 
+func (r *RemoteKeySet) trustedHost(host string) bool {
+	for _, u := range []string{r.cfg.Issuer, r.cfg.DiscoveryURL, r.cfg.JWKSURL} {
+		if pu, err := url.Parse(u); err == nil && u != "" && pu.Host == host {
+			return true
+		}
+	}
+	return false
+}
+
 func (r *RemoteKeySet) get(ctx context.Context, u string, limit int64) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return nil, err
 	}
 	req.Header.Set("Accept", "application/json, application/jwk-set+json")
-	if r.cfg.BearerTokenFile != "" {
+	// The daemon's own token goes only to the hosts it was configured with, never to
+	// whatever host a discovery document names.
+	if r.cfg.BearerTokenFile != "" && r.trustedHost(req.URL.Host) {
 		tok, err := os.ReadFile(r.cfg.BearerTokenFile)
 		if err != nil {
 			return nil, fmt.Errorf("read bearer token file: %w", err)

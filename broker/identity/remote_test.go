@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -183,5 +184,42 @@ func TestRemoteKeySet_withVerifier_endToEnd(t *testing.T) {
 	v := newTestVerifier(t, r, nil)
 	if _, err := v.Verify(context.Background(), NewToken(signES(t, validClaims()))); err != nil {
 		t.Fatalf("valid token through the remote key set: %v", err)
+	}
+}
+
+func TestRemoteKeySet_bearerTokenOnlyToConfiguredHosts(t *testing.T) {
+	var leaked atomic.Int64
+	other := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "" {
+			leaked.Add(1)
+		}
+		ks := testKeySet(t).JWKS()
+		_ = json.NewEncoder(w).Encode(ks)
+	}))
+	defer other.Close()
+	var disc *httptest.Server
+	disc = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer daemon-token" {
+			http.Error(w, "no", http.StatusUnauthorized)
+			return
+		}
+		_ = json.NewEncoder(w).Encode(map[string]string{"issuer": disc.URL, "jwks_uri": other.URL + "/jwks"})
+	}))
+	defer disc.Close()
+	tokFile := t.TempDir() + "/token"
+	if err := os.WriteFile(tokFile, []byte("daemon-token"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	client := disc.Client()
+	client.Transport.(*http.Transport).TLSClientConfig.RootCAs.AddCert(other.Certificate())
+	r, err := NewRemoteKeySet(RemoteKeySetConfig{Issuer: disc.URL, HTTPClient: client, BearerTokenFile: tokFile, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Key(context.Background(), testECKid); err != nil {
+		t.Fatal(err)
+	}
+	if leaked.Load() != 0 {
+		t.Fatal("the daemon's bearer token was sent to a host named only by the discovery document")
 	}
 }

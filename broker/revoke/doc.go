@@ -7,6 +7,7 @@
 // PermissionDenied, and `keywarden grant list` / `explain` show the revocation by name. A
 // secret's cached values are dropped as well. A workload revocation covers every secret name
 // that the other grant sources mention; Run re-derives it whenever those grants change, so a
-// grant added later is covered too. Revocations live in memory: a restart lifts them (the
-// audit log keeps the record).
+// grant added later is covered too. Revocations are kept in the daemon's encrypted state store
+// (bucket "revoked") and put back in force by New, before the broker serves, so a restart does
+// not lift them; Lift removes them from the store.
 package revoke

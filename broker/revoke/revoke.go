@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -16,17 +17,31 @@ import (
 
 	"github.com/keywarden/keywarden/broker/grant"
 	"github.com/keywarden/keywarden/broker/source"
+	"github.com/keywarden/keywarden/broker/store"
 )
 
 // SourceName is the grant source revocations are published as.
 const SourceName = "revoked"
 
+// storeBucket holds one JSON-encoded Target per revocation, keyed by its Name.
+const storeBucket = "revoked"
+
+// StoreDB is the part of the daemon's encrypted state store the Manager keeps revocations in.
+type StoreDB interface {
+	List(bucket string) ([]store.Record, error)
+	Put(bucket, key string, value []byte) error
+	Delete(bucket, key string) error
+}
+
+var _ StoreDB = (*store.DB)(nil)
+
 // Target is what a revocation applies to: Secret alone, or a workload given as Namespace and
 // ServiceAccount, or as SPIFFEID.
 type Target struct {
-	Secret                    string
-	Namespace, ServiceAccount string
-	SPIFFEID                  string
+	Secret         string `json:"secret,omitempty"`
+	Namespace      string `json:"namespace,omitempty"`
+	ServiceAccount string `json:"serviceAccount,omitempty"`
+	SPIFFEID       string `json:"spiffeID,omitempty"`
 }
 
 // Validate checks that t names exactly one thing, with valid names.
@@ -111,6 +126,10 @@ type Config struct {
 	Apply func(*grant.Set) error
 	// Logger receives revocation events. Required.
 	Logger *slog.Logger
+	// DB keeps the revocations across restarts (the daemon's encrypted state store, bucket
+	// "revoked"): New loads and applies them, Revoke and Lift write through. Optional: nil
+	// keeps them in memory only, and a restart lifts them.
+	DB StoreDB
 }
 
 // Manager holds the revocations in force.
@@ -122,7 +141,9 @@ type Manager struct {
 	names   []string // secret names the workload revocations were built with
 }
 
-// New returns a Manager with no revocations.
+// New returns a Manager with the revocations kept in cfg.DB, already applied (so call it
+// before the broker serves). A stored revocation that does not parse or validate is an error
+// (store.ErrCorrupt): the operator must see it rather than have a revocation silently lifted.
 func New(cfg Config) (*Manager, error) {
 	switch {
 	case cfg.Broker == nil:
@@ -134,7 +155,35 @@ func New(cfg Config) (*Manager, error) {
 	case cfg.Logger == nil:
 		return nil, fmt.Errorf("%w: logger is required", ErrInvalidConfig)
 	}
-	return &Manager{cfg: cfg, targets: map[string]Target{}}, nil
+	m := &Manager{cfg: cfg, targets: map[string]Target{}}
+	if cfg.DB == nil {
+		return m, nil
+	}
+	recs, err := cfg.DB.List(storeBucket)
+	if err != nil {
+		return nil, fmt.Errorf("load revocations: %w", err)
+	}
+	if len(recs) == 0 {
+		return m, nil
+	}
+	targets := make(map[string]Target, len(recs))
+	for _, r := range recs {
+		var t Target
+		if err := json.Unmarshal(r.Value, &t); err != nil {
+			return nil, fmt.Errorf("stored revocation %q does not parse: %w", r.Key, store.ErrCorrupt)
+		}
+		if err := t.Validate(); err != nil || t.Name() != r.Key {
+			return nil, fmt.Errorf("stored revocation %q is not valid: %w", r.Key, store.ErrCorrupt)
+		}
+		targets[r.Key] = t
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.applyLocked(targets); err != nil {
+		return nil, fmt.Errorf("apply stored revocations: %w", err)
+	}
+	cfg.Logger.Info("stored revocations in force", slog.Int("revocations", len(targets)))
+	return m, nil
 }
 
 // Revoke puts a revocation of t in force and drops the cached values of a revoked secret. It
@@ -147,7 +196,16 @@ func (m *Manager) Revoke(t Target) (name string, purged int, err error) {
 	m.mu.Lock()
 	next := maps.Clone(m.targets)
 	next[name] = t
+	// Stored first, so a revocation in force is never one a restart would lift; undone if
+	// the broker refuses it.
+	if err := m.persist(name, &t); err != nil {
+		m.mu.Unlock()
+		return "", 0, err
+	}
 	if err := m.applyLocked(next); err != nil {
+		if _, stored := m.targets[name]; !stored {
+			m.unpersist(name, nil)
+		}
 		m.mu.Unlock()
 		return "", 0, err
 	}
@@ -171,12 +229,17 @@ func (m *Manager) Lift(t Target) (string, error) {
 	name := t.Name()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if _, ok := m.targets[name]; !ok {
+	prev, ok := m.targets[name]
+	if !ok {
 		return "", fmt.Errorf("%w: %s", ErrNotRevoked, name)
 	}
 	next := maps.Clone(m.targets)
 	delete(next, name)
+	if err := m.persist(name, nil); err != nil {
+		return "", err
+	}
 	if err := m.applyLocked(next); err != nil {
+		m.unpersist(name, &prev)
 		return "", err
 	}
 	m.cfg.Logger.Info("revocation lifted", slog.String("revocation", name))
@@ -209,6 +272,35 @@ func (m *Manager) Run(ctx context.Context) error {
 			return nil
 		case <-changed:
 		}
+	}
+}
+
+// persist stores t under name, or deletes name when t is nil.
+func (m *Manager) persist(name string, t *Target) error {
+	if m.cfg.DB == nil {
+		return nil
+	}
+	if t == nil {
+		if err := m.cfg.DB.Delete(storeBucket, name); err != nil {
+			return fmt.Errorf("save revocations: %w", err)
+		}
+		return nil
+	}
+	raw, err := json.Marshal(t)
+	if err != nil {
+		return fmt.Errorf("save revocations: %w", err)
+	}
+	if err := m.cfg.DB.Put(storeBucket, name, raw); err != nil {
+		return fmt.Errorf("save revocations: %w", err)
+	}
+	return nil
+}
+
+// unpersist undoes a persist whose change the broker refused: it puts back prev (deletes
+// name when prev is nil), logging a failure.
+func (m *Manager) unpersist(name string, prev *Target) {
+	if err := m.persist(name, prev); err != nil {
+		m.cfg.Logger.Error("revocation store not rolled back", slog.String("revocation", name), slog.Any("error", err))
 	}
 }
 

@@ -17,6 +17,9 @@ func (e *Engine) Drop(ref source.Ref) bool {
 		return false
 	}
 	had := en.secret != nil
+	// Fetches already under way started before the drop: their answers must not refill it.
+	e.gen++
+	en.gen = e.gen
 	en.secret = nil
 	en.lastErr = "dropped by an administrator"
 	e.signalLocked(en)

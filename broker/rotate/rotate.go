@@ -46,9 +46,13 @@ type Engine struct {
 	mu      sync.Mutex
 	entries map[source.Ref]*entry
 	flights map[source.Ref]*flight
+	// gen numbers fetches in the order they start. A result older than the one an entry
+	// already holds is dropped, so a slow fetch can never put an older version back.
+	gen uint64
 }
 
 type entry struct {
+	gen         uint64 // of the fetch whose answer the entry holds
 	secret      *source.Secret
 	fetchedAt   time.Time
 	lastUsed    time.Time
@@ -178,17 +182,19 @@ func (e *Engine) startFlightLocked(ref source.Ref) *flight {
 	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.FetchTimeout)
 	f := &flight{done: make(chan struct{}), cancel: cancel}
 	e.flights[ref] = f
+	e.gen++
+	gen := e.gen
 	go func() {
 		defer cancel()
 		s, err := e.cfg.Sources[ref.Source].Fetch(ctx, ref.Path)
 		e.mu.Lock()
 		delete(e.flights, ref)
 		if err == nil {
-			e.storeLocked(ref, s)
+			e.storeLocked(ref, s, gen)
 		} else if errors.Is(err, source.ErrNotFound) || errors.Is(err, source.ErrDeleted) || errors.Is(err, source.ErrForbidden) {
 			// Authoritative answers purge whatever was cached, so a deleted secret is
 			// not served from memory.
-			e.purgeLocked(ref, err)
+			e.purgeLocked(ref, err, gen)
 		}
 		f.secret, f.err = s, err
 		e.mu.Unlock()
@@ -202,13 +208,17 @@ func expired(s *source.Secret, now time.Time) bool {
 }
 
 // storeLocked records a fresh value and signals subscribers when its version changed.
-func (e *Engine) storeLocked(ref source.Ref, s *source.Secret) {
+func (e *Engine) storeLocked(ref source.Ref, s *source.Secret, gen uint64) {
 	now := e.now()
 	en := e.entries[ref]
 	if en == nil {
 		en = &entry{subs: map[*Subscription]struct{}{}}
 		e.entries[ref] = en
 	}
+	if gen < en.gen {
+		return // a newer fetch already answered
+	}
+	en.gen = gen
 	changed := en.secret == nil || en.secret.Version != s.Version
 	en.secret = s.Clone()
 	en.fetchedAt, en.lastUsed = now, now
@@ -236,11 +246,12 @@ func jitter(d time.Duration) time.Duration {
 
 // purgeLocked drops a cached value after an authoritative answer and signals subscribers so
 // that they re-read (and get the error).
-func (e *Engine) purgeLocked(ref source.Ref, cause error) {
+func (e *Engine) purgeLocked(ref source.Ref, cause error, gen uint64) {
 	en := e.entries[ref]
-	if en == nil {
+	if en == nil || gen < en.gen {
 		return
 	}
+	en.gen = gen
 	hadValue := en.secret != nil
 	en.secret = nil
 	en.lastErr = safeError(cause)
@@ -284,14 +295,18 @@ func (e *Engine) Refresh(ctx context.Context, ref source.Ref) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.FetchTimeout)
 	defer cancel()
+	e.mu.Lock()
+	e.gen++
+	gen := e.gen
+	e.mu.Unlock()
 	s, err := src.Fetch(ctx, ref.Path)
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	switch {
 	case err == nil:
-		e.storeLocked(ref, s)
+		e.storeLocked(ref, s, gen)
 	case errors.Is(err, source.ErrNotFound), errors.Is(err, source.ErrDeleted), errors.Is(err, source.ErrForbidden):
-		e.purgeLocked(ref, err)
+		e.purgeLocked(ref, err, gen)
 	default:
 		// Transient: keep serving the cached value until it expires, retry with backoff.
 		if en := e.entries[ref]; en != nil {

@@ -380,3 +380,59 @@ func BenchmarkEngine_Get_warm(b *testing.B) {
 		}
 	})
 }
+
+// orderedSource answers each fetch with the version it was given when the fetch started,
+// after the test releases it.
+type orderedSource struct {
+	mu      sync.Mutex
+	started []chan int
+}
+
+func (o *orderedSource) Fetch(ctx context.Context, _ string) (*source.Secret, error) {
+	ch := make(chan int, 1)
+	o.mu.Lock()
+	o.started = append(o.started, ch)
+	o.mu.Unlock()
+	select {
+	case v := <-ch:
+		return &source.Secret{Version: strconv.Itoa(v), Data: map[string]source.Value{}}, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (o *orderedSource) release(i, version int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.started[i] <- version
+}
+
+func (o *orderedSource) count() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return len(o.started)
+}
+
+func TestEngine_Refresh_slowOlderFetchNeverOverwritesNewer(t *testing.T) {
+	src := &orderedSource{}
+	e := newEngine(t, src, clocktesting.NewFakeClock(time.Now()))
+	ctx := context.Background()
+	first := make(chan error, 1)
+	go func() { first <- e.Refresh(ctx, ref) }()
+	waitFor(t, func() bool { return src.count() == 1 })
+	second := make(chan error, 1)
+	go func() { second <- e.Refresh(ctx, ref) }()
+	waitFor(t, func() bool { return src.count() == 2 })
+	src.release(1, 2) // the later fetch answers first, with the newer version
+	if err := <-second; err != nil {
+		t.Fatal(err)
+	}
+	src.release(0, 1) // then the older, slower one
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	s, err := e.Get(ctx, ref)
+	if err != nil || s.Version != "2" {
+		t.Fatalf("cached version %v (%v), want 2: a slow older fetch overwrote a newer one", s, err)
+	}
+}

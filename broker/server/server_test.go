@@ -6,7 +6,10 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
+	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -73,12 +76,25 @@ type countingSource struct {
 	source.Source
 	mu sync.Mutex
 	n  int
+	// hold, when set, makes Fetch wait for it (or for its context) and report the context
+	// on started, so tests can act in the middle of a backend call.
+	hold    chan struct{}
+	started chan context.Context
 }
 
 func (c *countingSource) Fetch(ctx context.Context, path string) (*source.Secret, error) {
 	c.mu.Lock()
 	c.n++
+	hold, started := c.hold, c.started
 	c.mu.Unlock()
+	if hold != nil {
+		started <- ctx
+		select {
+		case <-hold:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 	return c.Source.Fetch(ctx, path)
 }
 
@@ -395,17 +411,56 @@ func TestSecretService_WatchSecrets_badRequests(t *testing.T) {
 	expectStatus(t, c.Watch(ctx, many, noop), codes.InvalidArgument, "1 to 64 secret names")
 }
 
-func TestSecretService_clientCancelLeavesCacheConsistent(t *testing.T) {
+func TestSecretService_clientCancelMidFetch(t *testing.T) {
 	s := newStack(t)
 	c := s.client(t, s.token(t, "demo", "app"))
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if _, err := c.Get(ctx, "demo-db"); status.Code(err) != codes.Canceled {
-		t.Fatalf("got %v", err)
+	if _, err := c.Get(context.Background(), "demo-db"); err != nil { // warm the connection
+		t.Fatal(err)
 	}
-	got, err := c.Get(context.Background(), "demo-db")
-	if err != nil || string(got.Data["password"]) != secretValue {
+	if _, err := s.local.Put(context.Background(), "granted-missing", map[string][]byte{"k": []byte("v")}); err != nil {
+		t.Fatal(err)
+	}
+	hold := make(chan struct{})
+	started := make(chan context.Context, 1)
+	s.src.mu.Lock()
+	s.src.hold, s.src.started = hold, started
+	s.src.mu.Unlock()
+	before := runtime.NumGoroutine()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { _, err := c.Get(ctx, "granted-missing"); done <- err }()
+	var fetchCtx context.Context
+	select {
+	case fetchCtx = <-started:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the backend fetch never started")
+	}
+	cancel()
+	expectStatus(t, <-done, codes.Canceled, "")
+	select {
+	case <-fetchCtx.Done():
+	case <-time.After(20 * time.Second):
+		t.Fatal("the backend call was not cancelled when its only caller left")
+	}
+
+	// Nothing from the abandoned call is cached; the next call fetches and succeeds.
+	s.src.mu.Lock()
+	s.src.hold = nil
+	s.src.mu.Unlock()
+	close(hold)
+	got, err := c.Get(context.Background(), "granted-missing")
+	if err != nil || string(got.Data["k"]) != "v" {
 		t.Fatalf("after a cancelled call: %v", err)
+	}
+	// No goroutine is left behind by the cancelled call (bounded poll: goroutines exit
+	// asynchronously).
+	deadline := time.Now().Add(20 * time.Second)
+	for runtime.NumGoroutine() > before+2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("goroutines: %d before, %d after", before, runtime.NumGoroutine())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -541,3 +596,52 @@ func writeFile(p string) error {
 }
 
 var _ io.Writer = (*syncBuffer)(nil)
+
+func TestPeerFilter_refusesOtherUsers(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "a.sock")
+	lis, err := server.ListenUnix(sock, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := make(chan uint32, 1)
+	// Allow only a uid nobody runs as: our own connection must be refused.
+	f := server.PeerFilter(lis, []uint32{4294967294}, func(uid uint32) { refused <- uid })
+	defer f.Close()
+	go func() { _, _ = f.Accept() }()
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	select {
+	case uid := <-refused:
+		if uid != uint32(os.Getuid()) {
+			t.Fatalf("refused uid %d, want %d", uid, os.Getuid())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("connection from a disallowed uid was not refused")
+	}
+	// Allowed: our own uid.
+	lis2, err := server.ListenUnix(filepath.Join(t.TempDir(), "b.sock"), 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f2 := server.PeerFilter(lis2, []uint32{uint32(os.Getuid())}, nil)
+	defer f2.Close()
+	accepted := make(chan error, 1)
+	go func() {
+		c, err := f2.Accept()
+		if c != nil {
+			c.Close()
+		}
+		accepted <- err
+	}()
+	c2, err := net.Dial("unix", lis2.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if err := <-accepted; err != nil {
+		t.Fatalf("own uid refused: %v", err)
+	}
+}

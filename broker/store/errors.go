@@ -29,4 +29,11 @@ var (
 
 	// ErrClosed is returned by every method of a closed DB.
 	ErrClosed = errors.New("store closed")
+
+	// ErrKEKUnavailable is returned by Open when the key-encryption key could
+	// not be asked to unwrap (or wrap) the DEK keyset: Vault Transit
+	// unreachable, sealed or refusing the daemon. It says nothing about the
+	// file, so OpenOrQuarantine never quarantines on it. Errors carrying it
+	// also match crypto.ErrKEKUnavailable.
+	ErrKEKUnavailable = errors.New("store key-encryption key unavailable")
 )

@@ -2,9 +2,11 @@ package store
 
 import (
 	"bytes"
+	"fmt"
 	"log/slog"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/tink-crypto/tink-go/v2/tink"
@@ -67,4 +69,25 @@ func mustPut(tb testing.TB, db *DB, bucket, key, value string) {
 	if err := db.Put(bucket, key, []byte(value)); err != nil {
 		tb.Fatalf("Put(%s/%s): %v", bucket, key, err)
 	}
+}
+
+// downKEK wraps a KEK and, while down is set, fails every call with
+// crypto.ErrKEKUnavailable, like Vault Transit during an outage.
+type downKEK struct {
+	tink.AEAD
+	down atomic.Bool
+}
+
+func (k *downKEK) Encrypt(pt, ad []byte) ([]byte, error) {
+	if k.down.Load() {
+		return nil, fmt.Errorf("fake transit: %w: vault unreachable", crypto.ErrKEKUnavailable)
+	}
+	return k.AEAD.Encrypt(pt, ad)
+}
+
+func (k *downKEK) Decrypt(ct, ad []byte) ([]byte, error) {
+	if k.down.Load() {
+		return nil, fmt.Errorf("fake transit: %w: vault unreachable", crypto.ErrKEKUnavailable)
+	}
+	return k.AEAD.Decrypt(ct, ad)
 }

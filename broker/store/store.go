@@ -142,7 +142,8 @@ func (db *DB) LogValue() slog.Value { return slog.StringValue(db.String()) }
 //
 // Errors: ErrLocked (another process holds the file past LockTimeout),
 // ErrUnreadable (not a usable bbolt file), ErrSchemaTooNew, ErrCorrupt (the
-// KEK does not open the stored keyset, or the metadata is damaged).
+// KEK does not open the stored keyset, or the metadata is damaged),
+// ErrKEKUnavailable (the KEK could not be reached; the file is not judged).
 func Open(cfg Config) (*DB, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
@@ -234,6 +235,9 @@ func (db *DB) loadMeta(kek tink.AEAD) (created bool, err error) {
 				return fmt.Errorf("open store %s: data buckets but no keyset: %w", db.path, ErrCorrupt)
 			}
 			kr, wrapped, err := crypto.NewKeyring(kek)
+			if errors.Is(err, crypto.ErrKEKUnavailable) {
+				return fmt.Errorf("open store %s: new keyring: %w (%w)", db.path, ErrKEKUnavailable, err)
+			}
 			if err != nil {
 				return fmt.Errorf("open store %s: new keyring: %w", db.path, err)
 			}
@@ -267,6 +271,9 @@ func (db *DB) loadMeta(kek tink.AEAD) (created bool, err error) {
 		}
 		// OpenKeyring copies what it keeps; wrapped is only valid inside tx.
 		kr, err := crypto.OpenKeyring(kek, wrapped)
+		if errors.Is(err, crypto.ErrKEKUnavailable) {
+			return fmt.Errorf("open store %s: cannot unwrap the keyset: %w (%w)", db.path, ErrKEKUnavailable, err)
+		}
 		if err != nil {
 			return fmt.Errorf("open store %s: the KEK does not match this store (or its keyset is damaged): %w", db.path, ErrCorrupt)
 		}
@@ -284,7 +291,7 @@ func (db *DB) loadMeta(kek tink.AEAD) (created bool, err error) {
 
 // isOurs reports whether err already carries one of this package's sentinels.
 func isOurs(err error) bool {
-	for _, s := range []error{ErrNotFound, ErrCorrupt, ErrLocked, ErrUnreadable, ErrSchemaTooNew, ErrInvalidKey, ErrClosed} {
+	for _, s := range []error{ErrNotFound, ErrCorrupt, ErrLocked, ErrUnreadable, ErrSchemaTooNew, ErrInvalidKey, ErrClosed, ErrKEKUnavailable} {
 		if errors.Is(err, s) {
 			return true
 		}
@@ -296,11 +303,12 @@ func isOurs(err error) bool {
 // (ErrUnreadable) or its keyset does not open (ErrCorrupt), the file is renamed
 // to "<path>.corrupt-<UTC timestamp>" (kept, never deleted), the rename is
 // logged at Warn, and a fresh store is opened. It returns the quarantined
-// path, or "" when nothing was quarantined. ErrLocked, ErrSchemaTooNew and
-// every other error are returned as is.
+// path, or "" when nothing was quarantined. ErrLocked, ErrSchemaTooNew,
+// ErrKEKUnavailable (an outage is not damage: quarantining would lose the
+// records) and every other error are returned as is.
 func OpenOrQuarantine(cfg Config) (db *DB, quarantined string, err error) {
 	db, err = Open(cfg)
-	if err == nil || !(errors.Is(err, ErrUnreadable) || errors.Is(err, ErrCorrupt)) {
+	if err == nil || errors.Is(err, ErrKEKUnavailable) || !(errors.Is(err, ErrUnreadable) || errors.Is(err, ErrCorrupt)) {
 		return db, "", err
 	}
 	reason := err

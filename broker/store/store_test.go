@@ -14,6 +14,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/keywarden/keywarden/crypto"
 )
 
 func TestDB_Put_roundTrip(t *testing.T) {
@@ -485,6 +487,39 @@ func TestOpenOrQuarantine_wrongKEKIsMovedAside(t *testing.T) {
 	defer db.Close()
 	if _, err := db.Get("b", "k"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("fresh store Get = %v", err)
+	}
+}
+
+func TestOpenOrQuarantine_kekUnavailableIsNotMoved(t *testing.T) {
+	cfg, _ := testConfig(t)
+	kek := &downKEK{AEAD: cfg.KEK}
+	cfg.KEK = kek
+	db := mustOpen(t, cfg)
+	mustPut(t, db, "leases", "k", "v")
+	_ = db.Close()
+
+	kek.down.Store(true)
+	if _, err := Open(cfg); !errors.Is(err, ErrKEKUnavailable) || !errors.Is(err, crypto.ErrKEKUnavailable) || errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Open with the KEK down = %v, want ErrKEKUnavailable only", err)
+	}
+	db, q, err := OpenOrQuarantine(cfg)
+	if !errors.Is(err, ErrKEKUnavailable) || q != "" || db != nil {
+		t.Fatalf("OpenOrQuarantine with the KEK down = (%v, %q, %v), want ErrKEKUnavailable and nothing moved", db, q, err)
+	}
+	if matches, _ := filepath.Glob(cfg.Path + ".corrupt-*"); len(matches) != 0 {
+		t.Fatalf("files quarantined: %v", matches)
+	}
+	// A new store cannot wrap its keyset either: also unavailable, not unreadable.
+	fresh := cfg
+	fresh.Path = filepath.Join(t.TempDir(), "new.db")
+	if _, _, err := OpenOrQuarantine(fresh); !errors.Is(err, ErrKEKUnavailable) {
+		t.Fatalf("OpenOrQuarantine of a new store with the KEK down = %v, want ErrKEKUnavailable", err)
+	}
+
+	kek.down.Store(false)
+	db = mustOpen(t, cfg)
+	if v, err := db.Get("leases", "k"); err != nil || string(v) != "v" {
+		t.Fatalf("after the KEK is back Get = %q, %v", v, err)
 	}
 }
 

@@ -58,7 +58,36 @@ type Store struct {
 	log   *slog.Logger
 	clock clock.PassiveClock
 	mu    sync.Mutex // serialises read-modify-write of versions and the subscriber list
-	subs  map[chan string]struct{}
+	subs  map[*subscriber]struct{}
+}
+
+// subscriber collects changed names until its reader takes them: a slow reader delays
+// notifications but never loses one, and many changes of one name coalesce into one.
+type subscriber struct {
+	mu      sync.Mutex
+	pending map[string]struct{}
+	wake    chan struct{}
+}
+
+func (s *subscriber) add(name string) {
+	s.mu.Lock()
+	s.pending[name] = struct{}{}
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *subscriber) take() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]string, 0, len(s.pending))
+	for n := range s.pending {
+		out = append(out, n)
+	}
+	clear(s.pending)
+	return out
 }
 
 var (
@@ -72,6 +101,9 @@ type record struct {
 	Version   uint64            `json:"version"`
 	UpdatedAt time.Time         `json:"updatedAt"`
 	Data      map[string][]byte `json:"data"`
+	// Deleted marks a tombstone: the name keeps its version counter after a delete, so a
+	// later Put never reuses a version a watcher has already seen.
+	Deleted bool `json:"deleted,omitempty"`
 }
 
 // New returns a Store.
@@ -85,7 +117,7 @@ func New(cfg Config) (*Store, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.RealClock{}
 	}
-	return &Store{db: cfg.DB, log: cfg.Logger, clock: cfg.Clock, subs: map[chan string]struct{}{}}, nil
+	return &Store{db: cfg.DB, log: cfg.Logger, clock: cfg.Clock, subs: map[*subscriber]struct{}{}}, nil
 }
 
 // Fetch implements source.Source.
@@ -93,6 +125,9 @@ func (s *Store) Fetch(_ context.Context, path string) (*source.Secret, error) {
 	rec, err := s.get(path)
 	if err != nil {
 		return nil, err
+	}
+	if rec.Deleted {
+		return nil, fmt.Errorf("%w: %s", source.ErrNotFound, path)
 	}
 	out := &source.Secret{Data: make(map[string]source.Value, len(rec.Data)), Version: strconv.FormatUint(rec.Version, 10)}
 	for k, v := range rec.Data {
@@ -167,11 +202,8 @@ func (s *Store) Put(_ context.Context, name string, data map[string][]byte) (str
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var version uint64 = 1
-	switch old, err := s.get(name); {
-	case err == nil:
-		version = old.Version + 1
-	case !errors.Is(err, source.ErrNotFound):
+	version, err := s.nextVersion(name)
+	if err != nil {
 		return "", err
 	}
 	raw, err := json.Marshal(record{Version: version, UpdatedAt: s.clock.Now().UTC(), Data: maps.Clone(data)})
@@ -187,12 +219,24 @@ func (s *Store) Put(_ context.Context, name string, data map[string][]byte) (str
 	return v, nil
 }
 
+// nextVersion is one more than the name's last version, tombstones included.
+func (s *Store) nextVersion(name string) (uint64, error) {
+	switch old, err := s.get(name); {
+	case err == nil:
+		return old.Version + 1, nil
+	case errors.Is(err, source.ErrNotFound):
+		return 1, nil
+	default:
+		return 0, err
+	}
+}
+
 // PutIfAbsent writes the secret only when no secret of that name exists; it reports whether it
 // wrote. Dev mode seeds its demo secret with it so a restart keeps the user's changes.
 func (s *Store) PutIfAbsent(ctx context.Context, name string, data map[string][]byte) (bool, error) {
-	if _, err := s.get(name); err == nil {
+	if rec, err := s.get(name); err == nil && !rec.Deleted {
 		return false, nil
-	} else if !errors.Is(err, source.ErrNotFound) {
+	} else if err != nil && !errors.Is(err, source.ErrNotFound) {
 		return false, err
 	}
 	_, err := s.Put(ctx, name, data)
@@ -203,7 +247,18 @@ func (s *Store) PutIfAbsent(ctx context.Context, name string, data map[string][]
 func (s *Store) Delete(_ context.Context, name string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.db.Delete(bucket, name); err != nil {
+	rec, err := s.get(name)
+	if errors.Is(err, source.ErrNotFound) || err == nil && rec.Deleted {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	raw, err := json.Marshal(record{Version: rec.Version + 1, UpdatedAt: s.clock.Now().UTC(), Deleted: true})
+	if err != nil {
+		return fmt.Errorf("encode tombstone: %w", err)
+	}
+	if err := s.db.Put(bucket, name, raw); err != nil {
 		return fmt.Errorf("delete local secret: %w", err)
 	}
 	s.notifyLocked(name)
@@ -218,35 +273,52 @@ func (s *Store) Names() ([]string, error) {
 	}
 	out := make([]string, 0, len(recs))
 	for _, r := range recs {
-		out = append(out, r.Key)
+		var rec record
+		if err := json.Unmarshal(r.Value, &rec); err != nil {
+			return nil, fmt.Errorf("decode local secret %q: %w", r.Key, store.ErrCorrupt)
+		}
+		if !rec.Deleted {
+			out = append(out, r.Key)
+		}
 	}
 	return out, nil
 }
 
-// Changes implements source.Notifier. The channel is buffered and a slow reader drops
-// notifications rather than blocking writers; the rotation engine re-fetches on any
-// notification, so a dropped duplicate loses nothing as long as one gets through.
+// Changes implements source.Notifier. Notifications are never dropped: each subscriber keeps a
+// set of changed names until its reader takes them.
 func (s *Store) Changes(ctx context.Context) <-chan string {
-	ch := make(chan string, 64)
+	sub := &subscriber{pending: map[string]struct{}{}, wake: make(chan struct{}, 1)}
 	s.mu.Lock()
-	s.subs[ch] = struct{}{}
+	s.subs[sub] = struct{}{}
 	s.mu.Unlock()
+	out := make(chan string)
 	go func() {
-		<-ctx.Done()
-		s.mu.Lock()
-		delete(s.subs, ch)
-		s.mu.Unlock()
-		close(ch)
+		defer close(out)
+		defer func() {
+			s.mu.Lock()
+			delete(s.subs, sub)
+			s.mu.Unlock()
+		}()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-sub.wake:
+			}
+			for _, name := range sub.take() {
+				select {
+				case out <- name:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
 	}()
-	return ch
+	return out
 }
 
 func (s *Store) notifyLocked(name string) {
-	for ch := range s.subs {
-		select {
-		case ch <- name:
-		default:
-			s.log.Warn("change notification dropped: subscriber is slow", slog.String("secret", name))
-		}
+	for sub := range s.subs {
+		sub.add(name)
 	}
 }

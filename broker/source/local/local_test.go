@@ -3,6 +3,7 @@ package local
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -178,4 +179,52 @@ func FuzzValidatePut(f *testing.F) {
 			t.Fatal("error echoes the value")
 		}
 	})
+}
+
+func TestStore_Delete_versionsNeverRepeat(t *testing.T) {
+	s := newStore(t, openStore(t, t.TempDir()))
+	ctx := context.Background()
+	for _, want := range []string{"1", "2"} {
+		if v, _ := s.Put(ctx, "db", map[string][]byte{"k": []byte(want)}); v != want {
+			t.Fatalf("version %s, want %s", v, want)
+		}
+	}
+	if err := s.Delete(ctx, "db"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Fetch(ctx, "db"); !errors.Is(err, source.ErrNotFound) {
+		t.Fatalf("after delete: %v", err)
+	}
+	if names, _ := s.Names(); len(names) != 0 {
+		t.Fatalf("tombstone listed: %v", names)
+	}
+	v, err := s.Put(ctx, "db", map[string][]byte{"k": []byte("again")})
+	if err != nil || v != "4" {
+		t.Fatalf("put after delete: version %q (%v), want 4: a reused version would look unchanged to watchers", v, err)
+	}
+	if err := s.Delete(ctx, "missing"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestStore_Changes_slowReaderLosesNothing(t *testing.T) {
+	s := newStore(t, openStore(t, t.TempDir()))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch := s.Changes(ctx)
+	const n = 200 // far more than any buffer
+	for i := range n {
+		if _, err := s.Put(ctx, fmt.Sprintf("s%d", i), map[string][]byte{"k": []byte("v")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := map[string]bool{}
+	for len(seen) < n {
+		select {
+		case name := <-ch:
+			seen[name] = true
+		case <-time.After(10 * time.Second):
+			t.Fatalf("only %d of %d changes delivered", len(seen), n)
+		}
+	}
 }

@@ -7,8 +7,10 @@
 // token says it is no longer valid (revoked out of band).
 //
 // A source.Ref's Path is a vaultref string. KV v1 and v2 secrets are read whole and reduced to
-// the chosen keys; a cached KV v2 secret is re-read only when its metadata's current_version
-// changed (the rotation engine polls on a jittered interval). Leased secrets (database
+// the chosen keys; a cached KV v2 secret is re-read when its metadata's current_version
+// changed (the rotation engine polls on a jittered interval), and in any case on every 10th
+// poll or when read more than 10 minutes ago, so losing data-read permission (a 403 there is
+// authoritative) is noticed even while the metadata stays readable. Leased secrets (database
 // credentials, PKI certificates, any engine that answers with a lease) are renewed at ⅔ of the
 // lease TTL plus jitter, re-issued when renewal is refused, capped by max_ttl, or the lease is
 // not renewable, and the replaced lease is revoked after a grace period. Leases and pending

@@ -18,11 +18,14 @@ import (
 )
 
 // kvEntry is the last value read for a KV reference, kept so that a poll that finds the same
-// current_version in the metadata does not read the data again.
+// current_version in the metadata does not read the data again (for a while: see
+// kvDataEvery).
 type kvEntry struct {
 	secret  *source.Secret
 	version int64
 	usedAt  time.Time
+	readAt  time.Time // when the data was last read
+	served  int       // fetches answered from the metadata check since readAt
 }
 
 type kvMetadata struct {
@@ -38,17 +41,34 @@ type kvV2Data struct {
 
 func (m *kvMetadata) deleted() bool { return m != nil && (m.DeletionTime != "" || m.Destroyed) }
 
-// kvIdle is how long a KV value nobody asked for stays cached here.
-const kvIdle = time.Hour
+const (
+	// kvIdle is how long a KV value nobody asked for stays cached here.
+	kvIdle = time.Hour
+
+	// A metadata read proves only that the version did not change, not that the daemon may
+	// still read the data: a policy can grant metadata but no longer data. So a cached value
+	// is re-read from the data endpoint on every kvDataEvery-th fetch, and whenever it was
+	// read more than kvDataMaxAge ago, whichever comes first; a 403 on that read is
+	// authoritative (ErrForbidden: the value is dropped here and purged by the broker). A
+	// data-read revocation therefore takes effect within kvDataEvery polls or kvDataMaxAge.
+	kvDataEvery  = 10
+	kvDataMaxAge = 10 * time.Minute
+
+	// kvMetaRetry is how long a mount whose metadata answered 403 is polled through its data
+	// only; then the metadata is tried again (the policy may have been widened).
+	kvMetaRetry = 10 * time.Minute
+)
 
 func (s *Source) fetchKVv2(ctx context.Context, ref string, spec vaultref.Spec) (*source.Secret, error) {
 	now := s.clock.Now()
 	s.mu.Lock()
 	cached := s.kv[ref]
-	metaOK := !s.metaDenied[spec.Mount]
+	retryAt, denied := s.metaDenied[spec.Mount]
+	metaOK := !denied || !now.Before(retryAt)
+	dataDue := cached != nil && (cached.served+1 >= kvDataEvery || now.Sub(cached.readAt) >= kvDataMaxAge)
 	s.mu.Unlock()
 
-	if cached != nil && metaOK {
+	if cached != nil && metaOK && !dataDue {
 		sec, err := s.checkKVv2Metadata(ctx, spec, cached)
 		if err != nil || sec != nil {
 			if err != nil && isAuthoritative(err) {
@@ -89,7 +109,7 @@ func (s *Source) fetchKVv2(ctx context.Context, ref string, spec vaultref.Spec) 
 	version, _ := body.Metadata.Version.Int64()
 	sec := &source.Secret{Data: data, Version: strconv.FormatInt(version, 10)}
 	s.mu.Lock()
-	s.kv[ref] = &kvEntry{secret: sec.Clone(), version: version, usedAt: now}
+	s.kv[ref] = &kvEntry{secret: sec.Clone(), version: version, usedAt: now, readAt: now}
 	s.mu.Unlock()
 	return sec, nil
 }
@@ -103,9 +123,10 @@ func (s *Source) checkKVv2Metadata(ctx context.Context, spec vaultref.Spec, cach
 		// Reading data but not metadata is a legitimate policy: poll the data instead, and
 		// let the data read decide whether this is a real denial.
 		s.mu.Lock()
-		s.metaDenied[spec.Mount] = true
+		s.metaDenied[spec.Mount] = s.clock.Now().Add(kvMetaRetry)
 		s.mu.Unlock()
-		s.log.Info("kv-v2 metadata not readable; polling the data instead", slog.String("mount", spec.Mount))
+		s.log.Info("kv-v2 metadata not readable; polling the data instead", slog.String("mount", spec.Mount),
+			slog.Duration("retry_metadata_after", kvMetaRetry))
 		return nil, nil
 	case errors.Is(err, source.ErrNotFound):
 		// The secret existed (it is cached): all versions and the metadata were deleted.
@@ -113,6 +134,9 @@ func (s *Source) checkKVv2Metadata(ctx context.Context, spec vaultref.Spec, cach
 	case err != nil:
 		return nil, err
 	}
+	s.mu.Lock()
+	delete(s.metaDenied, spec.Mount) // readable again
+	s.mu.Unlock()
 	var meta struct {
 		CurrentVersion json.Number            `json:"current_version"`
 		Versions       map[string]*kvMetadata `json:"versions"`
@@ -206,10 +230,12 @@ func (s *Source) dropKV(ref string) {
 	s.mu.Unlock()
 }
 
+// touchKV records a fetch answered from the cache after a metadata check.
 func (s *Source) touchKV(ref string, now time.Time) {
 	s.mu.Lock()
 	if e := s.kv[ref]; e != nil {
 		e.usedAt = now
+		e.served++
 	}
 	s.mu.Unlock()
 }

@@ -108,6 +108,86 @@ func TestSource_Fetch_kvV2MetadataForbiddenFallsBackToData(t *testing.T) {
 	}
 }
 
+func TestSource_Fetch_kvV2DataForbiddenWhileMetadataReadableIsPurged(t *testing.T) {
+	e := newEnv(t, nil)
+	e.f.putKV2("app/x", map[string]any{"k": "s3cr3t"})
+	r := ref(t, kv2("app/x"))
+	if _, err := e.s.Fetch(ctxT(t), r); err != nil {
+		t.Fatal(err)
+	}
+	// The policy change: metadata still readable, data no longer.
+	e.f.forbidden["secret/data/app/x"] = true
+	polls := 0
+	var err error
+	for polls < kvDataEvery {
+		polls++
+		if _, err = e.s.Fetch(ctxT(t), r); err != nil {
+			break
+		}
+	}
+	if !errors.Is(err, source.ErrForbidden) {
+		t.Fatalf("after %d polls err = %v, want ErrForbidden within %d polls", polls, err, kvDataEvery)
+	}
+	e.s.mu.Lock()
+	cached := e.s.kv[r]
+	e.s.mu.Unlock()
+	if cached != nil {
+		t.Fatal("the forbidden value is still cached")
+	}
+	if got := e.f.count("GET secret/metadata/app/x"); got == 0 || got >= kvDataEvery {
+		t.Fatalf("metadata reads = %d, want between 1 and %d (polls use metadata in between)", got, kvDataEvery-1)
+	}
+}
+
+func TestSource_Fetch_kvV2OldCachedDataIsReRead(t *testing.T) {
+	e := newEnv(t, nil)
+	e.f.putKV2("app/x", map[string]any{"k": "s3cr3t"})
+	r := ref(t, kv2("app/x"))
+	for range 2 {
+		if _, err := e.s.Fetch(ctxT(t), r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.f.forbidden["secret/data/app/x"] = true
+	if _, err := e.s.Fetch(ctxT(t), r); err != nil {
+		t.Fatalf("a fresh cached value should be served from the metadata check: %v", err)
+	}
+	e.clock.Step(kvDataMaxAge)
+	if _, err := e.s.Fetch(ctxT(t), r); !errors.Is(err, source.ErrForbidden) {
+		t.Fatalf("a value read %s ago was not re-read: err = %v", kvDataMaxAge, err)
+	}
+}
+
+func TestSource_Fetch_kvV2MetadataDeniedIsRetried(t *testing.T) {
+	e := newEnv(t, nil)
+	e.f.putKV2("app/x", map[string]any{"k": "s3cr3t"})
+	e.f.forbidden["secret/metadata/app/x"] = true
+	r := ref(t, kv2("app/x"))
+	for range 3 {
+		if _, err := e.s.Fetch(ctxT(t), r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := e.f.count("GET secret/metadata/app/x"); got != 1 {
+		t.Fatalf("metadata reads = %d, want 1", got)
+	}
+	// The policy is widened; after kvMetaRetry the metadata is tried again and used.
+	delete(e.f.forbidden, "secret/metadata/app/x")
+	e.clock.Step(kvMetaRetry)
+	data := e.f.count("GET secret/data/app/x")
+	for range 3 {
+		if _, err := e.s.Fetch(ctxT(t), r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := e.f.count("GET secret/metadata/app/x"); got < 2 {
+		t.Fatalf("metadata reads = %d: the denial never expired", got)
+	}
+	if got := e.f.count("GET secret/data/app/x"); got > data+1 {
+		t.Fatalf("data reads %d → %d: polls do not use the metadata again", data, got)
+	}
+}
+
 func TestSource_Fetch_errors(t *testing.T) {
 	tests := []struct {
 		name  string

@@ -80,7 +80,7 @@ type Source struct {
 	kv         map[string]*kvEntry
 	leases     map[string]*lease         // by reference
 	revokes    map[string]*pendingRevoke // by lease id
-	metaDenied map[string]bool           // kv-v2 mounts whose metadata the daemon may not read
+	metaDenied map[string]time.Time      // kv-v2 mounts whose metadata the daemon may not read → retry after
 	maxTTL     map[string]time.Duration  // learnt max_ttl by issue path (e.g. database/creds/app)
 	down       bool                      // last answer was "unavailable" (for logging transitions)
 	startedAt  time.Time
@@ -152,7 +152,7 @@ func New(cfg Config) (*Source, error) {
 		cfg: cfg, log: cfg.Logger, clock: cfg.Clock, client: c,
 		gate:    newGate(cfg.Clock, cfg.MaxConcurrent, cfg.RequestsPerSecond, cfg.Burst, cfg.MinBackoff, cfg.MaxBackoff),
 		refLock: map[string]*refLock{}, kv: map[string]*kvEntry{}, leases: map[string]*lease{},
-		revokes: map[string]*pendingRevoke{}, metaDenied: map[string]bool{}, maxTTL: map[string]time.Duration{}, startedAt: cfg.Clock.Now(),
+		revokes: map[string]*pendingRevoke{}, metaDenied: map[string]time.Time{}, maxTTL: map[string]time.Duration{}, startedAt: cfg.Clock.Now(),
 		versionKey: make([]byte, 32),
 	}
 	if _, err := cryptorand.Read(s.versionKey); err != nil {
