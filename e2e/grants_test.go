@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -324,6 +325,37 @@ func TestGrants_CRD_invalidObjectSkippedOthersStay(t *testing.T) {
 	}
 	if !strings.Contains(d.Process.Log(), "accessgrant skipped") {
 		t.Error("the skipped grant was not logged")
+	}
+
+	// A Deny grant edited into something that does not validate keeps its last valid version
+	// in force: the edit must not widen access.
+	get := func() error {
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := c.Get(cctx, "db")
+		return err
+	}
+	deny := grantObject(t, grantDoc("deny-app", fmt.Sprintf(`{effect: Deny, subjects: [{namespace: %s, serviceAccount: app}], secrets: [{name: db, source: {local: {}}}]}`, ns)))
+	if _, err := res.Create(ctx(t), deny, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the Deny grant in force", func() bool { return status.Code(get()) == codes.PermissionDenied })
+	cur, err := res.Get(ctx(t), "deny-app", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unstructured.SetNestedSlice(cur.Object, []any{map[string]any{"spiffeID": "spiffe://cluster.local/ns/a*/sa/x"}}, "spec", "subjects"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := res.Update(ctx(t), cur, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the invalid update seen", func() bool {
+		return strings.Contains(d.Process.Log(), "last valid version stays in force")
+	})
+	expectCode(t, get(), codes.PermissionDenied, "permission denied")
+	if list := kw(t, d, "grant", "list"); !strings.Contains(list, "deny-app") {
+		t.Fatalf("the last valid Deny grant is not listed:\n%s", list)
 	}
 }
 

@@ -41,10 +41,11 @@ func newSecretCommand(g *globals) *cobra.Command {
 		Args:  cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			data := map[string][]byte{}
-			for _, kv := range args[1:] {
+			for i, kv := range args[1:] {
 				k, v, ok := strings.Cut(kv, "=")
 				if !ok || k == "" {
-					return usagef("%q: want KEY=VALUE or KEY=@FILE", k)
+					// Never echo the argument: it may be a value typed without its key.
+					return usagef("argument %d: want KEY=VALUE or KEY=@FILE", i+2)
 				}
 				if _, dup := data[k]; dup {
 					return usagef("key %q given twice", k)

@@ -198,6 +198,7 @@ func (d *daemon) setupI7(log *slog.Logger) error {
 	d.i7.revoker, err = revoke.New(revoke.Config{
 		Broker: d.broker, Purger: d.engine, Logger: log.With(slog.String("component", "revoke")),
 		Apply: func(s *grant.Set) error { return d.broker.UpdateGrantSource(revoke.SourceName, s) },
+		DB:    d.state, // revocations survive a restart; loaded and applied here, before serving
 	})
 	if err != nil {
 		return err

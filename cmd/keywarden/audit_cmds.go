@@ -320,8 +320,9 @@ func newRevokeCommand(g *globals) *cobra.Command {
 		Short: "Stop delivery of a secret to everyone, or of every secret to one workload, at once",
 		Long: `Revoke puts a Deny grant named revoked.* in force: open watch streams end with
 PermissionDenied, requests are refused, cached values of a revoked secret are dropped. It shows
-in 'keywarden grant list' and 'grant explain'. --lift removes it. Revocations last until the
-daemon restarts; the audit log keeps the record.`,
+in 'keywarden grant list' and 'grant explain'. --lift removes it. Revocations are kept in the
+daemon's encrypted state store and stay in force across restarts until lifted; the audit log
+keeps the record.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return g.adminCall(cmd.Context(), func(ctx context.Context, c keywardenv1.AdminServiceClient) error {

@@ -36,6 +36,8 @@ type rawConfig struct {
 	Audit      rawAudit      `json:"audit"`
 
 	Vault rawVault `json:"vault"` // vault.go
+
+	CSI rawCSI `json:"csi"` // csi.go
 }
 
 type rawSocket struct {
@@ -133,13 +135,15 @@ type config struct {
 	i7Config // kubernetes, admin TCP, audit: admin_wiring.go
 
 	vaultConfig // vault source and KEK provider: vault.go
+
+	csiConfig // the CSI node driver: csi.go
 }
 
 // Defaults for `serve`.
 const (
 	defaultDataDir     = "/var/lib/keywarden"
 	defaultSocket      = "/run/keywarden/keywarden.sock"
-	defaultAdminSocket = "/run/keywarden/admin.sock"
+	defaultAdminSocket = "/run/keywarden/admin/admin.sock" // its own 0700 directory: pods mount /run/keywarden
 	defaultHealthAddr  = "127.0.0.1:9464"
 	defaultTrustDomain = "cluster.local"
 )
@@ -254,6 +258,7 @@ func (r rawConfig) typed() (config, error) {
 	}
 	r.typedI7(&c, fail)
 	r.typedVault(&c, fail)
+	r.typedCSI(&c, fail)
 	return c, errors.Join(errs...)
 }
 

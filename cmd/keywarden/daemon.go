@@ -51,7 +51,8 @@ type daemon struct {
 	metrics *prometheus.Registry
 	// runners are long-lived parts started with the servers (key refresh, pod watch, …).
 	runners []func(context.Context) error
-	i7      i7State // admin_wiring.go
+	i7      i7State   // admin_wiring.go
+	csi     *csiParts // csi.go; nil when csi.socket is unset
 	ready   atomic.Bool
 	closed  atomic.Bool
 }
@@ -79,11 +80,11 @@ func newDaemon(cfg config, log *slog.Logger) (_ *daemon, err error) {
 		// replace it behind the operator's back.
 		return nil, fmt.Errorf("%w\nthe state store %s holds the only copy of the embedded secrets and admin grants, so it is not replaced automatically; restore it from a backup, or move it aside (mv %s %s.broken) to start with an empty store", err, statePath, statePath, statePath)
 	case err != nil:
-		return nil, err
+		return nil, kekUnavailable(err, statePath, cfg.KEKProvider) // kek.go
 	}
 	d.cache, _, err = store.OpenOrQuarantine(store.Config{Path: filepath.Join(cfg.DataDir, cacheFile), KEK: kek, LockTimeout: cfg.LockTimeout, Logger: log})
 	if err != nil {
-		return nil, err
+		return nil, kekUnavailable(err, filepath.Join(cfg.DataDir, cacheFile), cfg.KEKProvider) // kek.go
 	}
 
 	// Metrics are registered here, before anything that records them is built.
@@ -126,6 +127,7 @@ func newDaemon(cfg config, log *slog.Logger) (_ *daemon, err error) {
 	}
 	if d.broker, err = broker.New(broker.Config{
 		Verifier: vp.verifier,
+		Binding:  bindingChecker(vp.binding),
 		Cache:    d.engine,
 		Audit:    rec,
 		Logger:   log.With(slog.String("component", "broker")),
@@ -153,6 +155,9 @@ func newDaemon(cfg config, log *slog.Logger) (_ *daemon, err error) {
 		if err := d.broker.UpdateGrantSource("file", d.files.Current()); err != nil {
 			return nil, err
 		}
+	}
+	if err := d.setupCSI(log, vp.pods); err != nil { // csi.go: the CSI node driver
+		return nil, err
 	}
 	if err := d.setupI7(log); err != nil { // admin_wiring.go: revocations, AccessGrant informer
 		return nil, err
@@ -206,6 +211,10 @@ func (d *daemon) run(ctx context.Context, version string, onReady func()) error 
 		_ = wl.Close()
 		return err
 	}
+	// Only root and the daemon's own user may talk to the admin API.
+	al = server.PeerFilter(al, []uint32{0, uint32(os.Getuid())}, func(uid uint32) {
+		d.log.Warn("admin socket connection refused: peer is not root or the daemon's user", slog.Uint64("uid", uint64(uid)))
+	})
 	var hl net.Listener
 	if d.cfg.HealthAddr != "off" {
 		if hl, err = net.Listen("tcp", d.cfg.HealthAddr); err != nil {
@@ -217,6 +226,9 @@ func (d *daemon) run(ctx context.Context, version string, onReady func()) error 
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return d.engine.Run(gctx) })
+	if d.csi != nil {
+		g.Go(func() error { return d.csi.run(gctx) }) // csi.go
+	}
 	for _, run := range d.runners {
 		g.Go(func() error { return run(gctx) })
 	}

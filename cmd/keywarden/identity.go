@@ -14,6 +14,7 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/keywarden/keywarden/broker"
 	"github.com/keywarden/keywarden/broker/identity"
 )
 
@@ -97,8 +98,11 @@ func (r rawConfig) typedIdentity(c *config, fail func(field, format string, args
 // must run for it to work.
 type verifierParts struct {
 	verifier identity.TokenVerifier
-	dev      *identity.DevIssuer
-	runners  []func(context.Context) error
+	// binding re-checks open streams; nil without node binding.
+	binding *identity.BindingVerifier
+	dev     *identity.DevIssuer
+	runners []func(context.Context) error
+	pods    *identity.PodIndex // nil without node binding; the CSI driver checks pods with it
 }
 
 // buildVerifier composes token verification: key source (dev issuer, JWKS file, remote JWKS)
@@ -178,8 +182,9 @@ func buildVerifier(cfg config, log *slog.Logger, kube kubernetes.Interface, m *i
 		if err != nil {
 			return nil, err
 		}
-		out.verifier = bound
+		out.verifier, out.binding = bound, bound
 		out.runners = append(out.runners, pods.Run)
+		out.pods = pods
 	}
 	out.verifier = identity.Measured(out.verifier, m)
 	return out, nil
@@ -205,4 +210,12 @@ func issuerHTTPClient(caFile string) (*http.Client, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = tc
 	return &http.Client{Transport: tr, Timeout: 15 * time.Second}, nil
+}
+
+// bindingChecker keeps a nil *BindingVerifier from becoming a non-nil interface.
+func bindingChecker(b *identity.BindingVerifier) broker.BindingChecker {
+	if b == nil {
+		return nil
+	}
+	return b
 }

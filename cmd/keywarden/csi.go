@@ -1,0 +1,133 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/keywarden/keywarden/broker/identity"
+	"github.com/keywarden/keywarden/broker/server"
+	"github.com/keywarden/keywarden/csi"
+)
+
+// rawCSI is the csi section. The driver is off unless socket is set.
+type rawCSI struct {
+	Socket      string `json:"socket"`      // the CSI socket kubelet dials, e.g. /var/lib/kubelet/plugins/keywarden.dev/csi.sock
+	KubeletRoot string `json:"kubeletRoot"` // default /var/lib/kubelet
+	DriverName  string `json:"driverName"`  // default keywarden.dev
+	TmpfsSize   string `json:"tmpfsSize"`   // per-volume tmpfs size, a quantity such as 16Mi (default)
+	// InsecurePlainDirectories writes volumes as plain directories when tmpfs cannot be
+	// mounted (not root): secret files then reach the node's disk. Tests only.
+	InsecurePlainDirectories bool `json:"insecurePlainDirectories"`
+}
+
+// csiConfig is the typed csi section.
+type csiConfig struct {
+	CSISocket      string
+	CSIKubeletRoot string
+	CSIDriverName  string
+	CSITmpfsBytes  int64
+	CSIPlainDirs   bool
+}
+
+const (
+	defaultKubeletRoot = "/var/lib/kubelet"
+	defaultTmpfsSize   = "16Mi"
+)
+
+func (r rawConfig) typedCSI(c *config, fail func(field, format string, args ...any)) {
+	c.CSISocket = r.CSI.Socket
+	c.CSIKubeletRoot = or(r.CSI.KubeletRoot, defaultKubeletRoot)
+	c.CSIDriverName = or(r.CSI.DriverName, csi.DefaultDriverName)
+	c.CSIPlainDirs = r.CSI.InsecurePlainDirectories
+	if c.CSISocket == "" {
+		return
+	}
+	if !filepath.IsAbs(c.CSISocket) {
+		fail("csi.socket", "must be an absolute path; got %q", c.CSISocket)
+	}
+	if !filepath.IsAbs(c.CSIKubeletRoot) || filepath.Clean(c.CSIKubeletRoot) != c.CSIKubeletRoot {
+		fail("csi.kubeletRoot", "must be a clean absolute path such as /var/lib/kubelet; got %q", c.CSIKubeletRoot)
+	}
+	q, err := resource.ParseQuantity(or(r.CSI.TmpfsSize, defaultTmpfsSize))
+	if err != nil || q.Value() < 64<<10 || q.Value() > 1<<30 {
+		fail("csi.tmpfsSize", "want a size from 64Ki to 1Gi such as \"16Mi\"; got %q", r.CSI.TmpfsSize)
+	} else {
+		c.CSITmpfsBytes = q.Value()
+	}
+	if c.CSISocket == c.Socket || c.CSISocket == c.AdminSocket {
+		fail("csi.socket", "must differ from socket.path and adminSocket.path")
+	}
+	if c.NodeName == "" {
+		fail("nodeName", "is required with csi.socket: NodeGetInfo reports it")
+	}
+}
+
+// csiParts is the running CSI driver.
+type csiParts struct {
+	driver *csi.Driver
+	lis    net.Listener
+}
+
+// setupCSI builds the driver and listens on its socket (so the socket exists once the daemon
+// is ready). Volumes are tmpfs mounts, which need root; plain directories (files on the
+// node's disk) only when csi.insecurePlainDirectories says so, for tests.
+func (d *daemon) setupCSI(log *slog.Logger, pods *identity.PodIndex) error {
+	if d.cfg.CSISocket == "" {
+		return nil
+	}
+	log = log.With(slog.String("component", "csi"))
+	metrics, err := csi.NewMetrics(d.metrics)
+	if err != nil {
+		return err
+	}
+	var mounter csi.Mounter = csi.NewTmpfsMounter(d.cfg.CSITmpfsBytes)
+	if os.Geteuid() != 0 {
+		// Secret files must never reach the node's disk: without tmpfs, refuse unless a
+		// test explicitly asked for plain directories.
+		if !d.cfg.CSIPlainDirs {
+			return errors.New("csi: tmpfs volumes need root (CAP_SYS_ADMIN); run the daemon as root, or set csi.insecurePlainDirectories for tests")
+		}
+		log.Warn("csi.insecurePlainDirectories: CSI volumes are plain directories on disk, not tmpfs")
+		mounter = csi.DirMounter{}
+	}
+	cfg := csi.Config{
+		Broker: d.broker, Store: d.cache, Mounter: mounter, KubeletRoot: d.cfg.CSIKubeletRoot, NodeID: d.cfg.NodeName,
+		DriverName: d.cfg.CSIDriverName, APISocket: d.cfg.Socket, Metrics: metrics, Logger: log,
+	}
+	if pods != nil {
+		cfg.Pods = pods
+	}
+	drv, err := csi.New(cfg)
+	if err != nil {
+		return err
+	}
+	lis, err := server.ListenUnix(d.cfg.CSISocket, 0o600)
+	if err != nil {
+		return fmt.Errorf("csi socket: %w", err)
+	}
+	d.csi = &csiParts{driver: drv, lis: lis}
+	return nil
+}
+
+// run recovers the volumes of the previous run, then serves the CSI socket and checks pods
+// until ctx is done. Publishes wait in the socket's backlog while recovery runs.
+func (c *csiParts) run(ctx context.Context) error {
+	if err := c.driver.Recover(); err != nil {
+		_ = c.lis.Close()
+		c.driver.Close()
+		return fmt.Errorf("csi: recover volumes: %w", err)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return c.driver.Run(gctx) })
+	g.Go(func() error { return server.Serve(gctx, csi.NewGRPCServer(c.driver), c.lis, 5*time.Second) })
+	return g.Wait()
+}
