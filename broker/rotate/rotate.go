@@ -65,11 +65,14 @@ type entry struct {
 }
 
 type flight struct {
-	done    chan struct{}
-	secret  *source.Secret
-	err     error
-	waiters int
-	cancel  context.CancelFunc
+	// abandoned is set when every waiter left and the call was cancelled: a new caller
+	// must start a fresh flight rather than join one that will answer "canceled".
+	abandoned bool
+	done      chan struct{}
+	secret    *source.Secret
+	err       error
+	waiters   int
+	cancel    context.CancelFunc
 }
 
 // Subscription tells its owner that a Ref's value changed or was purged. C is coalescing: one
@@ -153,7 +156,7 @@ func (e *Engine) Get(ctx context.Context, ref source.Ref) (*source.Secret, error
 		return s, nil
 	}
 	f := e.flights[ref]
-	if f == nil {
+	if f == nil || f.abandoned {
 		f = e.startFlightLocked(ref)
 	}
 	f.waiters++
@@ -169,6 +172,7 @@ func (e *Engine) Get(ctx context.Context, ref source.Ref) (*source.Secret, error
 		e.mu.Lock()
 		f.waiters--
 		if f.waiters == 0 {
+			f.abandoned = true
 			f.cancel()
 		}
 		e.mu.Unlock()
@@ -188,7 +192,9 @@ func (e *Engine) startFlightLocked(ref source.Ref) *flight {
 		defer cancel()
 		s, err := e.cfg.Sources[ref.Source].Fetch(ctx, ref.Path)
 		e.mu.Lock()
-		delete(e.flights, ref)
+		if e.flights[ref] == f { // an abandoned flight may have been replaced already
+			delete(e.flights, ref)
+		}
 		if err == nil {
 			e.storeLocked(ref, s, gen)
 		} else if errors.Is(err, source.ErrNotFound) || errors.Is(err, source.ErrDeleted) || errors.Is(err, source.ErrForbidden) {

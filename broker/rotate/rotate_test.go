@@ -436,3 +436,27 @@ func TestEngine_Refresh_slowOlderFetchNeverOverwritesNewer(t *testing.T) {
 		t.Fatalf("cached version %v (%v), want 2: a slow older fetch overwrote a newer one", s, err)
 	}
 }
+
+func TestEngine_Get_afterAbandonedFlightStartsAfresh(t *testing.T) {
+	src := &fakeSource{version: 1, gate: make(chan struct{})}
+	e := newEngine(t, src, clocktesting.NewFakeClock(time.Now()))
+	ctx, cancel := context.WithCancel(context.Background())
+	first := make(chan error, 1)
+	go func() { _, err := e.Get(ctx, ref); first <- err }()
+	waitFor(t, func() bool { return src.fetches.Load() == 1 })
+	// Hold the abandoned call inside the source so its flight is still registered when the
+	// next caller arrives.
+	src.mu.Lock()
+	held := src.lastCtx
+	src.mu.Unlock()
+	cancel()
+	if err := <-first; !errors.Is(err, context.Canceled) {
+		t.Fatal(err)
+	}
+	<-held.Done()
+	close(src.gate)
+	s, err := e.Get(context.Background(), ref)
+	if err != nil || s.Version != "1" {
+		t.Fatalf("a caller arriving after an abandoned fetch got %v, %v; want a fresh fetch", s, err)
+	}
+}
