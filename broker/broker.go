@@ -19,7 +19,7 @@ import (
 	"github.com/keywarden/keywarden/broker/identity"
 	"github.com/keywarden/keywarden/broker/rotate"
 	"github.com/keywarden/keywarden/broker/source"
-	"github.com/keywarden/keywarden/broker/source/vault/vaultref"
+	"github.com/keywarden/keywarden/broker/source/vaultref"
 )
 
 // Verifier proves who a token belongs to.

@@ -6,7 +6,7 @@ import (
 	"github.com/keywarden/keywarden/broker/grant"
 	"github.com/keywarden/keywarden/broker/identity"
 	"github.com/keywarden/keywarden/broker/source"
-	"github.com/keywarden/keywarden/broker/source/vault/vaultref"
+	"github.com/keywarden/keywarden/broker/source/vaultref"
 )
 
 // VaultSourceName is the source name under which the daemon registers its Vault source.

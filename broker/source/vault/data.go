@@ -12,7 +12,7 @@ import (
 	"strings"
 
 	"github.com/keywarden/keywarden/broker/source"
-	"github.com/keywarden/keywarden/broker/source/vault/vaultref"
+	"github.com/keywarden/keywarden/broker/source/vaultref"
 )
 
 // errMalformed means a 2xx answer did not have the expected shape.

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/keywarden/keywarden/broker/source"
-	"github.com/keywarden/keywarden/broker/source/vault/vaultref"
+	"github.com/keywarden/keywarden/broker/source/vaultref"
 )
 
 // kvEntry is the last value read for a KV reference, kept so that a poll that finds the same

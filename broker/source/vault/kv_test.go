@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/keywarden/keywarden/broker/source"
-	"github.com/keywarden/keywarden/broker/source/vault/vaultref"
+	"github.com/keywarden/keywarden/broker/source/vaultref"
 )
 
 func ctxT(t testing.TB) context.Context {

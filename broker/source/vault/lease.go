@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/keywarden/keywarden/broker/source"
-	"github.com/keywarden/keywarden/broker/source/vault/vaultref"
+	"github.com/keywarden/keywarden/broker/source/vaultref"
 )
 
 // lease is the current dynamic credential of one reference.

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/keywarden/keywarden/broker/source"
-	"github.com/keywarden/keywarden/broker/source/vault/vaultref"
+	"github.com/keywarden/keywarden/broker/source/vaultref"
 )
 
 func dbRef(t testing.TB, owner string) string {

@@ -17,7 +17,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/keywarden/keywarden/broker/source"
-	"github.com/keywarden/keywarden/broker/source/vault/vaultref"
+	"github.com/keywarden/keywarden/broker/source/vaultref"
 )
 
 // Config configures a Source.
