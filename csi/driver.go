@@ -352,11 +352,7 @@ func (d *Driver) Publish(ctx context.Context, r PublishRequest) (err error) {
 	for n, s := range secrets {
 		v.versions[n] = s.Version
 	}
-	if vc.Request.APISocket && d.cfg.APISocket != "" {
-		if err := d.cfg.Mounter.BindSocket(d.cfg.APISocket, filepath.Join(r.TargetPath, APISocketName)); err != nil && !errors.Is(err, errors.ErrUnsupported) {
-			log.Warn("workload socket not bound into the volume", slog.Any("error", err))
-		}
-	}
+	d.bindSocket(v, log)
 	if d.afterWrite != nil {
 		d.afterWrite()
 	}
@@ -373,6 +369,17 @@ func (d *Driver) Publish(ctx context.Context, r PublishRequest) (err error) {
 	log.Info("volume published", slog.Int("secrets", len(names)))
 	result = resultOK
 	return nil
+}
+
+// bindSocket binds the workload API socket into v when its request asks for it. A failure is
+// logged, not returned: the files are what the pod needs most.
+func (d *Driver) bindSocket(v *volume, log *slog.Logger) {
+	if !v.req.APISocket || d.cfg.APISocket == "" {
+		return
+	}
+	if err := d.cfg.Mounter.BindSocket(d.cfg.APISocket, filepath.Join(v.target, APISocketName)); err != nil && !errors.Is(err, errors.ErrUnsupported) {
+		log.Warn("workload socket not bound into the volume", slog.Any("error", err))
+	}
 }
 
 func resultOf(err error) string {

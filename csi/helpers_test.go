@@ -167,6 +167,8 @@ type env struct {
 	d     *Driver
 	logs  *syncBuffer
 	mount Mounter
+	// apiSocket is Config.APISocket; empty by default.
+	apiSocket string
 }
 
 func openTestStore(tb testing.TB, dir string) *store.DB {
@@ -202,7 +204,7 @@ func (e *env) start() {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	d, err := New(Config{Broker: e.b, Store: e.db, Mounter: e.mount, KubeletRoot: e.root, NodeID: "node-a",
+	d, err := New(Config{Broker: e.b, Store: e.db, Mounter: e.mount, KubeletRoot: e.root, NodeID: "node-a", APISocket: e.apiSocket,
 		Metrics: m, Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond})
 	if err != nil {

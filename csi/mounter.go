@@ -64,10 +64,17 @@ func (t *TmpfsMounter) Setup(target string, gid int) error {
 	return nil
 }
 
-// BindSocket implements Mounter.
+// BindSocket implements Mounter. A bind of another socket at dst — the socket of a daemon that
+// ran before a restart, which the new daemon replaced with a new file — is replaced: a bind
+// mount pins the old inode, and a client dialing it would get "connection refused" forever.
 func (t *TmpfsMounter) BindSocket(src, dst string) error {
 	if notMnt, err := t.m.IsLikelyNotMountPoint(dst); err == nil && !notMnt {
-		return nil
+		if sameFile(src, dst) {
+			return nil
+		}
+		if err := t.m.Unmount(dst); err != nil {
+			return fmt.Errorf("unbind the previous workload socket: %w", err)
+		}
 	}
 	f, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY, 0o600)
 	if err != nil {
@@ -79,6 +86,16 @@ func (t *TmpfsMounter) BindSocket(src, dst string) error {
 		return fmt.Errorf("bind workload socket: %w", err)
 	}
 	return nil
+}
+
+// sameFile reports whether a and b (following a bind mount) are the same inode.
+func sameFile(a, b string) bool {
+	fa, err := os.Stat(a)
+	if err != nil {
+		return false
+	}
+	fb, err := os.Stat(b)
+	return err == nil && os.SameFile(fa, fb)
 }
 
 // Teardown implements Mounter.

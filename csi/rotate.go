@@ -190,7 +190,8 @@ func (d *Driver) Close() {
 }
 
 // Recover finds the volumes recorded before a restart, keeps their files and resumes their
-// rotation. Call it once, before serving publishes. A record whose target is gone is dropped.
+// rotation, and binds the workload socket into them again. Call it once, after the workload
+// socket listens and before serving publishes. A record whose target is gone is dropped.
 func (d *Driver) Recover() error {
 	recs, err := d.cfg.Store.List(volumesBucket)
 	if err != nil {
@@ -226,6 +227,8 @@ func (d *Driver) Recover() error {
 		if v.versions == nil || !aw.Written() {
 			v.versions = map[string]string{}
 		}
+		// The daemon's workload socket is a new file since the restart: bind it again.
+		d.bindSocket(v, log)
 		d.mu.Lock()
 		d.vols[v.id] = v
 		d.mu.Unlock()

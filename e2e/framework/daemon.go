@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"text/template"
@@ -61,7 +62,15 @@ type DaemonEnv struct {
 type Daemon struct {
 	DaemonEnv
 	ConfigFile string
-	Process    *Process
+	// Process is the current daemon process; Restart replaces it.
+	Process *Process
+	// Previous are the processes Restart replaced, oldest first (their logs stay readable
+	// until the test ends).
+	Previous []*Process
+
+	bin  string
+	args []string
+	proc procOptions
 }
 
 var (
@@ -180,12 +189,11 @@ func StartDaemon(t testing.TB, o DaemonOptions) *Daemon {
 		if err := os.WriteFile(d.ConfigFile, cfg.Bytes(), 0o600); err != nil {
 			return err
 		}
-		args := append([]string{"serve", "--config", d.ConfigFile, "--health-addr", d.HealthAddr}, o.Args...)
-		p, err := startProcess(t, "keywarden", bin, args, procOptions{Dir: dir, Env: o.Env})
+		d.bin = bin
+		d.args = append([]string{"serve", "--config", d.ConfigFile, "--health-addr", d.HealthAddr}, o.Args...)
+		d.proc = procOptions{Dir: dir, Env: o.Env}
+		p, err := d.startReady(t)
 		if err != nil {
-			return err
-		}
-		if err := p.waitReady(daemonReadyTimeout, func() error { return httpOK("http://" + d.HealthAddr + "/readyz") }); err != nil {
 			return err
 		}
 		d.Process = p
@@ -195,6 +203,45 @@ func StartDaemon(t testing.TB, o DaemonOptions) *Daemon {
 		t.Fatalf("start keywarden: %v", err)
 	}
 	return d
+}
+
+func (d *Daemon) startReady(t testing.TB) (*Process, error) {
+	p, err := startProcess(t, "keywarden", d.bin, d.args, d.proc)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.waitReady(daemonReadyTimeout, func() error { return httpOK("http://" + d.HealthAddr + "/readyz") }); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// Restart starts the daemon again with the same command line: the same config file, data
+// directory, sockets, token file and health address — like kubelet restarting a DaemonSet pod
+// after a crash or an upgrade. The current process must have exited (Process.Kill or
+// Process.Stop); it moves to Previous. Restart waits (30 s bound) for /readyz as StartDaemon
+// does. The health port is reused: if another process took it meanwhile, Restart fails rather
+// than change the daemon's address under the test.
+func (d *Daemon) Restart(t testing.TB) {
+	t.Helper()
+	if exited, _ := d.Process.Exited(); !exited {
+		t.Fatal("Daemon.Restart: the daemon is still running; call Process.Kill or Process.Stop first")
+	}
+	p, err := d.startReady(t)
+	if err != nil {
+		t.Fatalf("restart keywarden: %v", err)
+	}
+	d.Previous = append(d.Previous, d.Process)
+	d.Process = p
+}
+
+// Logs returns the logs of every process of this daemon, the current one last.
+func (d *Daemon) Logs() string {
+	var b strings.Builder
+	for _, p := range append(append([]*Process(nil), d.Previous...), d.Process) {
+		b.WriteString(p.Log())
+	}
+	return b.String()
 }
 
 func httpOK(url string) error {

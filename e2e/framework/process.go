@@ -190,6 +190,16 @@ func (p *Process) Stop() {
 	})
 }
 
+// Kill sends SIGKILL to the process group at once — no graceful shutdown, like `kill -9` or
+// the OOM killer — and waits for the leader to exit. A test uses it to prove that state
+// survives a crash (see Daemon.Restart). Stop after Kill, and Kill after Stop, do nothing.
+func (p *Process) Kill() {
+	p.stop.Do(func() {
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+		<-p.done
+	})
+}
+
 // Exited reports whether the process has exited, and its wait error.
 func (p *Process) Exited() (bool, error) {
 	select {
