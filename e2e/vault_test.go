@@ -334,7 +334,9 @@ func countAuditReads(t *testing.T, file, path string) int {
 }
 
 func TestVault_databaseCredsRenewedReissuedAndRevoked(t *testing.T) {
-	const ttl, maxTTL, grace = 6 * time.Second, 15 * time.Second, 500 * time.Millisecond
+	// The re-issue comes a third of a TTL before max_ttl; with a 9 s TTL the old lease has
+	// ~3 s left, well past the 500 ms grace, so the daemon (not expiry) must revoke it.
+	const ttl, maxTTL, grace = 9 * time.Second, 20 * time.Second, 500 * time.Millisecond
 	s := startVaultSetup(t, vaultOptions{pollInterval: 30 * time.Second, dbTTL: ttl, dbMaxTTL: maxTTL, leaseGrace: grace, share: "Pod", withPostgres: true})
 
 	first, err := s.client.Get(ctx(t), "db")
@@ -388,11 +390,25 @@ func TestVault_databaseCredsRenewedReissuedAndRevoked(t *testing.T) {
 	if err := s.pg.CanLogin(ctx(t), string(reissued.Data["username"]), string(reissued.Data["password"])); err != nil {
 		t.Fatalf("new credential does not log in: %v", err)
 	}
-	m := daemonMetrics(t, s.daemon)
-	for _, want := range []string{`keywarden_vault_lease_renewals_total{result="ok"}`, `keywarden_vault_lease_reissues_total{reason="max_ttl"}`, `keywarden_vault_lease_revocations_total{result="ok"}`} {
-		if !strings.Contains(m, want) {
-			t.Errorf("metrics lack %s", want)
+	// The metrics are scraped until they show the renewal, the re-issue and the revocation
+	// (bounded: the revocation lands on the daemon's next reap after the grace).
+	want := []string{`keywarden_vault_lease_renewals_total{result="ok"}`, `keywarden_vault_lease_reissues_total{reason="max_ttl"}`, `keywarden_vault_lease_revocations_total{result="ok"}`}
+	deadlineMetrics := time.Now().Add(15 * time.Second)
+	for {
+		m := daemonMetrics(t, s.daemon)
+		var missing []string
+		for _, w := range want {
+			if !strings.Contains(m, w) {
+				missing = append(missing, w)
+			}
 		}
+		if len(missing) == 0 {
+			break
+		}
+		if time.Now().After(deadlineMetrics) {
+			t.Fatalf("metrics lack %v", missing)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
 
