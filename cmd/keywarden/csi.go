@@ -75,6 +75,9 @@ func (r rawConfig) typedCSI(c *config, fail func(field, format string, args ...a
 type csiParts struct {
 	driver *csi.Driver
 	lis    net.Listener
+	// recovered is closed once the volumes of the previous run are recovered: the daemon
+	// reports ready only after that.
+	recovered chan struct{}
 }
 
 // setupCSI builds the driver and listens on its socket (so the socket exists once the daemon
@@ -114,7 +117,7 @@ func (d *daemon) setupCSI(log *slog.Logger, pods *identity.PodIndex) error {
 	if err != nil {
 		return fmt.Errorf("csi socket: %w", err)
 	}
-	d.csi = &csiParts{driver: drv, lis: lis}
+	d.csi = &csiParts{driver: drv, lis: lis, recovered: make(chan struct{})}
 	return nil
 }
 
@@ -126,6 +129,7 @@ func (c *csiParts) run(ctx context.Context) error {
 		c.driver.Close()
 		return fmt.Errorf("csi: recover volumes: %w", err)
 	}
+	close(c.recovered)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.driver.Run(gctx) })
 	g.Go(func() error { return server.Serve(gctx, csi.NewGRPCServer(c.driver), c.lis, 5*time.Second) })

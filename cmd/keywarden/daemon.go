@@ -252,6 +252,14 @@ func (d *daemon) run(ctx context.Context, version string, onReady func()) error 
 			return hs.Shutdown(sctx)
 		})
 	}
+	if d.csi != nil {
+		// Not ready before the volumes of the previous run are back under management.
+		select {
+		case <-d.csi.recovered:
+		case <-gctx.Done():
+			return g.Wait()
+		}
+	}
 	d.ready.Store(true)
 	d.log.Info("keywarden ready", slog.String("socket", d.cfg.Socket), slog.String("admin_socket", d.cfg.AdminSocket), slog.String("health", d.cfg.HealthAddr))
 	if onReady != nil {
