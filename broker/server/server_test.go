@@ -645,3 +645,43 @@ func TestPeerFilter_refusesOtherUsers(t *testing.T) {
 		t.Fatalf("own uid refused: %v", err)
 	}
 }
+
+// TestSecretService_streamCapPerConnection opens more watch streams on one connection than
+// the server allows: the extra stream waits (its deadline expires) while another client on
+// its own connection is served normally (CVE-2023-44487 class).
+func TestSecretService_streamCapPerConnection(t *testing.T) {
+	s := newStack(t)
+	tok := s.token(t, "demo", "app")
+	conn, err := grpc.NewClient(client.Target(s.socket), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	api := keywardenv1.NewSecretServiceClient(conn)
+	ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tok))
+	defer cancel()
+	const limit = 64 // server.Limits default MaxConcurrentStreams
+	for i := range limit {
+		st, err := api.WatchSecrets(ctx, &keywardenv1.WatchSecretsRequest{Names: []string{"demo-db"}})
+		if err != nil {
+			t.Fatalf("stream %d: %v", i, err)
+		}
+		if _, err := st.Recv(); err != nil { // the stream is open on the server
+			t.Fatalf("stream %d: %v", i, err)
+		}
+	}
+	extraCtx, extraCancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer extraCancel()
+	extra, err := api.WatchSecrets(extraCtx, &keywardenv1.WatchSecretsRequest{Names: []string{"demo-db"}})
+	if err == nil {
+		_, err = extra.Recv()
+	}
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("stream %d on one connection: got %v, want it held back (DeadlineExceeded)", limit+1, err)
+	}
+	// Another client is unaffected.
+	got, err := s.client(t, s.token(t, "demo", "app")).Get(context.Background(), "demo-db")
+	if err != nil || string(got.Data["password"]) != secretValue {
+		t.Fatalf("another client while one is at its stream cap: %v", err)
+	}
+}
