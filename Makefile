@@ -52,6 +52,8 @@ bench: tools ## Benchmarks (ratios are printed by the benchmarks that compare ag
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) $(PKGS)
 	# Warm GetSecret through the daemon vs a direct vault/api KV read (real Vault: needs `make tools`).
 	$(GO) test -tags e2e -run '^$$' -bench '^BenchmarkVault_' -benchtime $(BENCHTIME) ./e2e/
+	# NodePublishVolume p50/p99, warm cache and with a Vault fetch (a fixed count: fresh secrets are finite).
+	$(GO) test -tags e2e -run '^$$' -bench '^BenchmarkCSI_publish' -benchtime 100x ./e2e/
 
 .PHONY: fuzz
 fuzz: ## Run every fuzz target for FUZZTIME each (default 10s)
