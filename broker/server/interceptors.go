@@ -140,17 +140,22 @@ func RecoverStream(log *slog.Logger) grpc.StreamServerInterceptor {
 
 func logCall(ctx context.Context, log *slog.Logger, m *Metrics, method string, start time.Time, err error) {
 	code := status.Code(err)
-	m.observe(method, code, time.Since(start))
-	attrs := []slog.Attr{slog.String(attrMethod, method), slog.String(attrCode, code.String()), slog.Duration(attrDuration, time.Since(start))}
-	if ci, ok := ctx.Value(callInfoKey{}).(*callInfo); ok && ci.ok {
-		attrs = append(attrs, slog.String(attrNS, ci.w.Namespace), slog.String(attrSA, ci.w.ServiceAccount), slog.String(attrPod, ci.w.PodName))
-	}
+	elapsed := time.Since(start)
+	m.observe(method, code, elapsed)
 	level := slog.LevelDebug
 	if code != codes.OK && code != codes.Canceled {
 		level = slog.LevelInfo
 	}
 	if code == codes.Internal || code == codes.Unknown {
 		level = slog.LevelError
+	}
+	// Successful calls log at debug: on the hot path, build nothing when that is off.
+	if !log.Enabled(ctx, level) {
+		return
+	}
+	attrs := []slog.Attr{slog.String(attrMethod, method), slog.String(attrCode, code.String()), slog.Duration(attrDuration, elapsed)}
+	if ci, ok := ctx.Value(callInfoKey{}).(*callInfo); ok && ci.ok {
+		attrs = append(attrs, slog.String(attrNS, ci.w.Namespace), slog.String(attrSA, ci.w.ServiceAccount), slog.String(attrPod, ci.w.PodName))
 	}
 	// The status message is ours (ToStatus) and safe; it is logged for operators.
 	if err != nil {
