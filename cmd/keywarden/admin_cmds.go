@@ -126,7 +126,7 @@ func printExplain(w io.Writer, req *keywardenv1.ExplainGrantRequest, r *keywarde
 	if req.GetNamespace() != "" {
 		who = fmt.Sprintf("service account %q in namespace %q (%s)", req.GetServiceAccount(), req.GetNamespace(), r.GetSpiffeId())
 	}
-	fmt.Fprintf(w, "%s: %s reading secret %q over %s\n", verdict, who, req.GetSecret(), orDefault(req.GetDelivery(), "GRPC"))
+	fmt.Fprintf(w, "%s: %s reading secret %q over %s\n", verdict, who, req.GetSecret(), or(req.GetDelivery(), "GRPC"))
 	if r.GetGrant() != "" {
 		fmt.Fprintf(w, "decided by grant: %s\n", r.GetGrant())
 	}
@@ -152,13 +152,6 @@ func yes(b bool) string {
 		return "match"
 	}
 	return "no"
-}
-
-func orDefault(v, def string) string {
-	if v == "" {
-		return def
-	}
-	return v
 }
 
 func printProtoJSON(w io.Writer, m proto.Message) error {
@@ -294,7 +287,7 @@ func newStatusCommand(g *globals) *cobra.Command {
 						if s.GetFetchedAt() != nil {
 							fetched = s.GetFetchedAt().AsTime().Format(time.RFC3339)
 						}
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.GetSource(), s.GetPath(), s.GetVersion(), fetched, exp, s.GetSubscribers(), orDefault(s.GetLastError(), "-"))
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.GetSource(), s.GetPath(), s.GetVersion(), fetched, exp, s.GetSubscribers(), or(s.GetLastError(), "-"))
 					}
 					return tw.Flush()
 				}

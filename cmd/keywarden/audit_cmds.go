@@ -113,7 +113,7 @@ func printEntryRow(w io.Writer, e *audit.Entry) {
 	if ev.Version != "" {
 		detail = strings.TrimSpace(detail + " v" + ev.Version)
 	}
-	fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, ts, ev.Kind, ev.Outcome, who, orDefault(ev.Secret, "-"), orDefault(ev.Grant, "-"), orDefault(detail, "-"))
+	fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, ts, ev.Kind, ev.Outcome, who, or(ev.Secret, "-"), or(ev.Grant, "-"), or(detail, "-"))
 }
 
 func newAuditVerifyCommand(g *globals) *cobra.Command {
@@ -296,7 +296,7 @@ func newRotateCommand(g *globals) *cobra.Command {
 				fmt.Fprintln(tw, "SOURCE\tPATH\tVERSION\tERROR")
 				failed := false
 				for _, s := range r.GetSources() {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.GetSource(), s.GetPath(), orDefault(s.GetVersion(), "-"), orDefault(s.GetError(), "-"))
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.GetSource(), s.GetPath(), or(s.GetVersion(), "-"), or(s.GetError(), "-"))
 					failed = failed || s.GetError() != ""
 				}
 				if err := tw.Flush(); err != nil {
