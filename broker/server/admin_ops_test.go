@@ -11,11 +11,9 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"log/slog"
 	"math/big"
 	"net"
 	"net/url"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -33,15 +31,11 @@ import (
 	"github.com/keywarden/keywarden/broker"
 	"github.com/keywarden/keywarden/broker/audit"
 	"github.com/keywarden/keywarden/broker/grant"
-	"github.com/keywarden/keywarden/broker/identity"
 	"github.com/keywarden/keywarden/broker/revoke"
 	"github.com/keywarden/keywarden/broker/rotate"
 	"github.com/keywarden/keywarden/broker/server"
 	"github.com/keywarden/keywarden/broker/source"
-	"github.com/keywarden/keywarden/broker/source/local"
-	"github.com/keywarden/keywarden/broker/store"
 	"github.com/keywarden/keywarden/client"
-	"github.com/keywarden/keywarden/crypto"
 	keywardenv1 "github.com/keywarden/keywarden/proto/keywarden/v1"
 )
 
@@ -103,99 +97,43 @@ type adminStack struct {
 // and the admin service with every feature, over Unix sockets.
 func newAdminStack(t *testing.T) *adminStack {
 	t.Helper()
-	dir := t.TempDir()
-	logs := &syncBuffer{}
-	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	kek, err := crypto.LoadOrCreateLocalKEK(filepath.Join(dir, "kek.json"))
+	bs := newBase(t)
+	auditLog, err := audit.Open(audit.Config{DB: bs.db, Logger: bs.log, FlushInterval: 5 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
-	db, err := store.Open(store.Config{Path: filepath.Join(dir, "state.db"), KEK: kek, Logger: log})
+	gate := &gateSource{Source: bs.loc}
+	eng, err := rotate.New(rotate.Config{Sources: map[string]source.Source{"local": gate}, Logger: bs.log, TickInterval: 10 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = db.Close() })
-	loc, err := local.New(local.Config{DB: db, Logger: log})
+	b, err := broker.New(broker.Config{Verifier: bs.ver, Cache: eng, Audit: auditLog, Logger: bs.log})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := loc.Put(context.Background(), "demo-db", map[string][]byte{"password": []byte(secretValue)}); err != nil {
+	if err := b.UpdateGrantSource("file", demoGrants(t)); err != nil {
 		t.Fatal(err)
 	}
-	auditLog, err := audit.Open(audit.Config{DB: db, Logger: log, FlushInterval: 5 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dev, err := identity.LoadOrCreateDevIssuer(filepath.Join(dir, "issuer.jwk"), issuer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	td := spiffeid.RequireTrustDomainFromString("cluster.local")
-	ver, err := identity.NewVerifier(identity.Config{Issuer: issuer, Keys: dev.KeySet(), TrustDomain: td})
-	if err != nil {
-		t.Fatal(err)
-	}
-	gate := &gateSource{Source: loc}
-	eng, err := rotate.New(rotate.Config{Sources: map[string]source.Source{"local": gate}, Logger: log, TickInterval: 10 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := broker.New(broker.Config{Verifier: ver, Cache: eng, Audit: auditLog, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	grants, _ := grant.Parse([]byte(demoGrantDoc))
-	set, _ := grant.NewSet(grants)
-	if err := b.UpdateGrantSource("file", set); err != nil {
-		t.Fatal(err)
-	}
-	rev, err := revoke.New(revoke.Config{Broker: b, Purger: eng, Logger: log,
+	rev, err := revoke.New(revoke.Config{Broker: b, Purger: eng, Logger: bs.log,
 		Apply: func(s *grant.Set) error { return b.UpdateGrantSource(revoke.SourceName, s) }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ws, err := server.NewWorkloadServer(server.WorkloadConfig{Broker: b, Logger: log})
+	ws, err := server.NewWorkloadServer(server.WorkloadConfig{Broker: b, Logger: bs.log})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := server.AdminConfig{Broker: b, Secrets: loc, Cache: eng, TrustDomain: td, Logger: log,
+	cfg := server.AdminConfig{Broker: b, Secrets: bs.loc, Cache: eng, TrustDomain: bs.td, Logger: bs.log,
 		Audit: auditLog, Rotator: eng, Revoker: rev}
 	as, err := server.NewAdminServer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := &adminStack{stack: stack{socket: filepath.Join(dir, "w.sock"), admin: filepath.Join(dir, "a.sock"), dev: dev, local: loc, broker: b, logs: logs},
+	st := &adminStack{stack: stack{dev: bs.dev, local: bs.loc, broker: b, logs: bs.logs},
 		engine: eng, auditL: auditLog, revoker: rev, gate: gate, cfg: cfg}
-	wl, err := server.ListenUnix(st.socket, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	al, err := server.ListenUnix(st.admin, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	for _, run := range []func() error{
-		func() error { return eng.Run(ctx) },
-		func() error { return auditLog.Run(ctx) },
-		func() error { return rev.Run(ctx) },
-		func() error { return server.Serve(ctx, ws, wl, time.Second) },
-		func() error { return server.Serve(ctx, as, al, time.Second) },
-	} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := run(); err != nil {
-				t.Error(err)
-			}
-		}()
-	}
-	t.Cleanup(func() {
-		cancel()
-		wg.Wait()
-		_ = auditLog.Close()
-	})
+	// Registered before serveStack's cleanup, so it runs after the servers stopped.
+	t.Cleanup(func() { _ = auditLog.Close() })
+	st.socket, st.admin = serveStack(t, bs.dir, ws, as, eng.Run, auditLog.Run, rev.Run)
 	conn, err := grpc.NewClient(client.Target(st.admin), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -31,9 +30,7 @@ import (
 	"github.com/keywarden/keywarden/broker/server"
 	"github.com/keywarden/keywarden/broker/source"
 	"github.com/keywarden/keywarden/broker/source/local"
-	"github.com/keywarden/keywarden/broker/store"
 	"github.com/keywarden/keywarden/client"
-	"github.com/keywarden/keywarden/crypto"
 	keywardenv1 "github.com/keywarden/keywarden/proto/keywarden/v1"
 )
 
@@ -123,98 +120,37 @@ func newStack(t *testing.T) *stack { return newStackTB(t) }
 
 func newStackTB(t testing.TB) *stack {
 	t.Helper()
-	dir := t.TempDir()
-	logs := &syncBuffer{}
-	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	kek, err := crypto.LoadOrCreateLocalKEK(filepath.Join(dir, "kek.json"))
+	bs := newBase(t)
+	cached, err := identity.NewCachingVerifier(identity.CacheConfig{Verifier: bs.ver})
 	if err != nil {
 		t.Fatal(err)
 	}
-	db, err := store.Open(store.Config{Path: filepath.Join(dir, "state.db"), KEK: kek, Logger: log})
+	src := &countingSource{Source: bs.loc}
+	eng, err := rotate.New(rotate.Config{Sources: map[string]source.Source{"local": src}, Logger: bs.log})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = db.Close() })
-	loc, err := local.New(local.Config{DB: db, Logger: log})
+	b, err := broker.New(broker.Config{Verifier: cached, Cache: eng, Audit: audit.NewSlogRecorder(bs.log), Logger: bs.log})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := loc.Put(context.Background(), "demo-db", map[string][]byte{"password": []byte(secretValue), "username": []byte("demo")}); err != nil {
-		t.Fatal(err)
-	}
-	dev, err := identity.LoadOrCreateDevIssuer(filepath.Join(dir, "issuer.jwk"), issuer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	td := spiffeid.RequireTrustDomainFromString("cluster.local")
-	ver, err := identity.NewVerifier(identity.Config{Issuer: issuer, Keys: dev.KeySet(), TrustDomain: td})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cached, err := identity.NewCachingVerifier(identity.CacheConfig{Verifier: ver})
-	if err != nil {
-		t.Fatal(err)
-	}
-	src := &countingSource{Source: loc}
-	eng, err := rotate.New(rotate.Config{Sources: map[string]source.Source{"local": src}, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := broker.New(broker.Config{Verifier: cached, Cache: eng, Audit: audit.NewSlogRecorder(log), Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	grants, err := grant.Parse([]byte(demoGrantDoc))
-	if err != nil {
-		t.Fatal(err)
-	}
-	set, err := grant.NewSet(grants)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.UpdateGrantSource("file", set); err != nil {
+	if err := b.UpdateGrantSource("file", demoGrants(t)); err != nil {
 		t.Fatal(err)
 	}
 	m, err := server.NewMetrics(prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
-	ws, err := server.NewWorkloadServer(server.WorkloadConfig{Broker: b, Logger: log, Metrics: m})
+	ws, err := server.NewWorkloadServer(server.WorkloadConfig{Broker: b, Logger: bs.log, Metrics: m})
 	if err != nil {
 		t.Fatal(err)
 	}
-	as, err := server.NewAdminServer(server.AdminConfig{Broker: b, Secrets: loc, Cache: eng, TrustDomain: td, Logger: log, Metrics: m})
+	as, err := server.NewAdminServer(server.AdminConfig{Broker: b, Secrets: bs.loc, Cache: eng, TrustDomain: bs.td, Logger: bs.log, Metrics: m})
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := &stack{socket: filepath.Join(dir, "w.sock"), admin: filepath.Join(dir, "a.sock"), dev: dev, local: loc, src: src, broker: b, logs: logs}
-	wl, err := server.ListenUnix(st.socket, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	al, err := server.ListenUnix(st.admin, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	for _, run := range []func() error{
-		func() error { return eng.Run(ctx) },
-		func() error { return server.Serve(ctx, ws, wl, time.Second) },
-		func() error { return server.Serve(ctx, as, al, time.Second) },
-	} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := run(); err != nil {
-				t.Error(err)
-			}
-		}()
-	}
-	t.Cleanup(func() {
-		cancel()
-		wg.Wait()
-	})
+	st := &stack{dev: bs.dev, local: bs.loc, src: src, broker: b, logs: bs.logs}
+	st.socket, st.admin = serveStack(t, bs.dir, ws, as, eng.Run)
 	return st
 }
 
