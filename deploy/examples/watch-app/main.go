@@ -81,6 +81,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 	// GetSecret: one answer per name. A denial here (no grant, wrong audience, pod not on this
 	// node) is permanent for this configuration, so the program stops and says why.
+	last := map[string]string{} // name → version last logged
 	for _, n := range list {
 		gctx, cancel := context.WithTimeout(ctx, *timeout)
 		s, err := c.Get(gctx, n)
@@ -90,16 +91,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		logSecret(log, "secret read", s)
+		last[s.Name] = s.Version
 	}
 
 	// WatchSecrets: the current value of every name first, then one call per new value.
 	// client.Watch reconnects by itself after transient failures (the daemon restarting on an
 	// upgrade, an expired token: the next attempt reads the rotated token file) and returns on
 	// permanent ones (the grant was withdrawn) or when ctx ends.
-	last := map[string]string{}
 	err = c.Watch(ctx, list, func(s *client.Secret) error {
 		if last[s.Name] == s.Version {
-			return nil // the first message repeats what GetSecret returned
+			return nil // the stream starts with the current values, and again after a reconnect
 		}
 		last[s.Name] = s.Version
 		logSecret(log, "secret version", s)
