@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -72,10 +74,12 @@ func VolumeContext(pod PodInfo, tokens map[string]Token, attributes map[string]s
 	for k, v := range attributes {
 		vc[k] = v
 	}
-	vc[VolumeContextPodName] = pod.Name
-	vc[VolumeContextPodNamespace] = pod.Namespace
-	vc[VolumeContextPodUID] = string(pod.UID)
-	vc[VolumeContextServiceAccount] = pod.ServiceAccount
+	if pod != (PodInfo{}) { // kubelet sends pod info only with the CSIDriver's podInfoOnMount
+		vc[VolumeContextPodName] = pod.Name
+		vc[VolumeContextPodNamespace] = pod.Namespace
+		vc[VolumeContextPodUID] = string(pod.UID)
+		vc[VolumeContextServiceAccount] = pod.ServiceAccount
+	}
 	vc[VolumeContextEphemeral] = "true"
 	if len(tokens) > 0 {
 		type wire struct {
@@ -118,7 +122,11 @@ func DialCSI(t testing.TB, socketPath string) *CSINodeClient {
 // PublishRequest describes one NodePublishVolume call for an ephemeral
 // inline volume.
 type PublishRequest struct {
+	// Pod is the pod the volume belongs to; it always feeds the volume ID.
 	Pod PodInfo
+	// NoPodInfo leaves the pod's name, namespace, UID and service account out of the volume
+	// context, as kubelet does when the CSIDriver does not set podInfoOnMount.
+	NoPodInfo bool
 	// Tokens by audience, as requested through the CSIDriver's tokenRequests.
 	Tokens map[string]Token
 	// Attributes are the volume attributes from the pod spec.
@@ -147,7 +155,11 @@ func (c *CSINodeClient) Publish(ctx context.Context, r PublishRequest) (string, 
 	if r.TargetPath == "" {
 		return "", fmt.Errorf("publish: target path is required")
 	}
-	vc, err := VolumeContext(r.Pod, r.Tokens, r.Attributes)
+	info := r.Pod
+	if r.NoPodInfo {
+		info = PodInfo{}
+	}
+	vc, err := VolumeContext(info, r.Tokens, r.Attributes)
 	if err != nil {
 		return "", err
 	}
@@ -185,6 +197,35 @@ type KubeletOptions struct {
 	TokenTTL time.Duration
 	// PodsDir is the root of target paths; default a temp dir.
 	PodsDir string
+	// NoPodInfo: the CSIDriver does not set podInfoOnMount, so no pod info is sent.
+	NoPodInfo bool
+}
+
+// KubeletOptionsFromCSIDriver takes the settings kubelet reads from a CSIDriver object —
+// the driver name, podInfoOnMount, and the audience and lifetime of tokenRequests — into o,
+// so the harness publishes exactly as kubelet would for that object. It refuses what kubelet
+// would refuse for an inline volume (no Ephemeral lifecycle mode) and what the harness does
+// not play (more than one token audience).
+func KubeletOptionsFromCSIDriver(d *storagev1.CSIDriver, o KubeletOptions) (KubeletOptions, error) {
+	o.Driver = d.Name
+	if !slices.Contains(d.Spec.VolumeLifecycleModes, storagev1.VolumeLifecycleEphemeral) {
+		return o, fmt.Errorf("CSIDriver %s: volumeLifecycleModes %v has no Ephemeral: kubelet refuses inline volumes", d.Name, d.Spec.VolumeLifecycleModes)
+	}
+	o.NoPodInfo = d.Spec.PodInfoOnMount == nil || !*d.Spec.PodInfoOnMount
+	switch len(d.Spec.TokenRequests) {
+	case 0:
+		return o, fmt.Errorf("CSIDriver %s: no tokenRequests: kubelet would send no pod token", d.Name)
+	case 1:
+		tr := d.Spec.TokenRequests[0]
+		o.Audience = tr.Audience
+		o.TokenTTL = time.Hour // the API's default when expirationSeconds is unset
+		if tr.ExpirationSeconds != nil {
+			o.TokenTTL = time.Duration(*tr.ExpirationSeconds) * time.Second
+		}
+	default:
+		return o, fmt.Errorf("CSIDriver %s: %d tokenRequests; the harness plays one", d.Name, len(d.Spec.TokenRequests))
+	}
+	return o, nil
 }
 
 // Kubelet plays kubelet against a controller-less apiserver: it owns a Node
@@ -316,7 +357,7 @@ func (k *Kubelet) Publish(ctx context.Context, pod *corev1.Pod, volumeName strin
 	}
 	targetPath = k.TargetPath(pod, volumeName)
 	volumeID, err = k.CSI().Publish(ctx, PublishRequest{
-		Pod: PodInfoOf(pod), Tokens: map[string]Token{k.opts.Audience: tok}, Attributes: attributes,
+		Pod: PodInfoOf(pod), NoPodInfo: k.opts.NoPodInfo, Tokens: map[string]Token{k.opts.Audience: tok}, Attributes: attributes,
 		VolumeName: volumeName, Driver: k.opts.Driver, TargetPath: targetPath,
 	})
 	return volumeID, targetPath, err

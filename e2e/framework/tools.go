@@ -17,6 +17,7 @@ const (
 	ToolEtcd          = "etcd"
 	ToolVault         = "vault"
 	ToolCSISanity     = "csi-sanity"
+	ToolHelm          = "helm"
 )
 
 // versionKeys maps a tool to its key in e2e/tools/versions.env.
@@ -25,6 +26,7 @@ var versionKeys = map[string]string{
 	ToolEtcd:          "ETCD_VERSION",
 	ToolVault:         "VAULT_VERSION",
 	ToolCSISanity:     "CSI_SANITY_VERSION",
+	ToolHelm:          "HELM_VERSION",
 }
 
 const modulePath = "github.com/keywarden/keywarden"

@@ -14,7 +14,7 @@ out_dir="${KEYWARDEN_TOOLS_DIR:-$repo/.bin}"
 mkdir -p "$out_dir"
 out_dir="$(cd "$out_dir" && pwd)"
 
-all=(etcd kube-apiserver vault csi-sanity)
+all=(etcd kube-apiserver vault csi-sanity helm prometheus-operator-crds)
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=("${all[@]}")
 
@@ -35,6 +35,26 @@ build() {
 	echo "tools: built $name $version in $((SECONDS - start))s -> $dst"
 }
 
+# The ServiceMonitor and PrometheusRule CRDs of prometheus-operator, so the chart's optional
+# objects are validated by the apiserver against the real schema. They ship in the operator's
+# Go module (example/prometheus-operator-crd), so the module proxy serves them.
+operator_crds() {
+	local version="$PROMETHEUS_OPERATOR_VERSION"
+	local dst="$out_dir/prometheus-operator-crds-$version.yaml"
+	if [ -f "$dst" ]; then
+		echo "tools: prometheus-operator CRDs $version present ($dst)"
+		return 0
+	fi
+	local dir
+	dir="$(cd "$(mktemp -d)" && go mod download -json "github.com/prometheus-operator/prometheus-operator@$version" |
+		sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+	local src="$dir/example/prometheus-operator-crd"
+	[ -d "$src" ] || { echo "tools: no CRDs in $dir" >&2; return 1; }
+	{ cat "$src/monitoring.coreos.com_servicemonitors.yaml"; echo "---"; cat "$src/monitoring.coreos.com_prometheusrules.yaml"; } >"$dst.tmp.$$"
+	mv -f "$dst.tmp.$$" "$dst"
+	echo "tools: prometheus-operator CRDs $version -> $dst"
+}
+
 k8s_ldflags() {
 	local v="$KUBE_APISERVER_VERSION" minor
 	minor="${v#v1.}"; minor="${minor%%.*}"
@@ -51,6 +71,12 @@ for n in "${names[@]}"; do
 		build vault "$VAULT_VERSION" vault github.com/hashicorp/vault "~8 min on 2 cores" -ldflags "-s -w" ;;
 	csi-sanity)
 		build csi-sanity "$CSI_SANITY_VERSION" csi github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity "~1 min" ;;
+	helm)
+		# Helm v3 (the chart is apiVersion v2, which Helm 3 and 4 both install).
+		build helm "$HELM_VERSION" helm helm.sh/helm/v3/cmd/helm "~2 min on 2 cores" \
+			-ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" ;;
+	prometheus-operator-crds)
+		operator_crds ;;
 	*)
 		echo "tools: unknown tool '$n' (known: ${all[*]})" >&2
 		exit 2 ;;
