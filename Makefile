@@ -18,6 +18,9 @@ BENCHTIME ?= 1s
 export KEYWARDEN_TOOLS_DIR ?= $(CURDIR)/.bin
 E2E_TIMEOUT ?= 45m
 CRDGEN    := object paths=./broker/grant/ crd:crdVersions=v1
+CHART     := deploy/helm/keywarden
+# The chart templates the CRD (so `helm upgrade` upgrades it) from its own copy of deploy/crd.
+CHART_CRD := $(CHART)/files/crd-accessgrants.yaml
 
 .PHONY: help
 help: ## Show this list
@@ -72,10 +75,20 @@ lint: ## gofmt, go vet, staticcheck, buf lint
 	$(GO) tool staticcheck -tags e2e ./e2e/...
 	$(GO) tool buf lint
 
+.PHONY: chart-lint
+chart-lint: ## helm lint --strict and helm template of the chart, defaults and every option on
+	e2e/tools/build.sh helm
+	@helm=$$(source e2e/tools/versions.env && echo "$(KEYWARDEN_TOOLS_DIR)/helm-$$HELM_VERSION"); \
+	for values in "" "-f $(CHART)/ci/all-values.yaml"; do \
+	  $$helm lint --strict $(CHART) $$values; \
+	  $$helm template keywarden $(CHART) --namespace keywarden-system $$values >/dev/null; \
+	done
+
 .PHONY: generate
 generate: ## Regenerate the gRPC code from proto/, the AccessGrant DeepCopy and CRD
 	$(GO) tool buf generate
 	$(GO) tool controller-gen $(CRDGEN) output:crd:dir=deploy/crd
+	cp deploy/crd/keywarden.io_accessgrants.yaml $(CHART_CRD)
 
 .PHONY: generate-check
 generate-check: ## Fail when generated code is out of date
@@ -88,6 +101,8 @@ generate-check: ## Fail when generated code is out of date
 	  if ! diff -q "$$tmp/crd/$$(basename $$f)" "$$f" >/dev/null; then \
 	    diff "$$tmp/crd/$$(basename $$f)" "$$f" | head -40; echo "$$f is stale: run 'make generate'"; exit 1; fi; \
 	done; \
+	if ! diff -q deploy/crd/keywarden.io_accessgrants.yaml $(CHART_CRD) >/dev/null; then \
+	  echo "$(CHART_CRD) differs from deploy/crd: run 'make generate'"; exit 1; fi; \
 	echo "generated code is up to date"
 
 .PHONY: tidy-check
