@@ -52,6 +52,8 @@ type Config struct {
 	Binding BindingChecker
 	// RecheckInterval is how often open watch streams re-check the binding. Default 5s.
 	RecheckInterval time.Duration
+	// Metrics counts access decisions. Nil records nothing.
+	Metrics *Metrics
 }
 
 // BindingChecker tells whether a verified workload's pod is still on this node.
@@ -68,6 +70,7 @@ type Broker struct {
 	clock        clock.WithTicker
 	binding      BindingChecker
 	recheckEvery time.Duration
+	metrics      *Metrics
 
 	grants atomic.Pointer[grant.Set]
 	// mu guards the per-source grant sets and grantsChanged. grantsChanged is closed and
@@ -102,7 +105,7 @@ func New(cfg Config) (*Broker, error) {
 		return nil, err
 	}
 	b := &Broker{verifier: cfg.Verifier, cache: cfg.Cache, audit: cfg.Audit, log: cfg.Logger, clock: cfg.Clock,
-		binding: cfg.Binding, recheckEvery: cfg.RecheckInterval,
+		binding: cfg.Binding, recheckEvery: cfg.RecheckInterval, metrics: cfg.Metrics,
 		sources: map[string]*grant.Set{}, grantsChanged: make(chan struct{})}
 	b.grants.Store(empty)
 	return b, nil
@@ -218,6 +221,7 @@ func (b *Broker) authorize(ctx context.Context, w identity.Workload, name string
 		return grant.Decision{}, newError(ErrInvalidArgument, fmt.Sprintf("invalid secret name: %v", err))
 	}
 	dec := b.grants.Load().Evaluate(requestFor(w, name, d))
+	b.metrics.decision(dec)
 	if !dec.Allowed {
 		ev := withWorkload(audit.Event{Kind: audit.KindDecision, Outcome: audit.OutcomeDeny, Secret: name, Delivery: string(d), Grant: dec.Grant, Reason: dec.Reason}, w)
 		b.audit.Record(ctx, ev)
