@@ -129,6 +129,13 @@ func (g *gate) healthy() {
 	g.mu.Unlock()
 }
 
+// stats returns the queued foreground and background waiters and the slots in use.
+func (g *gate) stats() (fg, bg, inUse int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.fg), len(g.bg), g.inUse
+}
+
 // backoff is a jittered exponential backoff: min·2^(n-1) capped at max, then ±20%.
 func backoff(minD, maxD time.Duration, n int) time.Duration {
 	d := minD

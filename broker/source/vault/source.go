@@ -292,7 +292,9 @@ func (s *Source) send(ctx context.Context, c call) (*response, error) {
 		s.metrics.requests.WithLabelValues(c.class, result(err)).Inc()
 		return nil, err
 	}
+	start := s.clock.Now()
 	resp, err := s.roundTrip(ctx, c)
+	s.metrics.duration.WithLabelValues(c.class).Observe(s.clock.Since(start).Seconds())
 	s.gate.release()
 	s.metrics.requests.WithLabelValues(c.class, result(err)).Inc()
 	var ce *callError
@@ -321,6 +323,13 @@ func (s *Source) setDown(down bool) {
 	case changed:
 		s.log.Info("vault is available again")
 	}
+}
+
+// isDown reports whether the last answer found Vault unavailable.
+func (s *Source) isDown() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.down
 }
 
 // jitter returns a random duration in [0, d].
