@@ -6,8 +6,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // TestDB_Put_diskFull puts the store on a 1 MiB tmpfs and writes until the disk is full: the
@@ -29,6 +31,12 @@ func TestDB_Put_diskFull(t *testing.T) {
 
 	cfg, _ := testConfig(t)
 	cfg.Path = filepath.Join(mnt, "store.db")
+	var commitErrs atomic.Int64 // what the daemon's commit error counter sees
+	cfg.OnCommit = func(_ time.Duration, err error) {
+		if err != nil {
+			commitErrs.Add(1)
+		}
+	}
 	db, err := Open(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -48,6 +56,9 @@ func TestDB_Put_diskFull(t *testing.T) {
 		t.Fatal("the disk never filled: the fault did not fire")
 	}
 	t.Logf("disk full after %d acknowledged writes: %v", len(acked), full)
+	if commitErrs.Load() == 0 {
+		t.Error("OnCommit never saw the failed commit")
+	}
 	if errors.Is(full, ErrCorrupt) {
 		t.Fatalf("a full disk was reported as corruption: %v", full)
 	}

@@ -65,8 +65,14 @@ type Config struct {
 	LockTimeout time.Duration
 	// Logger receives open and quarantine events. Required.
 	Logger *slog.Logger
-	// Clock timestamps quarantined files (default: the real clock).
+	// Clock timestamps quarantined files and times commits (default: the real clock).
 	Clock clock.PassiveClock
+	// OnCommit, when set, is called after every write transaction whose function succeeded,
+	// with the time the transaction took (its function and the commit, fsync included) and
+	// the commit's error (nil, or one of this package's errors). It lets the daemon export
+	// commit latency without this package depending on a metrics library; it must be fast
+	// and must not call methods of the DB.
+	OnCommit func(d time.Duration, err error)
 }
 
 func (c *Config) validate() error {
@@ -114,9 +120,11 @@ func (r Record) LogValue() slog.Value {
 
 // DB is an open store. It is safe for concurrent use.
 type DB struct {
-	path string
-	bdb  *bolt.DB
-	log  *slog.Logger
+	path     string
+	bdb      *bolt.DB
+	log      *slog.Logger
+	clock    clock.PassiveClock
+	onCommit func(time.Duration, error)
 
 	kr       atomic.Pointer[crypto.Keyring]
 	rotateMu sync.Mutex
@@ -155,7 +163,7 @@ func Open(cfg Config) (*DB, error) {
 	if err != nil {
 		return nil, err
 	}
-	db := &DB{path: cfg.Path, bdb: bdb, log: cfg.Logger}
+	db := &DB{path: cfg.Path, bdb: bdb, log: cfg.Logger, clock: cfg.Clock, onCommit: cfg.OnCommit}
 	created, err := db.loadMeta(cfg.KEK)
 	if err != nil {
 		_ = bdb.Close()
@@ -401,7 +409,15 @@ func (db *DB) run(writable bool, fn func(tx *Tx) error) (err error) {
 		return fnErr
 	}
 	if writable {
+		start := db.clock.Now()
 		err = db.bdb.Update(body)
+		if db.onCommit != nil && fnErr == nil {
+			var cerr error
+			if err != nil {
+				cerr = mapBoltErr(err)
+			}
+			db.onCommit(db.clock.Since(start), cerr)
+		}
 	} else {
 		err = db.bdb.View(body)
 	}
