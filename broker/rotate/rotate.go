@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/utils/clock"
@@ -49,6 +50,8 @@ type Engine struct {
 	// gen numbers fetches in the order they start. A result older than the one an entry
 	// already holds is dropped, so a slow fetch can never put an older version back.
 	gen uint64
+	// refreshFailures counts transient refresh failures (Freshness).
+	refreshFailures atomic.Uint64
 }
 
 type entry struct {
@@ -315,6 +318,9 @@ func (e *Engine) Refresh(ctx context.Context, ref source.Ref) error {
 		e.purgeLocked(ref, err, gen)
 	default:
 		// Transient: keep serving the cached value until it expires, retry with backoff.
+		if !errors.Is(err, context.Canceled) {
+			e.refreshFailures.Add(1)
+		}
 		if en := e.entries[ref]; en != nil {
 			en.failures++
 			en.lastErr = safeError(err)
