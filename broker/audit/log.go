@@ -79,6 +79,7 @@ type Log struct {
 	subs   map[*Subscription]struct{}
 
 	written  atomic.Uint64
+	flushes  atomic.Uint64
 	failures atomic.Uint64
 }
 
@@ -233,6 +234,7 @@ func (l *Log) Flush() error {
 			l.log.Error("audit events were dropped because the queue was full", slog.Uint64("dropped", dropped))
 		}
 		l.written.Add(uint64(len(entries)))
+		l.flushes.Add(1)
 		l.publish(entries)
 	}
 }
@@ -326,18 +328,21 @@ func (l *Log) Head() Head {
 
 // Stats are counters for Status.
 type Stats struct {
-	Head     Head
-	First    uint64
-	Pending  int
-	Dropped  uint64
-	Written  uint64
+	Head    Head
+	First   uint64
+	Pending int
+	Dropped uint64
+	Written uint64
+	// Flushes counts batches written (one store transaction each); Failures counts flushes
+	// by Run that failed (the events stay queued and are retried).
+	Flushes  uint64
 	Failures uint64
 }
 
 // Stats returns the log's counters.
 func (l *Log) Stats() Stats {
 	l.flushMu.Lock()
-	st := Stats{Head: l.head, First: l.first, Written: l.written.Load(), Failures: l.failures.Load()}
+	st := Stats{Head: l.head, First: l.first, Written: l.written.Load(), Flushes: l.flushes.Load(), Failures: l.failures.Load()}
 	l.flushMu.Unlock()
 	l.mu.Lock()
 	st.Pending, st.Dropped = len(l.pending), l.dropped
