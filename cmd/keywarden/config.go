@@ -148,24 +148,36 @@ const (
 	defaultTrustDomain = "cluster.local"
 )
 
+// configOverrides are the command-line values that take precedence over the file. They are
+// applied before validation, so a file that leaves a required key to the command line (the
+// node name from the downward API, in a ConfigMap shared by every node) still validates.
+type configOverrides struct {
+	NodeName string
+}
+
 // loadConfigFile reads and validates a config file.
-func loadConfigFile(path string) (config, error) {
+func loadConfigFile(path string, o configOverrides) (config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return config{}, fmt.Errorf("read config: %w", err)
 	}
-	return parseConfig(data)
+	return parseConfigWith(data, o)
 }
 
 // parseConfig decodes a config document strictly (unknown or duplicate keys are errors) and
 // turns it into a typed config.
-func parseConfig(data []byte) (config, error) {
+func parseConfig(data []byte) (config, error) { return parseConfigWith(data, configOverrides{}) }
+
+func parseConfigWith(data []byte, o configOverrides) (config, error) {
 	if len(data) > 1<<20 {
 		return config{}, errors.New("config: file is larger than 1 MiB")
 	}
 	var raw rawConfig
 	if err := yaml.UnmarshalStrict(data, &raw); err != nil {
 		return config{}, fmt.Errorf("config: %w", err)
+	}
+	if o.NodeName != "" {
+		raw.NodeName = o.NodeName
 	}
 	return raw.typed()
 }
@@ -194,8 +206,11 @@ func (r rawConfig) typed() (config, error) {
 		errs = append(errs, fmt.Errorf("config: %s: %s", field, fmt.Sprintf(format, args...)))
 	}
 	var err error
-	if c.SocketMode, err = parseMode(r.Socket.Mode, 0o660); err != nil || c.SocketMode&0o117 != 0 {
-		fail("socket.mode", "want an octal mode no wider than 0660, such as \"0660\" or \"0600\"; got %q", r.Socket.Mode)
+	// Every workload call carries a pod-bound token that is verified before anything else, so
+	// the socket's mode is not the access control; 0666 lets pods that do not run as root (most)
+	// use the socket bound into their volume. Execute bits mean nothing on a socket: refused.
+	if c.SocketMode, err = parseMode(r.Socket.Mode, 0o660); err != nil || c.SocketMode&0o111 != 0 {
+		fail("socket.mode", "want an octal mode no wider than 0666, such as \"0666\" (pods as any user) or \"0660\"; got %q", r.Socket.Mode)
 	}
 	if c.AdminSocketMode, err = parseMode(r.AdminSocket.Mode, 0o600); err != nil || c.AdminSocketMode&0o177 != 0 {
 		fail("adminSocket.mode", "the admin socket must be owner-only: use \"0600\"; got %q", r.AdminSocket.Mode)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -27,6 +28,36 @@ func TestParseConfig_defaults(t *testing.T) {
 	}
 }
 
+func TestParseConfig_nodeNameFromCommandLine(t *testing.T) {
+	// A ConfigMap shared by every node has no nodeName; the DaemonSet passes --node-name.
+	doc := strings.Replace(minimalConfig, "nodeName: node-1\n", "", 1) + "csi: {socket: /csi.sock}\n"
+	if _, err := parseConfig([]byte(doc)); err == nil || !strings.Contains(err.Error(), "nodeName") {
+		t.Fatalf("without --node-name: err = %v, want the nodeName error", err)
+	}
+	c, err := parseConfigWith([]byte(doc), configOverrides{NodeName: "node-7"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.NodeName != "node-7" {
+		t.Fatalf("NodeName = %q, want node-7", c.NodeName)
+	}
+	c, err = parseConfigWith([]byte(minimalConfig), configOverrides{NodeName: "node-7"})
+	if err != nil || c.NodeName != "node-7" {
+		t.Fatalf("override of a file value: %q, %v", c.NodeName, err)
+	}
+}
+
+func TestCSIAudience_firstIdentityAudience(t *testing.T) {
+	for _, tc := range []struct {
+		in   []string
+		want string
+	}{{nil, ""}, {[]string{"kw-prod"}, "kw-prod"}, {[]string{"a", "b"}, "a"}} {
+		if got := csiAudience(tc.in); got != tc.want {
+			t.Errorf("csiAudience(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
 func TestParseConfig_badInput(t *testing.T) {
 	tests := []struct {
 		name, doc, want string
@@ -39,7 +70,8 @@ func TestParseConfig_badInput(t *testing.T) {
 		{"missing issuer", "identity: {jwksFile: /x}\n", "identity.issuer: is required"},
 		{"no keys", "identity: {issuer: x}\n", "set exactly one of"},
 		{"both keys", "identity: {issuer: x, jwksFile: /a, devIssuerKeyFile: /b}\n", "set exactly one of"},
-		{"world socket", minimalConfig + "socket: {mode: \"0666\"}\n", "socket.mode"},
+		{"executable socket", minimalConfig + "socket: {mode: \"0777\"}\n", "socket.mode"},
+		{"world-executable socket", minimalConfig + "socket: {mode: \"0661\"}\n", "socket.mode"},
 		{"bad mode", minimalConfig + "socket: {mode: \"rw\"}\n", "socket.mode"},
 		{"group admin socket", minimalConfig + "adminSocket: {mode: \"0660\"}\n", "adminSocket.mode"},
 		{"relative data dir", minimalConfig + "dataDir: data\n", "dataDir: must be an absolute path"},
@@ -78,7 +110,7 @@ func FuzzParseConfig(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if c.SocketMode&0o117 != 0 || c.AdminSocketMode&0o177 != 0 || c.Issuer == "" {
+		if c.SocketMode&0o111 != 0 || c.AdminSocketMode&0o177 != 0 || c.Issuer == "" {
 			t.Fatalf("accepted an unsafe config: %+v", c)
 		}
 	})
@@ -104,5 +136,36 @@ func TestParseConfig_identityBadInput(t *testing.T) {
 	c, err := parseConfig([]byte("identity: {issuer: x, mode: tokenreview, nodeBinding: false}\n"))
 	if err != nil || c.IdentityMode != identityModeTokenReview || c.NodeBinding {
 		t.Fatalf("tokenreview without binding: %+v %v", c.identityRemote, err)
+	}
+}
+
+func TestServe_check(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, doc string) string {
+		p := dir + "/" + name
+		if err := os.WriteFile(p, []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	shared := write("shared.yaml", strings.Replace(minimalConfig, "nodeName: node-1\n", "", 1)+"csi: {socket: /csi.sock}\n")
+	for _, tc := range []struct {
+		name     string
+		args     []string
+		wantCode int
+		wantOut  string
+	}{
+		{"valid", []string{"serve", "--check", "--config", write("ok.yaml", minimalConfig)}, 0, "is valid"},
+		{"node name from the command line", []string{"serve", "--check", "--config", shared, "--node-name", "n1"}, 0, "is valid"},
+		{"node name missing", []string{"serve", "--check", "--config", shared}, 1, "nodeName: is required"},
+		{"unknown key", []string{"serve", "--check", "--config", write("typo.yaml", minimalConfig+"grnts: {}\n")}, 1, `unknown field "grnts"`},
+		{"missing file", []string{"serve", "--check", "--config", dir + "/none.yaml"}, 1, "read config"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, errOut, code := cli(t, "", tc.args...)
+			if code != tc.wantCode || !strings.Contains(out+errOut, tc.wantOut) {
+				t.Fatalf("exit %d, stdout %q, stderr %q; want exit %d and %q", code, out, errOut, tc.wantCode, tc.wantOut)
+			}
+		})
 	}
 }

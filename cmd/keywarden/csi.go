@@ -105,6 +105,7 @@ func (d *daemon) setupCSI(log *slog.Logger, pods *identity.PodIndex) error {
 	cfg := csi.Config{
 		Broker: d.broker, Store: d.cache, Mounter: mounter, KubeletRoot: d.cfg.CSIKubeletRoot, NodeID: d.cfg.NodeName,
 		DriverName: d.cfg.CSIDriverName, APISocket: d.cfg.Socket, Metrics: metrics, Logger: log,
+		Audience: csiAudience(d.cfg.Audiences),
 	}
 	if pods != nil {
 		cfg.Pods = pods
@@ -134,4 +135,14 @@ func (c *csiParts) run(ctx context.Context) error {
 	g.Go(func() error { return c.driver.Run(gctx) })
 	g.Go(func() error { return server.Serve(gctx, csi.NewGRPCServer(c.driver), c.lis, 5*time.Second) })
 	return g.Wait()
+}
+
+// csiAudience is the audience of the pod token the driver takes from kubelet's token map: the
+// first of identity.audiences, the one the CSIDriver object's tokenRequests names (the chart
+// renders both from the same value). Empty means the driver's default.
+func csiAudience(audiences []string) string {
+	if len(audiences) == 0 {
+		return ""
+	}
+	return audiences[0]
 }

@@ -1,11 +1,14 @@
 package main
 
 import (
+	"fmt"
+
 	"github.com/spf13/cobra"
 )
 
 func newServeCommand(g *globals) *cobra.Command {
-	var configPath, healthAddr string
+	var configPath, healthAddr, nodeName string
+	var check bool
 	cmd := &cobra.Command{
 		Use:   "serve --config FILE",
 		Short: "Run the node daemon",
@@ -16,8 +19,12 @@ rejected). The README's Configuration section lists every key.`,
 			if configPath == "" {
 				return usagef("--config is required")
 			}
-			cfg, err := loadConfigFile(configPath)
+			cfg, err := loadConfigFile(configPath, configOverrides{NodeName: nodeName})
 			if err != nil {
+				return err
+			}
+			if check {
+				_, err := fmt.Fprintf(g.stdout, "config %s is valid\n", configPath)
 				return err
 			}
 			if healthAddr != "" {
@@ -27,6 +34,8 @@ rejected). The README's Configuration section lists every key.`,
 		},
 	}
 	cmd.Flags().StringVar(&configPath, "config", "", "config file (required)")
+	cmd.Flags().BoolVar(&check, "check", false, "validate the config (with the other flags applied) and exit: 0 when it would start, 1 with every problem listed")
+	cmd.Flags().StringVar(&nodeName, "node-name", "", "this node's name (the DaemonSet passes spec.nodeName from the downward API); overrides nodeName")
 	cmd.Flags().StringVar(&healthAddr, "health-addr", "", "serve /healthz, /readyz and /metrics on host:port (\"off\" to disable); overrides health.addr")
 	return cmd
 }
