@@ -18,15 +18,19 @@ const (
 	ToolVault         = "vault"
 	ToolCSISanity     = "csi-sanity"
 	ToolHelm          = "helm"
+	// ToolPrometheusOperatorCRDs is a YAML file (ServiceMonitor and PrometheusRule CRDs), not
+	// a program: see ToolFile.
+	ToolPrometheusOperatorCRDs = "prometheus-operator-crds"
 )
 
 // versionKeys maps a tool to its key in e2e/tools/versions.env.
 var versionKeys = map[string]string{
-	ToolKubeAPIServer: "KUBE_APISERVER_VERSION",
-	ToolEtcd:          "ETCD_VERSION",
-	ToolVault:         "VAULT_VERSION",
-	ToolCSISanity:     "CSI_SANITY_VERSION",
-	ToolHelm:          "HELM_VERSION",
+	ToolKubeAPIServer:          "KUBE_APISERVER_VERSION",
+	ToolEtcd:                   "ETCD_VERSION",
+	ToolVault:                  "VAULT_VERSION",
+	ToolCSISanity:              "CSI_SANITY_VERSION",
+	ToolHelm:                   "HELM_VERSION",
+	ToolPrometheusOperatorCRDs: "PROMETHEUS_OPERATOR_VERSION",
 }
 
 const modulePath = "github.com/keywarden/keywarden"
@@ -123,6 +127,18 @@ func parseVersions(b []byte, key string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("no %s line", key)
+}
+
+// ToolFile returns a cached data file of the tools dir (<name>-<version>.yaml), failing the
+// test when e2e/tools/build.sh has not fetched it.
+func ToolFile(t testing.TB, name string) string {
+	t.Helper()
+	version := ToolVersion(t, name)
+	p := filepath.Join(ToolsDir(t), name+"-"+version+".yaml")
+	if st, err := os.Stat(p); err != nil || !st.Mode().IsRegular() {
+		t.Fatalf("%v: %s %s not found at %s (e2e/tools/build.sh %s)", ErrToolMissing, name, version, p, name)
+	}
+	return p
 }
 
 // ToolPath returns the cached binary of a tool, failing the test (never
