@@ -32,6 +32,14 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		writeSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "keywarden_csi_write_seconds",
 			Help: "Time to write a volume's files atomically.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}),
 	}
+	// Every label value exists at zero from the start, so the dashboard's rates are defined
+	// before the first publish.
+	for _, r := range []string{resultOK, resultRepublished, resultStale, resultInvalid, resultDenied, resultUnavailable, resultError} {
+		m.publishes.WithLabelValues(r)
+	}
+	for _, r := range []string{"ok", "error"} {
+		m.rotationWrites.WithLabelValues(r)
+	}
 	for _, c := range []prometheus.Collector{m.volumes, m.publishes, m.rotationWrites, m.writeSeconds} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

@@ -15,6 +15,16 @@ type Metrics struct {
 	cachedState   prometheus.Gauge
 }
 
+// verifyReasons are the Reason… constants: the only reason label values.
+var verifyReasons = []string{
+	ReasonTooLarge, ReasonMalformed, ReasonUnsupportedAlgorithm, ReasonMissingKeyID, ReasonUnknownKeyID,
+	ReasonKeyMismatch, ReasonBadSignature, ReasonDuplicateClaim, ReasonLegacyToken, ReasonWrongIssuer,
+	ReasonMissingAudience, ReasonWrongAudience, ReasonMissingExp, ReasonMissingIat, ReasonExpired,
+	ReasonIssuedInFuture, ReasonNotYetValid, ReasonLifetimeTooLong, ReasonInvalidLifetime, ReasonInvalidNamespace,
+	ReasonInvalidSA, ReasonSubjectMismatch, ReasonNoPodBinding, ReasonInvalidPod, ReasonInvalidNode,
+	ReasonOtherNode, ReasonPodNotOnNode, ReasonPodMismatch, ReasonRejectedByReview,
+}
+
 // NewMetrics registers the identity metrics with reg.
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{
@@ -34,6 +44,17 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Namespace: "keywarden", Subsystem: "identity", Name: "apiserver_unreachable",
 			Help: "1 while the pod informer cannot reach the apiserver and pod checks run on cached state.",
 		}),
+	}
+	// Every label combination exists at zero from the start, so the dashboard's rates and the
+	// alerts have series before the first token arrives.
+	for _, r := range []string{"ok", "unavailable", "error"} {
+		m.verifications.WithLabelValues(r, "")
+	}
+	for _, r := range verifyReasons {
+		m.verifications.WithLabelValues("invalid", r)
+	}
+	for _, r := range []string{"ok", "error"} {
+		m.jwksRefreshes.WithLabelValues(r)
 	}
 	for _, c := range []prometheus.Collector{m.verifications, m.cacheHits, m.jwksRefreshes, m.cachedState} {
 		if err := reg.Register(c); err != nil {

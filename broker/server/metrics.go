@@ -4,7 +4,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+
+	keywardenv1 "github.com/keywarden/keywarden/proto/keywarden/v1"
 )
 
 // Metrics are the gRPC server's Prometheus metrics. Labels hold only method names and status
@@ -27,6 +30,12 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5, 30, 300},
 		}, []string{"method"}),
 	}
+	// Every method's OK series and histogram exist from the start, so rates and ratios are
+	// defined before the first call (other codes appear when they first happen).
+	for _, method := range fullMethods(&keywardenv1.SecretService_ServiceDesc, &keywardenv1.AdminService_ServiceDesc) {
+		m.requests.WithLabelValues(method, codes.OK.String())
+		m.duration.WithLabelValues(method)
+	}
 	for _, c := range []prometheus.Collector{m.requests, m.duration} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
@@ -41,4 +50,18 @@ func (m *Metrics) observe(method string, code codes.Code, d time.Duration) {
 	}
 	m.requests.WithLabelValues(method, code.String()).Inc()
 	m.duration.WithLabelValues(method).Observe(d.Seconds())
+}
+
+// fullMethods lists the services' methods as interceptors see them ("/pkg.Service/Method").
+func fullMethods(descs ...*grpc.ServiceDesc) []string {
+	var out []string
+	for _, d := range descs {
+		for _, m := range d.Methods {
+			out = append(out, "/"+d.ServiceName+"/"+m.MethodName)
+		}
+		for _, s := range d.Streams {
+			out = append(out, "/"+d.ServiceName+"/"+s.StreamName)
+		}
+	}
+	return out
 }
