@@ -72,8 +72,15 @@ func newDaemon(cfg config, log *slog.Logger) (_ *daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// Metrics are registered here, before anything that records them is built.
+	d.metrics = prometheus.NewRegistry()
+	d.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	commits, err := newStoreMetrics(d.metrics) // metrics.go
+	if err != nil {
+		return nil, err
+	}
 	statePath := filepath.Join(cfg.DataDir, stateFile)
-	d.state, err = store.Open(store.Config{Path: statePath, KEK: kek, LockTimeout: cfg.LockTimeout, Logger: log})
+	d.state, err = store.Open(store.Config{Path: statePath, KEK: kek, LockTimeout: cfg.LockTimeout, Logger: log, OnCommit: commits.onCommit(storeState)})
 	switch {
 	case errors.Is(err, store.ErrUnreadable), errors.Is(err, store.ErrCorrupt):
 		// This file is the only copy of the embedded secrets and admin grants: never
@@ -82,14 +89,11 @@ func newDaemon(cfg config, log *slog.Logger) (_ *daemon, err error) {
 	case err != nil:
 		return nil, kekUnavailable(err, statePath, cfg.KEKProvider) // kek.go
 	}
-	d.cache, _, err = store.OpenOrQuarantine(store.Config{Path: filepath.Join(cfg.DataDir, cacheFile), KEK: kek, LockTimeout: cfg.LockTimeout, Logger: log})
+	d.cache, _, err = store.OpenOrQuarantine(store.Config{Path: filepath.Join(cfg.DataDir, cacheFile), KEK: kek, LockTimeout: cfg.LockTimeout, Logger: log, OnCommit: commits.onCommit(storeCache)})
 	if err != nil {
 		return nil, kekUnavailable(err, filepath.Join(cfg.DataDir, cacheFile), cfg.KEKProvider) // kek.go
 	}
 
-	// Metrics are registered here, before anything that records them is built.
-	d.metrics = prometheus.NewRegistry()
-	d.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	idMetrics, err := identity.NewMetrics(d.metrics)
 	if err != nil {
 		return nil, err
@@ -121,7 +125,17 @@ func newDaemon(cfg config, log *slog.Logger) (_ *daemon, err error) {
 	if d.engine, err = rotate.New(rotate.Config{Sources: sources, Logger: log.With(slog.String("component", "rotate")), PollInterval: cfg.PollInterval}); err != nil {
 		return nil, err
 	}
+	if err := d.metrics.Register(newFreshnessCollector(d.engine)); err != nil { // metrics.go
+		return nil, err
+	}
 	rec, err := d.auditRecorder(log) // admin_wiring.go: the hash-chained audit log in state.db
+	if err != nil {
+		return nil, err
+	}
+	if err := d.metrics.Register(newAuditCollector(d.i7.audit)); err != nil { // metrics.go
+		return nil, err
+	}
+	brokerMetrics, err := broker.NewMetrics(d.metrics)
 	if err != nil {
 		return nil, err
 	}
@@ -131,6 +145,7 @@ func newDaemon(cfg config, log *slog.Logger) (_ *daemon, err error) {
 		Cache:    d.engine,
 		Audit:    rec,
 		Logger:   log.With(slog.String("component", "broker")),
+		Metrics:  brokerMetrics,
 	}); err != nil {
 		return nil, err
 	}
@@ -180,6 +195,9 @@ func (d *daemon) run(ctx context.Context, version string, onReady func()) error 
 	reg := d.metrics
 	metrics, err := server.NewMetrics(reg)
 	if err != nil {
+		return err
+	}
+	if err := registerBuildInfo(reg, version); err != nil { // metrics.go
 		return err
 	}
 	limits := server.Limits{MaxRecvMsgSize: d.cfg.MaxRecvMsgSize, MaxConcurrentStreams: d.cfg.MaxConcurrentStreams}

@@ -1,0 +1,158 @@
+package main
+
+import (
+	"math"
+	"runtime"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keywarden/keywarden/broker/audit"
+	"github.com/keywarden/keywarden/broker/rotate"
+)
+
+// The metrics of parts that do not depend on a metrics library (store, audit log, rotation
+// engine) are adapted here, from their hooks and stats. docs/metrics.md lists every metric the
+// daemon exports; the Grafana dashboard and the alert rules in deploy/helm/keywarden/files
+// use them (e2e/metrics_test.go checks that every name they use exists).
+
+// Store names: the only values of the db label.
+const (
+	storeState = "state"
+	storeCache = "cache"
+)
+
+// storeMetrics time the commits of the two stores.
+type storeMetrics struct {
+	duration *prometheus.HistogramVec
+	errors   *prometheus.CounterVec
+}
+
+func newStoreMetrics(reg prometheus.Registerer) (*storeMetrics, error) {
+	m := &storeMetrics{
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "keywarden", Subsystem: "store", Name: "commit_duration_seconds",
+			Help:    "Duration of write transactions (fsync included) by store (state, cache).",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+		}, []string{"db"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "keywarden", Subsystem: "store", Name: "commit_errors_total",
+			Help: "Write transactions whose commit failed (disk full, I/O error, store closed), by store.",
+		}, []string{"db"}),
+	}
+	for _, db := range []string{storeState, storeCache} {
+		m.duration.WithLabelValues(db)
+		m.errors.WithLabelValues(db)
+	}
+	for _, c := range []prometheus.Collector{m.duration, m.errors} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// onCommit is the store.Config.OnCommit hook of one store.
+func (m *storeMetrics) onCommit(db string) func(time.Duration, error) {
+	h, e := m.duration.WithLabelValues(db), m.errors.WithLabelValues(db)
+	return func(d time.Duration, err error) {
+		h.Observe(d.Seconds())
+		if err != nil {
+			e.Inc()
+		}
+	}
+}
+
+// freshnessSource is the part of the rotation engine the freshness metrics read.
+type freshnessSource interface {
+	Freshness() rotate.Freshness
+}
+
+var _ freshnessSource = (*rotate.Engine)(nil)
+
+// freshnessCollector exports the cache's freshness as aggregates: no secret names, paths or
+// references, so a label can never leak what a node serves.
+type freshnessCollector struct {
+	src                                 freshnessSource
+	cached, stale, oldest, expiry, fail *prometheus.Desc
+}
+
+func newFreshnessCollector(src freshnessSource) *freshnessCollector {
+	d := func(name, help string) *prometheus.Desc { return prometheus.NewDesc(name, help, nil, nil) }
+	return &freshnessCollector{
+		src:    src,
+		cached: d("keywarden_secrets_cached", "Secrets with a value in the node's cache."),
+		stale:  d("keywarden_secrets_stale", "Cached secrets served after their last refresh failed (each only until its own expiry)."),
+		oldest: d("keywarden_secret_oldest_age_seconds", "Age of the oldest cached value, since it was fetched (0 when nothing is cached)."),
+		expiry: d("keywarden_secret_expiry_min_seconds", "Shortest time until a cached value expires (+Inf when no cached value has an expiry)."),
+		fail:   d("keywarden_secret_refresh_failures_total", "Refreshes of cached secrets that failed transiently (the cached value stays in service until it expires)."),
+	}
+}
+
+func (c *freshnessCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.cached, c.stale, c.oldest, c.expiry, c.fail} {
+		ch <- d
+	}
+}
+
+func (c *freshnessCollector) Collect(ch chan<- prometheus.Metric) {
+	f := c.src.Freshness()
+	expiry := math.Inf(1)
+	if f.ExpiryKnown {
+		expiry = f.MinTimeToExpiry.Seconds()
+	}
+	ch <- prometheus.MustNewConstMetric(c.cached, prometheus.GaugeValue, float64(f.Cached))
+	ch <- prometheus.MustNewConstMetric(c.stale, prometheus.GaugeValue, float64(f.Stale))
+	ch <- prometheus.MustNewConstMetric(c.oldest, prometheus.GaugeValue, f.OldestAge.Seconds())
+	ch <- prometheus.MustNewConstMetric(c.expiry, prometheus.GaugeValue, expiry)
+	ch <- prometheus.MustNewConstMetric(c.fail, prometheus.CounterValue, float64(f.RefreshFailures))
+}
+
+// auditStats is the part of the audit log the audit metrics read.
+type auditStats interface {
+	Stats() audit.Stats
+}
+
+var _ auditStats = (*audit.Log)(nil)
+
+// auditCollector exports the audit log's queue and flush outcomes.
+type auditCollector struct {
+	src                       auditStats
+	backlog, flushes, dropped *prometheus.Desc
+}
+
+func newAuditCollector(src auditStats) *auditCollector {
+	return &auditCollector{
+		src: src,
+		backlog: prometheus.NewDesc("keywarden_audit_backlog_entries",
+			"Audit events waiting to be written to the state store.", nil, nil),
+		flushes: prometheus.NewDesc("keywarden_audit_flushes_total",
+			"Audit log flushes by result: ok (one batch written) or error (the store refused; events stay queued).", []string{"result"}, nil),
+		dropped: prometheus.NewDesc("keywarden_audit_dropped_pending",
+			"Audit events dropped because the queue was full, not yet recorded as a drop notice in the log.", nil, nil),
+	}
+}
+
+func (c *auditCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.backlog
+	ch <- c.flushes
+	ch <- c.dropped
+}
+
+func (c *auditCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.src.Stats()
+	ch <- prometheus.MustNewConstMetric(c.backlog, prometheus.GaugeValue, float64(st.Pending))
+	ch <- prometheus.MustNewConstMetric(c.flushes, prometheus.CounterValue, float64(st.Flushes), "ok")
+	ch <- prometheus.MustNewConstMetric(c.flushes, prometheus.CounterValue, float64(st.Failures), "error")
+	ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.GaugeValue, float64(st.Dropped))
+}
+
+// registerBuildInfo exports keywarden_build_info{version,goversion} = 1.
+func registerBuildInfo(reg prometheus.Registerer, version string) error {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "keywarden", Name: "build_info",
+		Help: "Always 1; the labels say which build runs.",
+	}, []string{"version", "goversion"})
+	g.WithLabelValues(version, runtime.Version()).Set(1)
+	return reg.Register(g)
+}
