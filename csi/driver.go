@@ -259,7 +259,11 @@ func (d *Driver) checkTarget(target, podUID string) error {
 // the old files and succeeds.
 func (d *Driver) Publish(ctx context.Context, r PublishRequest) (err error) {
 	result := resultError
-	defer func() { d.metrics.publishes.WithLabelValues(result).Inc() }()
+	began := time.Now()
+	defer func() {
+		d.metrics.publishes.WithLabelValues(result).Inc()
+		d.metrics.publishSeconds.Observe(time.Since(began).Seconds())
+	}()
 	vc, err := ParseVolumeContext(r.VolumeContext, d.cfg.Audience)
 	if err != nil {
 		result = resultInvalid

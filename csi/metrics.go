@@ -19,6 +19,7 @@ type Metrics struct {
 	publishes      *prometheus.CounterVec
 	rotationWrites *prometheus.CounterVec
 	writeSeconds   prometheus.Histogram
+	publishSeconds prometheus.Histogram
 }
 
 // NewMetrics registers the driver's metrics on reg.
@@ -31,6 +32,9 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Volume rewrites after a secret changed, by result (ok, error)."}, []string{"result"}),
 		writeSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "keywarden_csi_write_seconds",
 			Help: "Time to write a volume's files atomically.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}),
+		publishSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "keywarden_csi_publish_duration_seconds",
+			Help:    "NodePublishVolume duration, whatever the result (first publishes include fetching the secrets).",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}}),
 	}
 	// Every label value exists at zero from the start, so the dashboard's rates are defined
 	// before the first publish.
@@ -40,7 +44,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	for _, r := range []string{"ok", "error"} {
 		m.rotationWrites.WithLabelValues(r)
 	}
-	for _, c := range []prometheus.Collector{m.volumes, m.publishes, m.rotationWrites, m.writeSeconds} {
+	for _, c := range []prometheus.Collector{m.volumes, m.publishes, m.rotationWrites, m.writeSeconds, m.publishSeconds} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

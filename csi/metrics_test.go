@@ -20,10 +20,11 @@ func TestMetrics_NewMetrics_resultsPreinitialised(t *testing.T) {
 		got[mf.GetName()] = len(mf.GetMetric())
 	}
 	want := map[string]int{
-		"keywarden_csi_publishes_total":       7,
-		"keywarden_csi_rotation_writes_total": 2,
-		"keywarden_csi_volumes":               1,
-		"keywarden_csi_write_seconds":         1,
+		"keywarden_csi_publishes_total":          7,
+		"keywarden_csi_rotation_writes_total":    2,
+		"keywarden_csi_volumes":                  1,
+		"keywarden_csi_write_seconds":            1,
+		"keywarden_csi_publish_duration_seconds": 1,
 	}
 	for name, n := range want {
 		if got[name] != n {
