@@ -67,10 +67,11 @@ fuzz: ## Run every fuzz target for FUZZTIME each (default 10s)
 	done
 
 .PHONY: lint
-lint: ## gofmt, go vet, staticcheck, buf lint
+lint: ## gofmt, go vet (also of e2e/tools/prom), staticcheck, buf lint
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); if [[ -n "$$out" ]]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 	$(GO) vet -tags e2e ./e2e/...
+	cd e2e/tools/prom && $(GO) vet ./...
 	$(GO) tool staticcheck $(PKGS)
 	$(GO) tool staticcheck -tags e2e ./e2e/...
 	$(GO) tool buf lint
