@@ -17,6 +17,9 @@ BENCHTIME ?= 1s
 # so builds survive between runs on the same machine.
 export KEYWARDEN_TOOLS_DIR ?= $(CURDIR)/.bin
 E2E_TIMEOUT ?= 45m
+# deploy/image's test builds the daemon: on a cold build cache and 2 busy cores that alone can
+# approach go test's default 10 minutes.
+UNIT_TIMEOUT ?= 25m
 CRDGEN    := object paths=./broker/grant/ crd:crdVersions=v1
 CHART     := deploy/helm/keywarden
 # The chart templates the CRD (so `helm upgrade` upgrades it) from its own copy of deploy/crd.
@@ -39,7 +42,7 @@ test: lint generate-check unit e2e ## Everything CI runs: lint, generated code, 
 
 .PHONY: unit
 unit: ## Unit and in-process integration tests with -race
-	$(GOTEST) $(PKGS)
+	$(GOTEST) -timeout $(UNIT_TIMEOUT) $(PKGS)
 
 .PHONY: tools
 tools: ## Install PostgreSQL and build the missing e2e servers (first time ~20-45 min on 2 cores)
