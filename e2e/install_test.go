@@ -138,6 +138,9 @@ func TestInstall_chartLintTemplateAndSchema(t *testing.T) {
 			{[]string{"config.rotation.pollInterval=often"}, "at '/config/rotation/pollInterval': 'often' does not match pattern"},
 			{[]string{"image.digest=latest"}, "at '/image/digest': 'latest' does not match pattern"},
 			{[]string{"tolerance=1"}, "additional properties 'tolerance' not allowed"},
+			{[]string{"config.identity.leeway=90s"}, "at '/config/identity/leeway': '90s' does not match pattern"},
+			{[]string{"config.identity.discoveryURL=http://kubernetes.default.svc"}, "at '/config/identity/discoveryURL'"},
+			{[]string{"config.csi.tmpfsSize=4Gi"}, "at '/config/csi/tmpfsSize'"},
 		} {
 			args := []string{"template", chartRelease, chart, "--namespace", chartNamespace}
 			for _, s := range tc.set {
@@ -161,6 +164,32 @@ func TestInstall_chartLintTemplateAndSchema(t *testing.T) {
 		out, err := exec.Command(framework.DaemonBinary(t), "serve", "--check", "--config", cfgFile, "--node-name", "n").CombinedOutput()
 		if err == nil || !strings.Contains(string(out), `unknown field "rotaton"`) {
 			t.Fatalf("serve --check: %v\n%s\nwant the unknown-field error", err, out)
+		}
+	})
+
+	t.Run("the daemon's token goes only to the in-cluster apiserver's key endpoints", func(t *testing.T) {
+		for _, tc := range []struct {
+			set  []string
+			want string // bearerTokenFile in the rendered config; empty: none
+		}{
+			{nil, "/var/run/secrets/kubernetes.io/serviceaccount/token"},
+			{[]string{"config.identity.discoveryURL=", "config.identity.jwksURL=https://kubernetes.default.svc.cluster.local:443/openid/v1/jwks"}, "/var/run/secrets/kubernetes.io/serviceaccount/token"},
+			{[]string{"config.identity.discoveryURL=https://oidc.eks.example.com/id/ABC"}, ""},
+			{[]string{"config.identity.discoveryURL=https://kubernetes.default.svc.attacker.example"}, ""},
+			{[]string{"config.identity.discoveryURL=https://oidc.example.com", "config.identity.bearerTokenFile=/etc/keywarden/oidc/token"}, "/etc/keywarden/oidc/token"},
+		} {
+			var cfg struct {
+				Identity struct {
+					BearerTokenFile string `json:"bearerTokenFile"`
+				} `json:"identity"`
+			}
+			objs := framework.RenderChart(t, framework.ChartOptions{Chart: chart, Set: tc.set})
+			if err := yaml.Unmarshal([]byte(renderedConfig(t, objs)), &cfg); err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Identity.BearerTokenFile != tc.want {
+				t.Errorf("--set %v: identity.bearerTokenFile = %q, want %q", tc.set, cfg.Identity.BearerTokenFile, tc.want)
+			}
 		}
 	})
 

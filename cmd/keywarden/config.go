@@ -12,6 +12,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"sigs.k8s.io/yaml"
+
+	"github.com/keywarden/keywarden/broker/identity"
 )
 
 // rawConfig is the config file as written by an operator. Unknown keys are rejected.
@@ -274,6 +276,14 @@ func (r rawConfig) typed() (config, error) {
 	r.typedI7(&c, fail)
 	r.typedVault(&c, fail)
 	r.typedCSI(&c, fail)
+	// Checked here rather than only when the parts are built, so `serve --check` (and the
+	// chart's test of its rendered config) catches them before a pod crashloops.
+	if c.Leeway > identity.MaxLeeway {
+		fail("identity.leeway", "at most %s; got %s", identity.MaxLeeway, c.Leeway)
+	}
+	if !c.LocalSource && c.Vault == nil {
+		fail("sources", "no secret source is enabled: set sources.local.enabled or the vault section")
+	}
 	return c, errors.Join(errs...)
 }
 

@@ -70,6 +70,8 @@ func TestParseConfig_badInput(t *testing.T) {
 		{"missing issuer", "identity: {jwksFile: /x}\n", "identity.issuer: is required"},
 		{"no keys", "identity: {issuer: x}\n", "set exactly one of"},
 		{"both keys", "identity: {issuer: x, jwksFile: /a, devIssuerKeyFile: /b}\n", "set exactly one of"},
+		{"leeway above 60s", strings.Replace(minimalConfig, "identity:\n", "identity:\n  leeway: 90s\n", 1), "identity.leeway: at most 1m0s"},
+		{"no source", strings.Replace(minimalConfig, "sources:\n  local: {enabled: true}\n", "", 1), "no secret source is enabled"},
 		{"executable socket", minimalConfig + "socket: {mode: \"0777\"}\n", "socket.mode"},
 		{"world-executable socket", minimalConfig + "socket: {mode: \"0661\"}\n", "socket.mode"},
 		{"bad mode", minimalConfig + "socket: {mode: \"rw\"}\n", "socket.mode"},
@@ -133,7 +135,7 @@ func TestParseConfig_identityBadInput(t *testing.T) {
 			}
 		})
 	}
-	c, err := parseConfig([]byte("identity: {issuer: x, mode: tokenreview, nodeBinding: false}\n"))
+	c, err := parseConfig([]byte("identity: {issuer: x, mode: tokenreview, nodeBinding: false}\nsources: {local: {enabled: true}}\n"))
 	if err != nil || c.IdentityMode != identityModeTokenReview || c.NodeBinding {
 		t.Fatalf("tokenreview without binding: %+v %v", c.identityRemote, err)
 	}
@@ -167,5 +169,12 @@ func TestServe_check(t *testing.T) {
 				t.Fatalf("exit %d, stdout %q, stderr %q; want exit %d and %q", code, out, errOut, tc.wantCode, tc.wantOut)
 			}
 		})
+	}
+}
+
+func TestParseConfig_socketModeForPodsOfAnyUID(t *testing.T) {
+	c, err := parseConfig([]byte(minimalConfig + "socket: {mode: \"0666\"}\n"))
+	if err != nil || c.SocketMode != 0o666 {
+		t.Fatalf("socket mode 0666: %v, %v", c.SocketMode, err)
 	}
 }

@@ -65,7 +65,15 @@ app.kubernetes.io/part-of: keywarden
 {{- $_ := set $id "discoveryURL" (required "config.identity.discoveryURL or config.identity.jwksURL is required in jwt mode" $c.identity.discoveryURL) -}}
 {{- end -}}
 {{- with $c.identity.caFile }}{{ $_ := set $id "caFile" . }}{{ end -}}
-{{- with $c.identity.bearerTokenFile }}{{ $_ := set $id "bearerTokenFile" . }}{{ end -}}
+{{- /* The daemon's token authenticates it to the apiserver: send it to the key endpoints only
+     when they are the in-cluster apiserver (or the operator names a token file), never to an
+     external OIDC host such as a cloud provider's issuer. */ -}}
+{{- $keysURL := default $c.identity.discoveryURL $c.identity.jwksURL -}}
+{{- if $c.identity.bearerTokenFile -}}
+{{- $_ := set $id "bearerTokenFile" $c.identity.bearerTokenFile -}}
+{{- else if regexMatch `^https://kubernetes\.default\.svc(\.cluster\.local)?(:443)?(/|$)` $keysURL -}}
+{{- $_ := set $id "bearerTokenFile" "/var/run/secrets/kubernetes.io/serviceaccount/token" -}}
+{{- end -}}
 {{- end -}}
 {{- $grants := dict "kubernetes" $c.grants.kubernetes -}}
 {{- with $c.grants.file }}{{ $_ := set $grants "file" . }}{{ end -}}
