@@ -21,7 +21,9 @@ import (
 
 // promGenerated are names Prometheus writes itself (per scrape target), which the rules may
 // use but no daemon exports.
-var promGenerated = map[string]bool{"up": true, "scrape_duration_seconds": true, "scrape_samples_scraped": true}
+var promGenerated = map[string]bool{"up": true, "scrape_duration_seconds": true, "scrape_samples_scraped": true,
+	// kube-state-metrics, for a node whose daemon pod is missing (no target to scrape at all).
+	"kube_daemonset_status_number_unavailable": true}
 
 // TestMetrics_dashboardAndRulesMatchTheDaemon: the Grafana dashboard and the alert rules that
 // the chart ships parse with Prometheus's own parsers, and every metric they use exists on a
