@@ -735,7 +735,9 @@ func emulatePod(t *testing.T, kube *framework.Kube, pod *corev1.Pod, container s
 			t.Fatalf("volume %s: type not played by the test", m.Name)
 		}
 	}
-	rewrite := func(p string) string {
+	// mapped turns a container path into the host path holding the same content; ok is false
+	// when no mount covers it.
+	mapped := func(p string) (string, bool) {
 		best := ""
 		for mp := range mounts {
 			if (p == mp || strings.HasPrefix(p, mp+"/")) && len(mp) > len(best) {
@@ -743,10 +745,11 @@ func emulatePod(t *testing.T, kube *framework.Kube, pod *corev1.Pod, container s
 			}
 		}
 		if best == "" {
-			return p
+			return p, false
 		}
-		return mounts[best] + strings.TrimPrefix(p, best)
+		return mounts[best] + strings.TrimPrefix(p, best), true
 	}
+	rewrite := func(p string) string { r, _ := mapped(p); return r }
 
 	// The container's command line: `serve --config=<the ConfigMap's config.yaml>` and the rest
 	// with $(VAR) expanded from the downward API, as kubelet does.
@@ -779,25 +782,31 @@ func emulatePod(t *testing.T, kube *framework.Kube, pod *corev1.Pod, container s
 	if err := yaml.Unmarshal(cfgBytes, &cfg); err != nil {
 		t.Fatal(err)
 	}
-	var walk func(v any) any
-	walk = func(v any) any {
+	// Every path in the config must be inside one of the container's mounts: a path that is
+	// not would name the test machine's file system, not the pod's. csi.kubeletRoot is the
+	// one path the daemon only compares target paths with and never opens.
+	var walk func(key string, v any) any
+	walk = func(key string, v any) any {
 		switch x := v.(type) {
 		case string:
 			if strings.HasPrefix(x, "/") {
-				return rewrite(x)
+				if r, ok := mapped(x); ok || key == "csi.kubeletRoot" {
+					return r
+				}
+				t.Errorf("config %s: %s is in none of the container's mounts", key, x)
 			}
 		case map[string]any:
 			for k, e := range x {
-				x[k] = walk(e)
+				x[k] = walk(strings.TrimPrefix(key+"."+k, "."), e)
 			}
 		case []any:
 			for i, e := range x {
-				x[i] = walk(e)
+				x[i] = walk(key, e)
 			}
 		}
 		return v
 	}
-	walk(cfg)
+	walk("", cfg)
 	kubeSection, _ := cfg["kubernetes"].(map[string]any)
 	if kubeSection["inCluster"] != true {
 		t.Fatalf("the rendered config's kubernetes section is %v, want inCluster: true", kubeSection)
