@@ -51,7 +51,7 @@ func installCRD(t *testing.T, dc dynamic.Interface) {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		got, err := dc.Resource(crdGVR).Get(ctx(t), "accessgrants.keywarden.io", metav1.GetOptions{})
-		if err == nil && established(got) {
+		if err == nil && framework.CRDEstablished(got) {
 			// The first LIST right after Established can answer 429: retry until it works.
 			if _, err := dc.Resource(grantGVR).List(ctx(t), metav1.ListOptions{}); err == nil {
 				return
@@ -62,17 +62,6 @@ func installCRD(t *testing.T, dc dynamic.Interface) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-}
-
-func established(u *unstructured.Unstructured) bool {
-	conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
-	for _, c := range conds {
-		m, _ := c.(map[string]any)
-		if m["type"] == "Established" && m["status"] == "True" {
-			return true
-		}
-	}
-	return false
 }
 
 func grantObject(t *testing.T, doc string) *unstructured.Unstructured {

@@ -177,10 +177,7 @@ func ObjectKey(o *unstructured.Unstructured) string {
 
 func (k *Kube) applyOne(t testing.TB, o *unstructured.Unstructured) ApplyResult {
 	t.Helper()
-	w := &Warnings{}
-	cfg := rest.CopyConfig(k.Config)
-	cfg.WarningHandler = w
-	ri, err := k.resourceFor(cfg, o)
+	ri, w, err := k.clientFor(o)
 	if err != nil {
 		t.Fatalf("apply %s: %v", ObjectKey(o), err)
 	}
@@ -206,15 +203,21 @@ func (k *Kube) applyOne(t testing.TB, o *unstructured.Unstructured) ApplyResult 
 // object as admission left it, the warnings, and the apiserver's error.
 func (k *Kube) DryRunCreate(t testing.TB, o *unstructured.Unstructured) (*unstructured.Unstructured, []string, error) {
 	t.Helper()
-	w := &Warnings{}
-	cfg := rest.CopyConfig(k.Config)
-	cfg.WarningHandler = w
-	ri, err := k.resourceFor(cfg, o)
+	ri, w, err := k.clientFor(o)
 	if err != nil {
 		return nil, nil, err
 	}
 	got, err := ri.Create(ctxT(t), o, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
 	return got, w.List(), err
+}
+
+// clientFor is a client for o's resource whose warnings are collected in w.
+func (k *Kube) clientFor(o *unstructured.Unstructured) (dynamic.ResourceInterface, *Warnings, error) {
+	w := &Warnings{}
+	cfg := rest.CopyConfig(k.Config)
+	cfg.WarningHandler = w
+	ri, err := k.resourceFor(cfg, o)
+	return ri, w, err
 }
 
 // resourceFor maps o's kind to its resource with fresh discovery (CRDs may have just been
@@ -256,7 +259,7 @@ func (k *Kube) WaitCRDEstablished(t testing.TB, name string) {
 	defer cancel()
 	for {
 		u, err := dyn.Resource(gvr).Get(ctx, name, metav1.GetOptions{})
-		if err == nil && crdEstablished(u) {
+		if err == nil && CRDEstablished(u) {
 			return
 		}
 		select {
@@ -267,7 +270,9 @@ func (k *Kube) WaitCRDEstablished(t testing.TB, name string) {
 	}
 }
 
-func crdEstablished(u *unstructured.Unstructured) bool {
+// CRDEstablished reports whether a CustomResourceDefinition object's Established condition is
+// True.
+func CRDEstablished(u *unstructured.Unstructured) bool {
 	conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
 	for _, c := range conds {
 		m, _ := c.(map[string]any)
