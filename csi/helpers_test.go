@@ -177,7 +177,7 @@ func openTestStore(tb testing.TB, dir string) *store.DB {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	db, err := store.Open(store.Config{Path: filepath.Join(dir, "cache.db"), KEK: kek, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	db, err := store.Open(store.Config{Path: filepath.Join(dir, "node.db"), KEK: kek, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -14,6 +14,8 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/keywarden/keywarden/broker/identity"
+	"github.com/keywarden/keywarden/broker/source/vault"
+	"github.com/keywarden/keywarden/crypto"
 )
 
 // rawConfig is the config file as written by an operator. Unknown keys are rejected.
@@ -30,12 +32,11 @@ type rawConfig struct {
 	Limits      rawLimits   `json:"limits"`
 	Store       rawStore    `json:"store"`
 	Rotation    rawRotation `json:"rotation"`
-	rawNode                 // identity.go: nodeName
+	NodeName    string      `json:"nodeName"` // from the downward API: spec.nodeName
 
-	// admin_wiring.go
-	Kubernetes rawKubernetes `json:"kubernetes"`
-	Admin      rawAdmin      `json:"admin"`
-	Audit      rawAudit      `json:"audit"`
+	Kubernetes rawKubernetes `json:"kubernetes"` // kubernetes.go
+	Admin      rawAdmin      `json:"admin"`      // admin_tcp.go
+	Audit      rawAudit      `json:"audit"`      // audit_wiring.go
 
 	Vault rawVault `json:"vault"` // vault.go
 
@@ -100,45 +101,71 @@ type rawRotation struct {
 	PollInterval string `json:"pollInterval"`
 }
 
-// config is the typed daemon configuration, shared by `serve` and `dev`.
+// config is the typed daemon configuration, shared by `serve` and `dev`. Each section is
+// typed next to its raw form: identity.go, kubernetes.go, audit_wiring.go, admin_tcp.go,
+// vault.go and csi.go; the small ones are here.
 type config struct {
-	DataDir         string
-	Socket          string
-	SocketMode      fs.FileMode
-	AdminSocket     string
-	AdminSocketMode fs.FileMode
-	HealthAddr      string
+	DataDir     string
+	NodeName    string // the node this daemon serves (downward API: spec.nodeName)
+	Socket      socketConfig
+	AdminSocket socketConfig
+	HealthAddr  string
 
-	Issuer            string
-	Audiences         []string
-	JWKSFile          string
-	DevIssuerKeyFile  string
-	TrustDomain       spiffeid.TrustDomain
-	Leeway            time.Duration
-	MaxLifetime       time.Duration
-	RequirePodBinding bool
-	identityRemote    // identity.go
+	Identity identityConfig
+	Grants   grantsConfig
+	KEK      kekConfig
+	Sources  sourcesConfig
+	Store    storeConfig
+	Rotation rotationConfig
+	Limits   limitsConfig
+	Log      logConfig
 
-	GrantsFile     string
-	GrantsInterval time.Duration
+	Kubernetes kubernetesConfig
+	Admin      adminConfig
+	Audit      auditConfig
 
-	KEKFile     string
-	LocalSource bool
+	Vault *vault.Config // nil when Vault is not configured; Logger/Clock/stores set at wiring
+
+	CSI csiConfig
+}
+
+type socketConfig struct {
+	Path string
+	Mode fs.FileMode
+}
+
+type grantsConfig struct {
+	File           string
+	ReloadInterval time.Duration
+	Kubernetes     bool // AccessGrant objects through an informer
+}
+
+type kekConfig struct {
+	File     string // the local keyset
+	Provider string // kekLocal or kekTransit
+	Transit  crypto.TransitKEKConfig
+}
+
+type sourcesConfig struct {
+	Local bool
+}
+
+type storeConfig struct {
 	LockTimeout time.Duration
+}
 
+type rotationConfig struct {
 	PollInterval time.Duration
+}
 
+type limitsConfig struct {
 	MaxRecvMsgSize       int
 	MaxConcurrentStreams uint32
+}
 
-	LogLevel  string
-	LogFormat string
-
-	i7Config // kubernetes, admin TCP, audit: admin_wiring.go
-
-	vaultConfig // vault source and KEK provider: vault.go
-
-	csiConfig // the CSI node driver: csi.go
+type logConfig struct {
+	Level  string
+	Format string
 }
 
 // Defaults for `serve`.
@@ -186,22 +213,16 @@ func parseConfigWith(data []byte, o configOverrides) (config, error) {
 
 func (r rawConfig) typed() (config, error) {
 	c := config{
-		DataDir:              or(r.DataDir, defaultDataDir),
-		Socket:               or(r.Socket.Path, defaultSocket),
-		AdminSocket:          or(r.AdminSocket.Path, defaultAdminSocket),
-		HealthAddr:           or(r.Health.Addr, defaultHealthAddr),
-		Issuer:               r.Identity.Issuer,
-		Audiences:            r.Identity.Audiences,
-		JWKSFile:             r.Identity.JWKSFile,
-		DevIssuerKeyFile:     r.Identity.DevIssuerKeyFile,
-		RequirePodBinding:    r.Identity.RequirePodBinding == nil || *r.Identity.RequirePodBinding,
-		GrantsFile:           r.Grants.File,
-		KEKFile:              r.KEK.LocalKeysetFile,
-		LocalSource:          r.Sources.Local.Enabled != nil && *r.Sources.Local.Enabled,
-		MaxRecvMsgSize:       r.Limits.MaxRecvMsgBytes,
-		MaxConcurrentStreams: r.Limits.MaxConcurrentStreams,
-		LogLevel:             or(r.Log.Level, "info"),
-		LogFormat:            or(r.Log.Format, "json"),
+		DataDir:     or(r.DataDir, defaultDataDir),
+		NodeName:    r.NodeName,
+		Socket:      socketConfig{Path: or(r.Socket.Path, defaultSocket)},
+		AdminSocket: socketConfig{Path: or(r.AdminSocket.Path, defaultAdminSocket)},
+		HealthAddr:  or(r.Health.Addr, defaultHealthAddr),
+		Grants:      grantsConfig{File: r.Grants.File},
+		KEK:         kekConfig{File: r.KEK.LocalKeysetFile},
+		Sources:     sourcesConfig{Local: r.Sources.Local.Enabled != nil && *r.Sources.Local.Enabled},
+		Limits:      limitsConfig{MaxRecvMsgSize: r.Limits.MaxRecvMsgBytes, MaxConcurrentStreams: r.Limits.MaxConcurrentStreams},
+		Log:         logConfig{Level: or(r.Log.Level, "info"), Format: or(r.Log.Format, "json")},
 	}
 	var errs []error
 	fail := func(field, format string, args ...any) {
@@ -211,18 +232,18 @@ func (r rawConfig) typed() (config, error) {
 	// Every workload call carries a pod-bound token that is verified before anything else, so
 	// the socket's mode is not the access control; 0666 lets pods that do not run as root (most)
 	// use the socket bound into their volume. Execute bits mean nothing on a socket: refused.
-	if c.SocketMode, err = parseMode(r.Socket.Mode, 0o660); err != nil || c.SocketMode&0o111 != 0 {
+	if c.Socket.Mode, err = parseMode(r.Socket.Mode, 0o660); err != nil || c.Socket.Mode&0o111 != 0 {
 		fail("socket.mode", "want an octal mode no wider than 0666, such as \"0666\" (pods as any user) or \"0660\"; got %q", r.Socket.Mode)
 	}
-	if c.AdminSocketMode, err = parseMode(r.AdminSocket.Mode, 0o600); err != nil || c.AdminSocketMode&0o177 != 0 {
+	if c.AdminSocket.Mode, err = parseMode(r.AdminSocket.Mode, 0o600); err != nil || c.AdminSocket.Mode&0o177 != 0 {
 		fail("adminSocket.mode", "the admin socket must be owner-only: use \"0600\"; got %q", r.AdminSocket.Mode)
 	}
-	for _, p := range []struct{ field, path string }{{"dataDir", c.DataDir}, {"socket.path", c.Socket}, {"adminSocket.path", c.AdminSocket}} {
+	for _, p := range []struct{ field, path string }{{"dataDir", c.DataDir}, {"socket.path", c.Socket.Path}, {"adminSocket.path", c.AdminSocket.Path}} {
 		if !filepath.IsAbs(p.path) {
 			fail(p.field, "must be an absolute path; got %q", p.path)
 		}
 	}
-	if c.Socket == c.AdminSocket {
+	if c.Socket.Path == c.AdminSocket.Path {
 		fail("adminSocket.path", "must differ from socket.path")
 	}
 	if c.HealthAddr != "off" {
@@ -230,11 +251,8 @@ func (r rawConfig) typed() (config, error) {
 			fail("health.addr", "want host:port or \"off\"; got %q", c.HealthAddr)
 		}
 	}
-	if c.Issuer == "" {
-		fail("identity.issuer", "is required: the `iss` of the tokens to accept (the cluster's service-account issuer)")
-	}
 	r.typedIdentity(&c, fail)
-	if c.TrustDomain, err = spiffeid.TrustDomainFromString(or(r.Identity.TrustDomain, defaultTrustDomain)); err != nil {
+	if c.Identity.TrustDomain, err = spiffeid.TrustDomainFromString(or(r.Identity.TrustDomain, defaultTrustDomain)); err != nil {
 		fail("identity.trustDomain", "%v", err)
 	}
 	durations := []struct {
@@ -243,11 +261,11 @@ func (r rawConfig) typed() (config, error) {
 		def   time.Duration
 		dst   *time.Duration
 	}{
-		{"identity.leeway", r.Identity.Leeway, 30 * time.Second, &c.Leeway},
-		{"identity.maxLifetime", r.Identity.MaxLifetime, 24 * time.Hour, &c.MaxLifetime},
-		{"grants.reloadInterval", r.Grants.ReloadInterval, 2 * time.Second, &c.GrantsInterval},
-		{"store.lockTimeout", r.Store.LockTimeout, 5 * time.Second, &c.LockTimeout},
-		{"rotation.pollInterval", r.Rotation.PollInterval, 30 * time.Second, &c.PollInterval},
+		{"identity.leeway", r.Identity.Leeway, 30 * time.Second, &c.Identity.Leeway},
+		{"identity.maxLifetime", r.Identity.MaxLifetime, 24 * time.Hour, &c.Identity.MaxLifetime},
+		{"grants.reloadInterval", r.Grants.ReloadInterval, 2 * time.Second, &c.Grants.ReloadInterval},
+		{"store.lockTimeout", r.Store.LockTimeout, 5 * time.Second, &c.Store.LockTimeout},
+		{"rotation.pollInterval", r.Rotation.PollInterval, 30 * time.Second, &c.Rotation.PollInterval},
 	}
 	for _, d := range durations {
 		if d.raw == "" {
@@ -261,27 +279,29 @@ func (r rawConfig) typed() (config, error) {
 		}
 		*d.dst = v
 	}
-	if c.KEKFile == "" {
-		c.KEKFile = filepath.Join(c.DataDir, "kek.json")
+	if c.KEK.File == "" {
+		c.KEK.File = filepath.Join(c.DataDir, "kek.json")
 	}
-	if c.LogLevel != "debug" && c.LogLevel != "info" && c.LogLevel != "warn" && c.LogLevel != "error" {
-		fail("log.level", "want debug, info, warn or error; got %q", c.LogLevel)
+	if c.Log.Level != "debug" && c.Log.Level != "info" && c.Log.Level != "warn" && c.Log.Level != "error" {
+		fail("log.level", "want debug, info, warn or error; got %q", c.Log.Level)
 	}
-	if c.LogFormat != "json" && c.LogFormat != "text" {
-		fail("log.format", "want json or text; got %q", c.LogFormat)
+	if c.Log.Format != "json" && c.Log.Format != "text" {
+		fail("log.format", "want json or text; got %q", c.Log.Format)
 	}
-	if c.MaxRecvMsgSize < 0 || c.MaxRecvMsgSize > 16<<20 {
-		fail("limits.maxRecvMsgBytes", "want 0 (default) to 16777216; got %d", c.MaxRecvMsgSize)
+	if c.Limits.MaxRecvMsgSize < 0 || c.Limits.MaxRecvMsgSize > 16<<20 {
+		fail("limits.maxRecvMsgBytes", "want 0 (default) to 16777216; got %d", c.Limits.MaxRecvMsgSize)
 	}
-	r.typedI7(&c, fail)
+	r.typedKubernetes(&c, fail)
+	r.typedAudit(&c, fail)
+	r.typedAdminTCP(&c, fail)
 	r.typedVault(&c, fail)
 	r.typedCSI(&c, fail)
 	// Checked here rather than only when the parts are built, so `serve --check` (and the
 	// chart's test of its rendered config) catches them before a pod crashloops.
-	if c.Leeway > identity.MaxLeeway {
-		fail("identity.leeway", "at most %s; got %s", identity.MaxLeeway, c.Leeway)
+	if c.Identity.Leeway > identity.MaxLeeway {
+		fail("identity.leeway", "at most %s; got %s", identity.MaxLeeway, c.Identity.Leeway)
 	}
-	if !c.LocalSource && c.Vault == nil {
+	if !c.Sources.Local && c.Vault == nil {
 		fail("sources", "no secret source is enabled: set sources.local.enabled or the vault section")
 	}
 	return c, errors.Join(errs...)

@@ -21,9 +21,9 @@ func TestParseConfig_defaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.DataDir != defaultDataDir || c.Socket != defaultSocket || c.SocketMode != 0o660 || c.AdminSocketMode != 0o600 ||
-		c.HealthAddr != defaultHealthAddr || c.TrustDomain.String() != "cluster.local" || !c.RequirePodBinding ||
-		c.Leeway != 30*time.Second || c.LockTimeout != 5*time.Second || c.KEKFile != defaultDataDir+"/kek.json" || !c.LocalSource {
+	if c.DataDir != defaultDataDir || c.Socket.Path != defaultSocket || c.Socket.Mode != 0o660 || c.AdminSocket.Mode != 0o600 ||
+		c.HealthAddr != defaultHealthAddr || c.Identity.TrustDomain.String() != "cluster.local" || !c.Identity.RequirePodBinding ||
+		c.Identity.Leeway != 30*time.Second || c.Store.LockTimeout != 5*time.Second || c.KEK.File != defaultDataDir+"/kek.json" || !c.Sources.Local {
 		t.Fatalf("defaults: %+v", c)
 	}
 }
@@ -112,7 +112,7 @@ func FuzzParseConfig(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if c.SocketMode&0o111 != 0 || c.AdminSocketMode&0o177 != 0 || c.Issuer == "" {
+		if c.Socket.Mode&0o111 != 0 || c.AdminSocket.Mode&0o177 != 0 || c.Identity.Issuer == "" {
 			t.Fatalf("accepted an unsafe config: %+v", c)
 		}
 	})
@@ -136,8 +136,8 @@ func TestParseConfig_identityBadInput(t *testing.T) {
 		})
 	}
 	c, err := parseConfig([]byte("identity: {issuer: x, mode: tokenreview, nodeBinding: false}\nsources: {local: {enabled: true}}\n"))
-	if err != nil || c.IdentityMode != identityModeTokenReview || c.NodeBinding {
-		t.Fatalf("tokenreview without binding: %+v %v", c.identityRemote, err)
+	if err != nil || c.Identity.Mode != identityModeTokenReview || c.Identity.NodeBinding {
+		t.Fatalf("tokenreview without binding: %+v %v", c.Identity, err)
 	}
 }
 
@@ -174,7 +174,7 @@ func TestServe_check(t *testing.T) {
 
 func TestParseConfig_socketModeForPodsOfAnyUID(t *testing.T) {
 	c, err := parseConfig([]byte(minimalConfig + "socket: {mode: \"0666\"}\n"))
-	if err != nil || c.SocketMode != 0o666 {
-		t.Fatalf("socket mode 0666: %v, %v", c.SocketMode, err)
+	if err != nil || c.Socket.Mode != 0o666 {
+		t.Fatalf("socket mode 0666: %v, %v", c.Socket.Mode, err)
 	}
 }

@@ -31,11 +31,11 @@ type rawCSI struct {
 
 // csiConfig is the typed csi section.
 type csiConfig struct {
-	CSISocket      string
-	CSIKubeletRoot string
-	CSIDriverName  string
-	CSITmpfsBytes  int64
-	CSIPlainDirs   bool
+	Socket      string // empty: the driver is off
+	KubeletRoot string
+	DriverName  string
+	TmpfsBytes  int64
+	PlainDirs   bool
 }
 
 const (
@@ -44,26 +44,26 @@ const (
 )
 
 func (r rawConfig) typedCSI(c *config, fail func(field, format string, args ...any)) {
-	c.CSISocket = r.CSI.Socket
-	c.CSIKubeletRoot = or(r.CSI.KubeletRoot, defaultKubeletRoot)
-	c.CSIDriverName = or(r.CSI.DriverName, csi.DefaultDriverName)
-	c.CSIPlainDirs = r.CSI.InsecurePlainDirectories
-	if c.CSISocket == "" {
+	c.CSI.Socket = r.CSI.Socket
+	c.CSI.KubeletRoot = or(r.CSI.KubeletRoot, defaultKubeletRoot)
+	c.CSI.DriverName = or(r.CSI.DriverName, csi.DefaultDriverName)
+	c.CSI.PlainDirs = r.CSI.InsecurePlainDirectories
+	if c.CSI.Socket == "" {
 		return
 	}
-	if !filepath.IsAbs(c.CSISocket) {
-		fail("csi.socket", "must be an absolute path; got %q", c.CSISocket)
+	if !filepath.IsAbs(c.CSI.Socket) {
+		fail("csi.socket", "must be an absolute path; got %q", c.CSI.Socket)
 	}
-	if !filepath.IsAbs(c.CSIKubeletRoot) || filepath.Clean(c.CSIKubeletRoot) != c.CSIKubeletRoot {
-		fail("csi.kubeletRoot", "must be a clean absolute path such as /var/lib/kubelet; got %q", c.CSIKubeletRoot)
+	if !filepath.IsAbs(c.CSI.KubeletRoot) || filepath.Clean(c.CSI.KubeletRoot) != c.CSI.KubeletRoot {
+		fail("csi.kubeletRoot", "must be a clean absolute path such as /var/lib/kubelet; got %q", c.CSI.KubeletRoot)
 	}
 	q, err := resource.ParseQuantity(or(r.CSI.TmpfsSize, defaultTmpfsSize))
 	if err != nil || q.Value() < 64<<10 || q.Value() > 1<<30 {
 		fail("csi.tmpfsSize", "want a size from 64Ki to 1Gi such as \"16Mi\"; got %q", r.CSI.TmpfsSize)
 	} else {
-		c.CSITmpfsBytes = q.Value()
+		c.CSI.TmpfsBytes = q.Value()
 	}
-	if c.CSISocket == c.Socket || c.CSISocket == c.AdminSocket {
+	if c.CSI.Socket == c.Socket.Path || c.CSI.Socket == c.AdminSocket.Path {
 		fail("csi.socket", "must differ from socket.path and adminSocket.path")
 	}
 	if c.NodeName == "" {
@@ -84,7 +84,7 @@ type csiParts struct {
 // is ready). Volumes are tmpfs mounts, which need root; plain directories (files on the
 // node's disk) only when csi.insecurePlainDirectories says so, for tests.
 func (d *daemon) setupCSI(log *slog.Logger, pods *identity.PodIndex) error {
-	if d.cfg.CSISocket == "" {
+	if d.cfg.CSI.Socket == "" {
 		return nil
 	}
 	log = log.With(slog.String("component", "csi"))
@@ -92,20 +92,20 @@ func (d *daemon) setupCSI(log *slog.Logger, pods *identity.PodIndex) error {
 	if err != nil {
 		return err
 	}
-	var mounter csi.Mounter = csi.NewTmpfsMounter(d.cfg.CSITmpfsBytes)
+	var mounter csi.Mounter = csi.NewTmpfsMounter(d.cfg.CSI.TmpfsBytes)
 	if os.Geteuid() != 0 {
 		// Secret files must never reach the node's disk: without tmpfs, refuse unless a
 		// test explicitly asked for plain directories.
-		if !d.cfg.CSIPlainDirs {
+		if !d.cfg.CSI.PlainDirs {
 			return errors.New("csi: tmpfs volumes need root (CAP_SYS_ADMIN); run the daemon as root, or set csi.insecurePlainDirectories for tests")
 		}
 		log.Warn("csi.insecurePlainDirectories: CSI volumes are plain directories on disk, not tmpfs")
 		mounter = csi.DirMounter{}
 	}
 	cfg := csi.Config{
-		Broker: d.broker, Store: d.cache, Mounter: mounter, KubeletRoot: d.cfg.CSIKubeletRoot, NodeID: d.cfg.NodeName,
-		DriverName: d.cfg.CSIDriverName, APISocket: d.cfg.Socket, Metrics: metrics, Logger: log,
-		Audience: csiAudience(d.cfg.Audiences),
+		Broker: d.broker, Store: d.node, Mounter: mounter, KubeletRoot: d.cfg.CSI.KubeletRoot, NodeID: d.cfg.NodeName,
+		DriverName: d.cfg.CSI.DriverName, APISocket: d.cfg.Socket.Path, Metrics: metrics, Logger: log,
+		Audience: csiAudience(d.cfg.Identity.Audiences),
 	}
 	if pods != nil {
 		cfg.Pods = pods
@@ -114,7 +114,7 @@ func (d *daemon) setupCSI(log *slog.Logger, pods *identity.PodIndex) error {
 	if err != nil {
 		return err
 	}
-	lis, err := server.ListenUnix(d.cfg.CSISocket, 0o600)
+	lis, err := server.ListenUnix(d.cfg.CSI.Socket, 0o600)
 	if err != nil {
 		return fmt.Errorf("csi socket: %w", err)
 	}

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -19,9 +18,13 @@ import (
 	"golang.org/x/sync/errgroup"
 	"k8s.io/utils/clock"
 
+	"google.golang.org/grpc"
+
 	"github.com/keywarden/keywarden/broker"
+	"github.com/keywarden/keywarden/broker/audit"
 	"github.com/keywarden/keywarden/broker/grant"
 	"github.com/keywarden/keywarden/broker/identity"
+	"github.com/keywarden/keywarden/broker/revoke"
 	"github.com/keywarden/keywarden/broker/rotate"
 	"github.com/keywarden/keywarden/broker/server"
 	"github.com/keywarden/keywarden/broker/source"
@@ -29,18 +32,12 @@ import (
 	"github.com/keywarden/keywarden/broker/store"
 )
 
-// Files inside the data directory.
-const (
-	stateFile = "state.db" // the embedded secret store and admin grants: the only copy
-	cacheFile = "cache.db" // rebuildable from the sources
-)
-
 // daemon is a running Keywarden daemon, built from a config. It is the composition root.
 type daemon struct {
 	cfg    config
 	log    *slog.Logger
 	state  *store.DB
-	cache  *store.DB
+	node   *store.DB // node.db: this node's volume records and Vault leases (stores.go)
 	local  *local.Store
 	broker *broker.Broker
 	engine *rotate.Engine
@@ -50,11 +47,14 @@ type daemon struct {
 	// metrics is the daemon's Prometheus registry, served on /metrics.
 	metrics *prometheus.Registry
 	// runners are long-lived parts started with the servers (key refresh, pod watch, …).
-	runners []func(context.Context) error
-	i7      i7State   // admin_wiring.go
-	csi     *csiParts // csi.go; nil when csi.socket is unset
-	ready   atomic.Bool
-	closed  atomic.Bool
+	runners  []func(context.Context) error
+	kube     kubeClients     // kubernetes.go
+	auditLog *audit.Log      // auditlog.go
+	revoker  *revoke.Manager // revocations.go
+	adminTCP net.Listener    // admin_api.go; nil unless admin.tcp is set
+	csi      *csiParts       // csi.go; nil when csi.socket is unset
+	ready    atomic.Bool
+	closed   atomic.Bool
 }
 
 // newDaemon opens the stores and builds every part, without starting anything.
@@ -79,19 +79,8 @@ func newDaemon(cfg config, log *slog.Logger) (_ *daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
-	statePath := filepath.Join(cfg.DataDir, stateFile)
-	d.state, err = store.Open(store.Config{Path: statePath, KEK: kek, LockTimeout: cfg.LockTimeout, Logger: log, OnCommit: commits.onCommit(storeState)})
-	switch {
-	case errors.Is(err, store.ErrUnreadable), errors.Is(err, store.ErrCorrupt):
-		// This file is the only copy of the embedded secrets and admin grants: never
-		// replace it behind the operator's back.
-		return nil, fmt.Errorf("%w\nthe state store %s holds the only copy of the embedded secrets and admin grants, so it is not replaced automatically; restore it from a backup, or move it aside (mv %s %s.broken) to start with an empty store", err, statePath, statePath, statePath)
-	case err != nil:
-		return nil, kekUnavailable(err, statePath, cfg.KEKProvider) // kek.go
-	}
-	d.cache, _, err = store.OpenOrQuarantine(store.Config{Path: filepath.Join(cfg.DataDir, cacheFile), KEK: kek, LockTimeout: cfg.LockTimeout, Logger: log, OnCommit: commits.onCommit(storeCache)})
-	if err != nil {
-		return nil, kekUnavailable(err, filepath.Join(cfg.DataDir, cacheFile), cfg.KEKProvider) // kek.go
+	if err := d.openStores(kek, commits); err != nil { // stores.go
+		return nil, err
 	}
 
 	idMetrics, err := identity.NewMetrics(d.metrics)
@@ -110,7 +99,7 @@ func newDaemon(cfg config, log *slog.Logger) (_ *daemon, err error) {
 	d.runners = append(d.runners, vp.runners...)
 
 	sources := map[string]source.Source{}
-	if cfg.LocalSource {
+	if cfg.Sources.Local {
 		if d.local, err = local.New(local.Config{DB: d.state, Logger: log.With(slog.String("component", "local-source"))}); err != nil {
 			return nil, err
 		}
@@ -122,17 +111,16 @@ func newDaemon(cfg config, log *slog.Logger) (_ *daemon, err error) {
 	if len(sources) == 0 {
 		return nil, errors.New("no secret source is enabled: set sources.local.enabled or the vault section")
 	}
-	if d.engine, err = rotate.New(rotate.Config{Sources: sources, Logger: log.With(slog.String("component", "rotate")), PollInterval: cfg.PollInterval}); err != nil {
+	if d.engine, err = rotate.New(rotate.Config{Sources: sources, Logger: log.With(slog.String("component", "rotate")), PollInterval: cfg.Rotation.PollInterval}); err != nil {
 		return nil, err
 	}
 	if err := d.metrics.Register(newFreshnessCollector(d.engine)); err != nil { // metrics.go
 		return nil, err
 	}
-	rec, err := d.auditRecorder(log) // admin_wiring.go: the hash-chained audit log in state.db
-	if err != nil {
+	if err := d.openAuditLog(log); err != nil { // auditlog.go: the hash-chained audit log in state.db
 		return nil, err
 	}
-	if err := d.metrics.Register(newAuditCollector(d.i7.audit)); err != nil { // metrics.go
+	if err := d.metrics.Register(newAuditCollector(d.auditLog)); err != nil { // metrics.go
 		return nil, err
 	}
 	brokerMetrics, err := broker.NewMetrics(d.metrics)
@@ -143,7 +131,7 @@ func newDaemon(cfg config, log *slog.Logger) (_ *daemon, err error) {
 		Verifier: vp.verifier,
 		Binding:  bindingChecker(vp.binding),
 		Cache:    d.engine,
-		Audit:    rec,
+		Audit:    d.auditLog,
 		Logger:   log.With(slog.String("component", "broker")),
 		Metrics:  brokerMetrics,
 	}); err != nil {
@@ -158,9 +146,9 @@ func newDaemon(cfg config, log *slog.Logger) (_ *daemon, err error) {
 	if err := d.broker.UpdateGrantSource("store", d.grants.Current()); err != nil {
 		return nil, err
 	}
-	if cfg.GrantsFile != "" {
+	if cfg.Grants.File != "" {
 		d.files, err = grant.NewFileSource(grant.FileSourceConfig{
-			Path: cfg.GrantsFile, Interval: cfg.GrantsInterval,
+			Path: cfg.Grants.File, Interval: cfg.Grants.ReloadInterval,
 			Logger: log.With(slog.String("component", "grants-file")), Clock: clock.RealClock{},
 			OnChange: func(s *grant.Set) { _ = d.grantsChanged("file")(s) },
 		})
@@ -174,7 +162,10 @@ func newDaemon(cfg config, log *slog.Logger) (_ *daemon, err error) {
 	if err := d.setupCSI(log, vp.pods); err != nil { // csi.go: the CSI node driver
 		return nil, err
 	}
-	if err := d.setupI7(log); err != nil { // admin_wiring.go: revocations, AccessGrant informer
+	if err := d.setupRevocations(log); err != nil { // revocations.go
+		return nil, err
+	}
+	if err := d.setupGrantInformer(log); err != nil { // kubernetes.go: AccessGrant objects
 		return nil, err
 	}
 	return d, nil
@@ -190,85 +181,91 @@ func (d *daemon) grantsChanged(src string) func(*grant.Set) error {
 	}
 }
 
-// run serves until ctx is done. onReady is called once every listener is up.
-func (d *daemon) run(ctx context.Context, version string, onReady func()) error {
-	reg := d.metrics
-	metrics, err := server.NewMetrics(reg)
+// servers are the daemon's gRPC servers, built from its parts.
+type servers struct {
+	workload *grpc.Server
+	admin    *grpc.Server
+	adminCfg server.AdminConfig // also served on admin.tcp
+}
+
+func (d *daemon) buildServers(version string) (servers, error) {
+	metrics, err := server.NewMetrics(d.metrics)
 	if err != nil {
-		return err
+		return servers{}, err
 	}
-	if err := registerBuildInfo(reg, version); err != nil { // metrics.go
-		return err
+	if err := registerBuildInfo(d.metrics, version); err != nil { // metrics.go
+		return servers{}, err
 	}
-	limits := server.Limits{MaxRecvMsgSize: d.cfg.MaxRecvMsgSize, MaxConcurrentStreams: d.cfg.MaxConcurrentStreams}
-	workload, err := server.NewWorkloadServer(server.WorkloadConfig{Broker: d.broker, Logger: d.log.With(slog.String("component", "workload-api")), Metrics: metrics, Limits: limits})
-	if err != nil {
-		return err
+	limits := server.Limits{MaxRecvMsgSize: d.cfg.Limits.MaxRecvMsgSize, MaxConcurrentStreams: d.cfg.Limits.MaxConcurrentStreams}
+	s := servers{adminCfg: d.adminAPIConfig(version, metrics)} // admin_api.go
+	if s.workload, err = server.NewWorkloadServer(server.WorkloadConfig{Broker: d.broker, Logger: d.log.With(slog.String("component", "workload-api")), Metrics: metrics, Limits: limits}); err != nil {
+		return servers{}, err
 	}
-	var secrets server.SecretWriter
-	if d.local != nil {
-		secrets = d.local
+	if s.admin, err = server.NewAdminServer(s.adminCfg); err != nil {
+		return servers{}, err
 	}
-	adminCfg := d.withI7(server.AdminConfig{ // admin_wiring.go adds audit, rotation, revocation
-		Broker: d.broker, Grants: d.grants, Secrets: secrets, Cache: d.engine, TrustDomain: d.cfg.TrustDomain,
-		Version: version, StartedAt: time.Now(), Logger: d.log.With(slog.String("component", "admin-api")), Metrics: metrics,
-	})
-	admin, err := server.NewAdminServer(adminCfg)
-	if err != nil {
-		return err
+	return s, nil
+}
+
+// listeners are the daemon's local sockets and its health port (nil when health.addr is off).
+type listeners struct {
+	workload, admin, health net.Listener
+}
+
+func (l listeners) close() {
+	for _, x := range []net.Listener{l.workload, l.admin, l.health} {
+		if x != nil {
+			_ = x.Close()
+		}
 	}
-	if err := d.listenAdminTCP(adminCfg); err != nil { // admin_wiring.go: admin.tcp with mTLS
-		return err
+}
+
+func (d *daemon) listen() (_ listeners, err error) {
+	var l listeners
+	defer func() {
+		if err != nil {
+			l.close()
+		}
+	}()
+	if l.workload, err = server.ListenUnix(d.cfg.Socket.Path, d.cfg.Socket.Mode); err != nil {
+		return l, err
 	}
-	wl, err := server.ListenUnix(d.cfg.Socket, d.cfg.SocketMode)
-	if err != nil {
-		return err
-	}
-	al, err := server.ListenUnix(d.cfg.AdminSocket, d.cfg.AdminSocketMode)
-	if err != nil {
-		_ = wl.Close()
-		return err
+	if l.admin, err = server.ListenUnix(d.cfg.AdminSocket.Path, d.cfg.AdminSocket.Mode); err != nil {
+		return l, err
 	}
 	// Only root and the daemon's own user may talk to the admin API.
-	al = server.PeerFilter(al, []uint32{0, uint32(os.Getuid())}, func(uid uint32) {
+	l.admin = server.PeerFilter(l.admin, []uint32{0, uint32(os.Getuid())}, func(uid uint32) {
 		d.log.Warn("admin socket connection refused: peer is not root or the daemon's user", slog.Uint64("uid", uint64(uid)))
 	})
-	var hl net.Listener
 	if d.cfg.HealthAddr != "off" {
-		if hl, err = net.Listen("tcp", d.cfg.HealthAddr); err != nil {
-			_ = wl.Close()
-			_ = al.Close()
-			return fmt.Errorf("health listener: %w", err)
+		if l.health, err = net.Listen("tcp", d.cfg.HealthAddr); err != nil {
+			return l, fmt.Errorf("health listener: %w", err)
 		}
+	}
+	return l, nil
+}
+
+// run serves until ctx is done. onReady is called once every listener is up and the volumes
+// of the previous run are back under management.
+func (d *daemon) run(ctx context.Context, version string, onReady func()) error {
+	srv, err := d.buildServers(version)
+	if err != nil {
+		return err
+	}
+	if err := d.listenAdminTCP(srv.adminCfg); err != nil { // admin_api.go: admin.tcp with mTLS
+		return err
+	}
+	lis, err := d.listen()
+	if err != nil {
+		return err
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return d.engine.Run(gctx) })
-	if d.csi != nil {
-		g.Go(func() error { return d.csi.run(gctx) }) // csi.go
-	}
-	for _, run := range d.runners {
-		g.Go(func() error { return run(gctx) })
-	}
-	if d.files != nil {
-		g.Go(func() error { return d.files.Run(gctx) })
-	}
-	g.Go(func() error { return server.Serve(gctx, workload, wl, 5*time.Second) })
-	g.Go(func() error { return server.Serve(gctx, admin, al, 5*time.Second) })
-	if hl != nil {
-		hs := &http.Server{Handler: d.healthMux(reg), ReadHeaderTimeout: 5 * time.Second}
-		g.Go(func() error {
-			if err := hs.Serve(hl); !errors.Is(err, http.ErrServerClosed) {
-				return err
-			}
-			return nil
-		})
-		g.Go(func() error {
-			<-gctx.Done()
-			sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), 5*time.Second)
-			defer cancel()
-			return hs.Shutdown(sctx)
-		})
+	d.startRunners(g, gctx)
+	g.Go(func() error { return server.Serve(gctx, srv.workload, lis.workload, 5*time.Second) })
+	g.Go(func() error { return server.Serve(gctx, srv.admin, lis.admin, 5*time.Second) })
+	if lis.health != nil {
+		d.serveHealth(g, gctx, lis.health)
 	}
 	if d.csi != nil {
 		// Not ready before the volumes of the previous run are back under management.
@@ -279,13 +276,45 @@ func (d *daemon) run(ctx context.Context, version string, onReady func()) error 
 		}
 	}
 	d.ready.Store(true)
-	d.log.Info("keywarden ready", slog.String("socket", d.cfg.Socket), slog.String("admin_socket", d.cfg.AdminSocket), slog.String("health", d.cfg.HealthAddr))
+	d.log.Info("keywarden ready", slog.String("socket", d.cfg.Socket.Path), slog.String("admin_socket", d.cfg.AdminSocket.Path), slog.String("health", d.cfg.HealthAddr))
 	if onReady != nil {
 		onReady()
 	}
 	err = g.Wait()
 	d.ready.Store(false)
 	return err
+}
+
+// startRunners starts the long-lived parts: rotation, the CSI driver, the grant file and
+// every runner the parts registered.
+func (d *daemon) startRunners(g *errgroup.Group, ctx context.Context) {
+	g.Go(func() error { return d.engine.Run(ctx) })
+	if d.csi != nil {
+		g.Go(func() error { return d.csi.run(ctx) }) // csi.go
+	}
+	for _, run := range d.runners {
+		g.Go(func() error { return run(ctx) })
+	}
+	if d.files != nil {
+		g.Go(func() error { return d.files.Run(ctx) })
+	}
+}
+
+// serveHealth serves /healthz, /readyz and /metrics on lis until ctx is done.
+func (d *daemon) serveHealth(g *errgroup.Group, ctx context.Context, lis net.Listener) {
+	hs := &http.Server{Handler: d.healthMux(d.metrics), ReadHeaderTimeout: 5 * time.Second}
+	g.Go(func() error {
+		if err := hs.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		return hs.Shutdown(sctx)
+	})
 }
 
 func (d *daemon) healthMux(reg *prometheus.Registry) *http.ServeMux {
@@ -307,8 +336,9 @@ func (d *daemon) close() {
 	if d.closed.Swap(true) {
 		return
 	}
-	d.closeI7() // admin_wiring.go: flush the audit log before the stores close
-	for _, db := range []*store.DB{d.cache, d.state} {
+	d.closeAdminTCP() // admin_api.go
+	d.closeAuditLog() // auditlog.go: flush the audit log before the stores close
+	for _, db := range []*store.DB{d.node, d.state} {
 		if db != nil {
 			if err := db.Close(); err != nil {
 				d.log.Error("close store", slog.String("path", db.Path()), slog.Any("error", err))

@@ -155,7 +155,7 @@ func TestDev_endToEnd(t *testing.T) {
 		if strings.Contains(logs.String(), needle) {
 			t.Fatalf("daemon logs contain a token or secret (%d bytes)", len(needle))
 		}
-		for _, f := range []string{stateFile, cacheFile} {
+		for _, f := range []string{stateFile, nodeFile} {
 			b, err := os.ReadFile(filepath.Join(dir, f))
 			if err != nil {
 				t.Fatal(err)
@@ -237,7 +237,7 @@ func TestDaemon_secondInstanceFailsFast(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.LockTimeout = 200 * time.Millisecond
+	cfg.Store.LockTimeout = 200 * time.Millisecond
 	d1, err := newDaemon(cfg, quietLogger())
 	if err != nil {
 		t.Fatal(err)
@@ -269,14 +269,14 @@ func TestDaemon_unreadableStateRefusesToStart(t *testing.T) {
 	}
 }
 
-func TestDaemon_unreadableCacheIsQuarantined(t *testing.T) {
+func TestDaemon_unreadableNodeStoreIsQuarantinedAndTheLossIsSaid(t *testing.T) {
 	dir := t.TempDir()
 	cfg, err := devConfig(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	garbage := bytes.Repeat([]byte("junk "), 2048)
-	if err := os.WriteFile(filepath.Join(dir, cacheFile), garbage, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, nodeFile), garbage, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	logs := &lockedBuffer{}
@@ -285,15 +285,17 @@ func TestDaemon_unreadableCacheIsQuarantined(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.close()
-	matches, _ := filepath.Glob(filepath.Join(dir, cacheFile+".corrupt-*"))
+	matches, _ := filepath.Glob(filepath.Join(dir, nodeFile+".corrupt-*"))
 	if len(matches) != 1 {
 		t.Fatalf("quarantined files: %v", matches)
 	}
 	if b, _ := os.ReadFile(matches[0]); !bytes.Equal(b, garbage) {
 		t.Fatal("quarantined file was not kept as it was")
 	}
-	if !strings.Contains(logs.String(), "quarantin") {
-		t.Fatalf("quarantine not logged: %s", logs.String())
+	for _, want := range []string{"quarantin", "no longer refreshed", "no longer renewed or revoked"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Fatalf("log does not say %q: %s", want, logs.String())
+		}
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/keywarden/keywarden/broker"
@@ -24,11 +25,6 @@ const (
 	identityModeTokenReview = "tokenreview" // ask the apiserver
 )
 
-// rawNode is the node this daemon serves (set from the downward API: spec.nodeName).
-type rawNode struct {
-	NodeName string `json:"nodeName"`
-}
-
 // rawIdentityRemote are the identity keys for Kubernetes issuers.
 type rawIdentityRemote struct {
 	Mode            string `json:"mode"`
@@ -39,37 +35,53 @@ type rawIdentityRemote struct {
 	NodeBinding     *bool  `json:"nodeBinding"`
 }
 
-// identityRemote is the typed form of rawIdentityRemote and rawNode.
-type identityRemote struct {
-	NodeName        string
-	IdentityMode    string
-	JWKSURL         string
-	DiscoveryURL    string
-	IssuerCAFile    string
-	BearerTokenFile string
-	NodeBinding     bool
+// identityConfig is the typed identity section: which tokens are accepted and how they are
+// verified.
+type identityConfig struct {
+	Issuer            string
+	Audiences         []string
+	TrustDomain       spiffeid.TrustDomain
+	Leeway            time.Duration
+	MaxLifetime       time.Duration
+	RequirePodBinding bool
+
+	Mode             string // identityModeJWT or identityModeTokenReview
+	JWKSFile         string
+	JWKSURL          string
+	DiscoveryURL     string
+	DevIssuerKeyFile string
+	CAFile           string // of the issuer's JWKS and discovery endpoints
+	BearerTokenFile  string
+	NodeBinding      bool
 }
 
 func (r rawConfig) typedIdentity(c *config, fail func(field, format string, args ...any)) {
 	ri := r.Identity.rawIdentityRemote
-	c.identityRemote = identityRemote{
-		NodeName:        r.NodeName,
-		IdentityMode:    or(ri.Mode, identityModeJWT),
-		JWKSURL:         ri.JWKSURL,
-		DiscoveryURL:    ri.DiscoveryURL,
-		IssuerCAFile:    ri.CAFile,
-		BearerTokenFile: ri.BearerTokenFile,
+	c.Identity = identityConfig{
+		Issuer:            r.Identity.Issuer,
+		Audiences:         r.Identity.Audiences,
+		RequirePodBinding: r.Identity.RequirePodBinding == nil || *r.Identity.RequirePodBinding,
+		Mode:              or(ri.Mode, identityModeJWT),
+		JWKSFile:          r.Identity.JWKSFile,
+		JWKSURL:           ri.JWKSURL,
+		DiscoveryURL:      ri.DiscoveryURL,
+		DevIssuerKeyFile:  r.Identity.DevIssuerKeyFile,
+		CAFile:            ri.CAFile,
+		BearerTokenFile:   ri.BearerTokenFile,
 		// Node binding is on unless switched off: a token is honoured only for a pod that
 		// runs on this node.
 		NodeBinding: ri.NodeBinding == nil || *ri.NodeBinding,
 	}
+	if c.Identity.Issuer == "" {
+		fail("identity.issuer", "is required: the `iss` of the tokens to accept (the cluster's service-account issuer)")
+	}
 	keySources := 0
-	for _, v := range []string{c.JWKSFile, c.JWKSURL, c.DiscoveryURL, c.DevIssuerKeyFile} {
+	for _, v := range []string{c.Identity.JWKSFile, c.Identity.JWKSURL, c.Identity.DiscoveryURL, c.Identity.DevIssuerKeyFile} {
 		if v != "" {
 			keySources++
 		}
 	}
-	switch c.IdentityMode {
+	switch c.Identity.Mode {
 	case identityModeJWT:
 		if keySources != 1 {
 			fail("identity", "set exactly one of jwksFile, jwksURL, discoveryURL (the issuer's public keys) or devIssuerKeyFile (single machine); or mode: tokenreview")
@@ -81,7 +93,7 @@ func (r rawConfig) typedIdentity(c *config, fail func(field, format string, args
 	default:
 		fail("identity.mode", "want jwt or tokenreview; got %q", ri.Mode)
 	}
-	for _, u := range []struct{ field, v string }{{"identity.jwksURL", c.JWKSURL}, {"identity.discoveryURL", c.DiscoveryURL}} {
+	for _, u := range []struct{ field, v string }{{"identity.jwksURL", c.Identity.JWKSURL}, {"identity.discoveryURL", c.Identity.DiscoveryURL}} {
 		if u.v == "" {
 			continue
 		}
@@ -89,7 +101,7 @@ func (r rawConfig) typedIdentity(c *config, fail func(field, format string, args
 			fail(u.field, "want an https URL; got %q", u.v)
 		}
 	}
-	if c.NodeBinding && c.NodeName == "" {
+	if c.Identity.NodeBinding && c.NodeName == "" {
 		fail("nodeName", "is required while identity.nodeBinding is on: set it from the downward API (spec.nodeName) or with --node-name")
 	}
 }
@@ -111,12 +123,12 @@ type verifierParts struct {
 func buildVerifier(cfg config, log *slog.Logger, kube kubernetes.Interface, m *identity.Metrics) (*verifierParts, error) {
 	out := &verifierParts{}
 	var base identity.TokenVerifier
-	if cfg.IdentityMode == identityModeTokenReview {
+	if cfg.Identity.Mode == identityModeTokenReview {
 		if kube == nil {
 			return nil, errors.New("identity mode tokenreview needs a Kubernetes client: configure kubernetes")
 		}
 		tr, err := identity.NewTokenReviewVerifier(identity.TokenReviewConfig{
-			Reviewer: kube.AuthenticationV1().TokenReviews(), Audiences: cfg.Audiences, TrustDomain: cfg.TrustDomain,
+			Reviewer: kube.AuthenticationV1().TokenReviews(), Audiences: cfg.Identity.Audiences, TrustDomain: cfg.Identity.TrustDomain,
 		})
 		if err != nil {
 			return nil, err
@@ -125,28 +137,28 @@ func buildVerifier(cfg config, log *slog.Logger, kube kubernetes.Interface, m *i
 	} else {
 		var keys identity.KeySet
 		switch {
-		case cfg.DevIssuerKeyFile != "":
-			dev, err := identity.LoadOrCreateDevIssuer(cfg.DevIssuerKeyFile, cfg.Issuer)
+		case cfg.Identity.DevIssuerKeyFile != "":
+			dev, err := identity.LoadOrCreateDevIssuer(cfg.Identity.DevIssuerKeyFile, cfg.Identity.Issuer)
 			if err != nil {
 				return nil, fmt.Errorf("dev issuer: %w", err)
 			}
 			out.dev, keys = dev, dev.KeySet()
-		case cfg.JWKSFile != "":
-			data, err := os.ReadFile(cfg.JWKSFile)
+		case cfg.Identity.JWKSFile != "":
+			data, err := os.ReadFile(cfg.Identity.JWKSFile)
 			if err != nil {
 				return nil, fmt.Errorf("read JWKS file: %w", err)
 			}
 			if keys, err = identity.ParseJWKS(data); err != nil {
-				return nil, fmt.Errorf("JWKS file %s: %w", cfg.JWKSFile, err)
+				return nil, fmt.Errorf("JWKS file %s: %w", cfg.Identity.JWKSFile, err)
 			}
 		default:
-			client, err := issuerHTTPClient(cfg.IssuerCAFile)
+			client, err := issuerHTTPClient(cfg.Identity.CAFile)
 			if err != nil {
 				return nil, err
 			}
 			remote, err := identity.NewRemoteKeySet(identity.RemoteKeySetConfig{
-				Issuer: cfg.Issuer, DiscoveryURL: cfg.DiscoveryURL, JWKSURL: cfg.JWKSURL, HTTPClient: client,
-				BearerTokenFile: cfg.BearerTokenFile, Logger: log.With(slog.String("component", "issuer-keys")), Metrics: m,
+				Issuer: cfg.Identity.Issuer, DiscoveryURL: cfg.Identity.DiscoveryURL, JWKSURL: cfg.Identity.JWKSURL, HTTPClient: client,
+				BearerTokenFile: cfg.Identity.BearerTokenFile, Logger: log.With(slog.String("component", "issuer-keys")), Metrics: m,
 			})
 			if err != nil {
 				return nil, err
@@ -155,8 +167,8 @@ func buildVerifier(cfg config, log *slog.Logger, kube kubernetes.Interface, m *i
 			out.runners = append(out.runners, remote.Run)
 		}
 		v, err := identity.NewVerifier(identity.Config{
-			Issuer: cfg.Issuer, Audiences: cfg.Audiences, Keys: keys, TrustDomain: cfg.TrustDomain,
-			Leeway: cfg.Leeway, MaxLifetime: cfg.MaxLifetime, DisablePodBinding: !cfg.RequirePodBinding,
+			Issuer: cfg.Identity.Issuer, Audiences: cfg.Identity.Audiences, Keys: keys, TrustDomain: cfg.Identity.TrustDomain,
+			Leeway: cfg.Identity.Leeway, MaxLifetime: cfg.Identity.MaxLifetime, DisablePodBinding: !cfg.Identity.RequirePodBinding,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("token verifier: %w", err)
@@ -170,7 +182,7 @@ func buildVerifier(cfg config, log *slog.Logger, kube kubernetes.Interface, m *i
 		return nil, err
 	}
 	out.verifier = cached
-	if cfg.NodeBinding {
+	if cfg.Identity.NodeBinding {
 		if kube == nil {
 			return nil, errors.New("identity.nodeBinding needs a Kubernetes client to watch this node's pods: configure kubernetes, or set identity.nodeBinding: false")
 		}

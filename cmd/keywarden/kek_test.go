@@ -41,7 +41,7 @@ func TestKEKUnavailable_cacheIsNotQuarantined(t *testing.T) {
 		t.Fatal(err)
 	}
 	kek := &outageKEK{AEAD: local}
-	cfg := store.Config{Path: filepath.Join(dir, cacheFile), KEK: kek, Logger: quietLogger()}
+	cfg := store.Config{Path: filepath.Join(dir, nodeFile), KEK: kek, Logger: quietLogger()}
 	db, err := store.Open(cfg)
 	if err != nil {
 		t.Fatal(err)

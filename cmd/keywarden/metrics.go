@@ -19,7 +19,7 @@ import (
 // Store names: the only values of the db label.
 const (
 	storeState = "state"
-	storeCache = "cache"
+	storeNode  = "node"
 )
 
 // storeMetrics time the commits of the two stores.
@@ -32,7 +32,7 @@ func newStoreMetrics(reg prometheus.Registerer) (*storeMetrics, error) {
 	m := &storeMetrics{
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "keywarden", Subsystem: "store", Name: "commit_duration_seconds",
-			Help:    "Duration of write transactions (fsync included) by store (state, cache).",
+			Help:    "Duration of write transactions (fsync included) by store (state, node).",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 		}, []string{"db"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -40,7 +40,7 @@ func newStoreMetrics(reg prometheus.Registerer) (*storeMetrics, error) {
 			Help: "Write transactions whose commit failed (disk full, I/O error, store closed), by store.",
 		}, []string{"db"}),
 	}
-	for _, db := range []string{storeState, storeCache} {
+	for _, db := range []string{storeState, storeNode} {
 		m.duration.WithLabelValues(db)
 		m.errors.WithLabelValues(db)
 	}

@@ -107,22 +107,22 @@ func TestMetrics_storeCommits(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := values(t, reg)
-	for _, k := range []string{"keywarden_store_commit_duration_seconds{state}", "keywarden_store_commit_duration_seconds{cache}",
-		"keywarden_store_commit_errors_total{state}", "keywarden_store_commit_errors_total{cache}"} {
+	for _, k := range []string{"keywarden_store_commit_duration_seconds{state}", "keywarden_store_commit_duration_seconds{node}",
+		"keywarden_store_commit_errors_total{state}", "keywarden_store_commit_errors_total{node}"} {
 		if _, ok := before[k]; !ok {
 			t.Errorf("%s missing before the first commit", k)
 		}
 	}
-	state, cache := m.onCommit(storeState), m.onCommit(storeCache)
+	state, node := m.onCommit(storeState), m.onCommit(storeNode)
 	state(time.Millisecond, nil)
 	state(2*time.Millisecond, errors.New("no space left on device"))
-	cache(time.Millisecond, nil)
+	node(time.Millisecond, nil)
 	got := values(t, reg)
 	want := map[string]float64{
 		"keywarden_store_commit_duration_seconds{state}": 2,
-		"keywarden_store_commit_duration_seconds{cache}": 1,
+		"keywarden_store_commit_duration_seconds{node}":  1,
 		"keywarden_store_commit_errors_total{state}":     1,
-		"keywarden_store_commit_errors_total{cache}":     0,
+		"keywarden_store_commit_errors_total{node}":      0,
 	}
 	for k, v := range want {
 		if got[k] != v {

@@ -43,7 +43,7 @@ rejected). The README's Configuration section lists every key.`,
 // serve builds a daemon from cfg and runs it until the command's context ends.
 func serve(cmd *cobra.Command, g *globals, cfg config, onReady func(*daemon)) error {
 	setUmask()
-	log := newLogger(g.stderr, cfg.LogLevel, cfg.LogFormat)
+	log := newLogger(g.stderr, cfg.Log.Level, cfg.Log.Format)
 	d, err := newDaemon(cfg, log)
 	if err != nil {
 		return err

@@ -58,23 +58,16 @@ type rawTransitKEK struct {
 	Key   string `json:"key"`
 }
 
-// vaultConfig is the typed form of rawVault and kek.provider.
-type vaultConfig struct {
-	KEKProvider string
-	Vault       *vault.Config // nil when Vault is not configured; Logger/Clock/stores set at wiring
-	TransitKEK  crypto.TransitKEKConfig
-}
-
 const defaultVaultTokenFile = "/var/run/secrets/keywarden/vault-token"
 
 func (r rawConfig) typedVault(c *config, fail func(field, format string, args ...any)) {
-	c.KEKProvider = or(r.KEK.Provider, kekLocal)
-	if c.KEKProvider != kekLocal && c.KEKProvider != kekTransit {
-		fail("kek.provider", "want local or transit; got %q", c.KEKProvider)
+	c.KEK.Provider = or(r.KEK.Provider, kekLocal)
+	if c.KEK.Provider != kekLocal && c.KEK.Provider != kekTransit {
+		fail("kek.provider", "want local or transit; got %q", c.KEK.Provider)
 	}
 	rv := r.Vault
 	if rv.Address == "" {
-		if c.KEKProvider == kekTransit {
+		if c.KEK.Provider == kekTransit {
 			fail("kek.provider", "transit needs the vault section (vault.address and vault.transitKEK.key)")
 		}
 		if rv != (rawVault{}) {
@@ -129,8 +122,8 @@ func (r rawConfig) typedVault(c *config, fail func(field, format string, args ..
 		*d.dst = v
 	}
 	c.Vault = vc
-	c.TransitKEK = crypto.TransitKEKConfig{Mount: or(rv.TransitKEK.Mount, "transit"), Key: rv.TransitKEK.Key}
-	switch c.KEKProvider {
+	c.KEK.Transit = crypto.TransitKEKConfig{Mount: or(rv.TransitKEK.Mount, "transit"), Key: rv.TransitKEK.Key}
+	switch c.KEK.Provider {
 	case kekLocal:
 		if rv.TransitKEK.Key != "" {
 			fail("kek.provider", "vault.transitKEK is set but kek.provider is local: set kek.provider: transit to use it")
@@ -149,8 +142,8 @@ func (r rawConfig) typedVault(c *config, fail func(field, format string, args ..
 // or a Vault Transit key (then Vault must answer at start: the stores cannot be opened
 // without it). The Transit KEK has its own Vault login, kept fresh by a runner.
 func (d *daemon) loadKEK(ctx context.Context) (tink.AEAD, error) {
-	if d.cfg.KEKProvider != kekTransit {
-		kek, err := crypto.LoadOrCreateLocalKEK(d.cfg.KEKFile)
+	if d.cfg.KEK.Provider != kekTransit {
+		kek, err := crypto.LoadOrCreateLocalKEK(d.cfg.KEK.File)
 		if err != nil {
 			return nil, fmt.Errorf("load key-encryption key: %w", err)
 		}
@@ -167,7 +160,7 @@ func (d *daemon) loadKEK(ctx context.Context) (tink.AEAD, error) {
 	if err := src.Login(lctx); err != nil {
 		return nil, fmt.Errorf("kek.provider transit: log in to Vault at %s: %w (the encrypted stores cannot be opened without Vault)", vc.Address, err)
 	}
-	tc := d.cfg.TransitKEK
+	tc := d.cfg.KEK.Transit
 	tc.Client = src.Client()
 	kek, err := crypto.NewTransitKEK(lctx, tc)
 	if err != nil {
@@ -195,7 +188,7 @@ func (d *daemon) addVaultSource(sources map[string]source.Source) error {
 	}
 	vc := *d.cfg.Vault
 	vc.Logger = d.log.With(slog.String("component", "vault"))
-	vc.Leases = d.cache
+	vc.Leases = d.node
 	vc.Registerer = d.metrics
 	src, err := vault.New(vc)
 	if err != nil {

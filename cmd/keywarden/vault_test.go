@@ -34,7 +34,7 @@ func TestParseConfig_vault(t *testing.T) {
 	v := c.Vault
 	if v == nil || v.Address != "https://vault.example:8200" || v.Auth.Method != "jwt" || v.Auth.Role != "keywarden" ||
 		v.MaxConcurrent != 4 || v.RequestTimeout != 3*time.Second || v.LeaseGrace != 20*time.Second ||
-		v.OrphanGrace != 2*time.Minute || v.MaxResponseBytes != 65536 || c.KEKProvider != kekLocal {
+		v.OrphanGrace != 2*time.Minute || v.MaxResponseBytes != 65536 || c.KEK.Provider != kekLocal {
 		t.Fatalf("vault config: %+v", v)
 	}
 	c, err = parseConfig([]byte(vaultBase))
@@ -42,8 +42,8 @@ func TestParseConfig_vault(t *testing.T) {
 		t.Fatalf("vault enabled without a vault section: %v", err)
 	}
 	c, err = parseConfig([]byte(vaultConfigDoc + "  transitKEK: {key: kek}\nkek: {provider: transit}\n"))
-	if err != nil || c.KEKProvider != kekTransit || c.TransitKEK.Mount != "transit" || c.TransitKEK.Key != "kek" {
-		t.Fatalf("transit kek: %+v %v", c.TransitKEK, err)
+	if err != nil || c.KEK.Provider != kekTransit || c.KEK.Transit.Mount != "transit" || c.KEK.Transit.Key != "kek" {
+		t.Fatalf("transit kek: %+v %v", c.KEK.Transit, err)
 	}
 }
 

@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-func TestParseConfig_i7Keys(t *testing.T) {
+func TestParseConfig_kubernetesAuditAdminTCP(t *testing.T) {
 	doc := minimalConfig + `kubernetes: {kubeconfig: /etc/kubeconfig}
 grants: {kubernetes: true}
 audit: {maxEntries: 5000, flushInterval: 50ms}
@@ -26,13 +26,13 @@ admin:
 			}
 		}
 	}
-	if c.Kubeconfig != "/etc/kubeconfig" || !c.GrantsKubernetes || c.AuditMaxEntries != 5000 || c.AuditFlushInterval != 50*time.Millisecond ||
-		c.AdminTCP == nil || c.AdminTCP.Addr != "0.0.0.0:9465" || len(c.AdminTCP.AllowedIDs) != 1 {
-		t.Fatalf("typed: %+v", c.i7Config)
+	if c.Kubernetes.Kubeconfig != "/etc/kubeconfig" || !c.Grants.Kubernetes || c.Audit.MaxEntries != 5000 || c.Audit.FlushInterval != 50*time.Millisecond ||
+		c.Admin.TCP == nil || c.Admin.TCP.Addr != "0.0.0.0:9465" || len(c.Admin.TCP.AllowedIDs) != 1 {
+		t.Fatalf("typed: kubernetes %+v grants %+v audit %+v admin %+v", c.Kubernetes, c.Grants, c.Audit, c.Admin)
 	}
 }
 
-func TestParseConfig_i7BadInput(t *testing.T) {
+func TestParseConfig_kubernetesAuditAdminTCPBadInput(t *testing.T) {
 	files := "svidCertFile: /a, svidKeyFile: /b, bundleFile: /c"
 	tests := []struct{ name, doc, want string }{
 		{"informer without kubernetes", "grants: {kubernetes: true}\n", "grants.kubernetes: needs the kubernetes section"},

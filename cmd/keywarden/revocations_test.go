@@ -15,7 +15,7 @@ func TestDaemon_revocationSurvivesRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	name, _, err := d.i7.revoker.Revoke(revoke.Target{Secret: "demo-db"})
+	name, _, err := d.revoker.Revoke(revoke.Target{Secret: "demo-db"})
 	if err != nil {
 		d.close()
 		t.Fatal(err)
@@ -27,7 +27,7 @@ func TestDaemon_revocationSurvivesRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.close()
-	if got := d.i7.revoker.Names(); len(got) != 1 || got[0] != name {
+	if got := d.revoker.Names(); len(got) != 1 || got[0] != name {
 		t.Fatalf("revocations after restart: %v, want [%s]", got, name)
 	}
 	found := false

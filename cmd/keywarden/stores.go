@@ -1,0 +1,88 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/tink-crypto/tink-go/v2/tink"
+
+	"github.com/keywarden/keywarden/broker/store"
+)
+
+// Files inside the data directory.
+const (
+	// stateFile holds the embedded secrets, admin grants, revocations and the audit log: the
+	// only copy of each, so it is never replaced automatically.
+	stateFile = "state.db"
+	// nodeFile holds what this node handed out: the records of published CSI volumes and the
+	// Vault lease ids behind them. Neither is rebuildable from the sources, but losing them
+	// only costs refreshes and revocations, not data (see openStores).
+	nodeFile = "node.db"
+	// legacyNodeFile is nodeFile's name in earlier releases; it is renamed on first start.
+	legacyNodeFile = "cache.db"
+)
+
+// openStores opens state.db and node.db with the KEK.
+func (d *daemon) openStores(kek tink.AEAD, commits *storeMetrics) error {
+	cfg := d.cfg
+	statePath := filepath.Join(cfg.DataDir, stateFile)
+	var err error
+	d.state, err = store.Open(store.Config{Path: statePath, KEK: kek, LockTimeout: cfg.Store.LockTimeout, Logger: d.log, OnCommit: commits.onCommit(storeState)})
+	switch {
+	case errors.Is(err, store.ErrUnreadable), errors.Is(err, store.ErrCorrupt):
+		// This file is the only copy of the embedded secrets and admin grants: never
+		// replace it behind the operator's back.
+		return fmt.Errorf("%w\nthe state store %s holds the only copy of the embedded secrets and admin grants, so it is not replaced automatically; restore it from a backup, or move it aside (mv %s %s.broken) to start with an empty store", err, statePath, statePath, statePath)
+	case err != nil:
+		return kekUnavailable(err, statePath, cfg.KEK.Provider) // kek.go
+	}
+
+	nodePath := filepath.Join(cfg.DataDir, nodeFile)
+	if err := migrateNodeFile(cfg.DataDir, d.log); err != nil {
+		return err
+	}
+	// An unreadable node.db is moved aside rather than stopping the daemon: a daemon that
+	// refuses to start blocks every new pod on the node, whereas what is lost is bounded and
+	// said here, so the operator can act on it.
+	var quarantined string
+	d.node, quarantined, err = store.OpenOrQuarantine(store.Config{Path: nodePath, KEK: kek, LockTimeout: cfg.Store.LockTimeout, Logger: d.log, OnCommit: commits.onCommit(storeNode)})
+	if err != nil {
+		return kekUnavailable(err, nodePath, cfg.KEK.Provider) // kek.go
+	}
+	if quarantined != "" {
+		d.log.Error("node store was unreadable and started empty: volumes published before are no longer refreshed (their files stay until the pod is deleted or the volume republished), and Vault leases handed out before are no longer renewed or revoked by this node (they expire at their Vault TTL; revoke them by prefix to end them now)",
+			slog.String("path", nodePath), slog.String("kept_as", quarantined))
+	}
+	return nil
+}
+
+// migrateNodeFile renames a cache.db of an older release to node.db, once. A node.db that
+// already exists wins; a cache.db left beside it is reported and not read.
+func migrateNodeFile(dir string, log *slog.Logger) error {
+	legacy, current := filepath.Join(dir, legacyNodeFile), filepath.Join(dir, nodeFile)
+	if _, err := os.Lstat(legacy); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("node store: %w", err)
+	}
+	switch _, err := os.Lstat(current); {
+	case err == nil:
+		log.Warn("both node.db and cache.db exist: using node.db; cache.db (an older release's name) is not read and may be removed", slog.String("path", legacy))
+		return nil
+	case !errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("node store: %w", err)
+	}
+	if err := os.Rename(legacy, current); err != nil {
+		return fmt.Errorf("node store: rename %s to %s: %w", legacy, current, err)
+	}
+	if f, err := os.Open(dir); err == nil {
+		_ = f.Sync() // the rename is durable before anything is written under the new name
+		_ = f.Close()
+	}
+	log.Info("renamed the node store to its current name", slog.String("from", legacy), slog.String("to", current))
+	return nil
+}
