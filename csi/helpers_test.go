@@ -56,15 +56,23 @@ func (b *fakeBroker) Authenticate(_ context.Context, tok identity.Token) (identi
 	return w, nil
 }
 
-// brokerErr builds a broker error of the given kind through the real broker's error type.
+// brokerErr builds a broker error of the given kind, like the real broker's error type.
 func brokerErr(kind error) error {
 	return &kindErr{kind: kind}
 }
 
-type kindErr struct{ kind error }
+// sourceErr builds a broker error caused by a source: like the real broker's, it Is both
+// the broker kind and the source error class.
+func sourceErr(kind, class error) error {
+	return &kindErr{kind: kind, class: class}
+}
 
-func (e *kindErr) Error() string        { return e.kind.Error() }
-func (e *kindErr) Is(target error) bool { return target == e.kind }
+type kindErr struct{ kind, class error }
+
+func (e *kindErr) Error() string { return e.kind.Error() }
+func (e *kindErr) Is(target error) bool {
+	return target == e.kind || (e.class != nil && target == e.class)
+}
 
 func (b *fakeBroker) GetSecret(_ context.Context, _ identity.Workload, name string, _ grant.Delivery) (*source.Secret, error) {
 	b.mu.Lock()
@@ -78,7 +86,7 @@ func (b *fakeBroker) GetSecret(_ context.Context, _ identity.Workload, name stri
 	}
 	s, ok := b.secrets[name]
 	if !ok {
-		return nil, brokerErr(broker.ErrNotFound)
+		return nil, sourceErr(broker.ErrNotFound, source.ErrNotFound)
 	}
 	return s.Clone(), nil
 }

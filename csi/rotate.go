@@ -59,8 +59,9 @@ func (d *Driver) watch(ctx context.Context, v *volume, w identity.Workload) {
 			return
 		}
 		switch {
-		case errors.Is(err, broker.ErrPermissionDenied), errors.Is(err, broker.ErrNotFound):
-			// Grant withdrawn or secret deleted: the pod must not keep the files.
+		case errors.Is(err, broker.ErrPermissionDenied), source.IsAuthoritative(err):
+			// Grant withdrawn, or the source's definite answer (secret deleted, access
+			// refused): the pod must not keep the files. Transient errors keep them.
 			log.Warn("volume revoked: files removed", slog.String("reason", err.Error()))
 			d.revoke(v)
 			return

@@ -230,7 +230,7 @@ func (e *Engine) startFlightLocked(ref source.Ref) *flight {
 		}
 		if err == nil {
 			e.storeLocked(ref, s, gen)
-		} else if errors.Is(err, source.ErrNotFound) || errors.Is(err, source.ErrDeleted) || errors.Is(err, source.ErrForbidden) {
+		} else if source.IsAuthoritative(err) {
 			// Authoritative answers purge whatever was cached, so a deleted secret is
 			// not served from memory.
 			e.purgeLocked(ref, err, gen)
@@ -293,7 +293,7 @@ func (e *Engine) purgeLocked(ref source.Ref, cause error, gen uint64) {
 	en.gen = gen
 	hadValue := en.secret != nil
 	en.secret = nil
-	en.lastErr = safeError(cause)
+	en.lastErr = source.Reason(cause)
 	if hadValue {
 		e.log.Warn("cached secret purged", slog.String("ref", ref.String()), slog.String("reason", en.lastErr))
 	}
@@ -352,7 +352,7 @@ func (e *Engine) Refresh(ctx context.Context, ref source.Ref) error {
 	switch {
 	case err == nil:
 		e.storeLocked(ref, s, gen)
-	case errors.Is(err, source.ErrNotFound), errors.Is(err, source.ErrDeleted), errors.Is(err, source.ErrForbidden):
+	case source.IsAuthoritative(err):
 		e.purgeLocked(ref, err, gen)
 	default:
 		// Transient: keep serving the cached value until it expires, retry with backoff.
@@ -361,7 +361,7 @@ func (e *Engine) Refresh(ctx context.Context, ref source.Ref) error {
 		}
 		if en := e.entries[ref]; en != nil {
 			en.failures++
-			en.lastErr = safeError(err)
+			en.lastErr = source.Reason(err)
 			en.stale = en.secret != nil
 			en.nextRefresh = e.now().Add(e.backoff(en.failures))
 		}
@@ -375,17 +375,6 @@ func (e *Engine) backoff(failures int) time.Duration {
 		d *= 2
 	}
 	return jitter(min(d, e.cfg.MaxBackoff))
-}
-
-// safeError keeps error text out of places it could be shown to workloads unfiltered: it
-// reduces an error to the sentinel class it belongs to.
-func safeError(err error) string {
-	for _, s := range []error{source.ErrNotFound, source.ErrDeleted, source.ErrForbidden, source.ErrUnavailable, context.DeadlineExceeded, context.Canceled} {
-		if errors.Is(err, s) {
-			return s.Error()
-		}
-	}
-	return "fetch failed"
 }
 
 // Run listens for source change notifications and refreshes due entries until ctx is done.
