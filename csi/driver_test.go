@@ -326,3 +326,22 @@ func TestDriver_rotation_sourceErrorPolicy(t *testing.T) {
 		return errors.Is(err, os.ErrNotExist)
 	})
 }
+
+func TestDriver_Publish_grantExpandedByTheBroker(t *testing.T) {
+	e := newEnv(t)
+	e.b.set("db", "v1", map[string]string{"password": "pw1"})
+	e.b.set("api", "v1", map[string]string{"token": "t1"})
+	e.b.mu.Lock()
+	e.b.grants["demo-app"] = []string{"db", "api"}
+	e.b.mu.Unlock()
+	r, err := e.publish("p1", "secrets", map[string]string{AttrGrant: "demo-app"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readFile(t, filepath.Join(r.TargetPath, "db/password")); got != "pw1" {
+		t.Errorf("db/password = %q", got)
+	}
+	if got := readFile(t, filepath.Join(r.TargetPath, "api/token")); got != "t1" {
+		t.Errorf("api/token = %q", got)
+	}
+}

@@ -32,15 +32,14 @@ type fakeBroker struct {
 	authErr   error           // returned by Authenticate when set
 	getErr    error           // returned by GetSecret when set
 	changed   chan struct{}
-	grants    *grant.Set
+	grants    map[string][]string // grant name -> its secrets, for ExpandSecrets
 	gets      int
 	watchRuns int
 }
 
 func newFakeBroker() *fakeBroker {
-	s, _ := grant.NewSet(nil)
 	return &fakeBroker{tokens: map[string]identity.Workload{}, secrets: map[string]*source.Secret{}, denied: map[string]bool{},
-		changed: make(chan struct{}), grants: s}
+		changed: make(chan struct{}), grants: map[string][]string{}}
 }
 
 func (b *fakeBroker) Authenticate(_ context.Context, tok identity.Token) (identity.Workload, error) {
@@ -121,7 +120,17 @@ func (b *fakeBroker) Watch(ctx context.Context, w identity.Workload, names []str
 	}
 }
 
-func (b *fakeBroker) Grants() *grant.Set { return b.grants }
+func (b *fakeBroker) ExpandSecrets(grantName string, names []string) ([]string, error) {
+	if grantName == "" {
+		return names, nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if s, ok := b.grants[grantName]; ok {
+		return s, nil
+	}
+	return nil, brokerErr(broker.ErrInvalidArgument)
+}
 
 // set stores a secret version and wakes the watches.
 func (b *fakeBroker) set(name, version string, data map[string]string) {
