@@ -16,6 +16,15 @@ import (
 	"github.com/keywarden/keywarden/broker/source"
 )
 
+// otherGrantDoc is a grant that names none of the watched secrets.
+const otherGrantDoc = `apiVersion: keywarden.io/v1alpha1
+kind: AccessGrant
+metadata: {name: other}
+spec:
+  subjects: [{namespace: demo, serviceAccount: app}]
+  secrets: [{name: x, source: {local: {}}}]
+`
+
 // settle polls runtime.NumGoroutine until ok accepts it; the bound only keeps a broken test
 // from hanging, it asserts nothing about time.
 func settle(t *testing.T, what string, ok func(n int) bool) {
@@ -77,13 +86,7 @@ spec:
 	// While it streams, the watch is its own goroutine and nothing else: no forwarders.
 	settle(t, "goroutines while the stream is open (want one more than before)", func(n int) bool { return n <= before+1 })
 	// Events still reach it: a grant change is handled in the loop.
-	if err := b.UpdateGrantSource("store", mustSet(t, `apiVersion: keywarden.io/v1alpha1
-kind: AccessGrant
-metadata: {name: other}
-spec:
-  subjects: [{namespace: demo, serviceAccount: app}]
-  secrets: [{name: x, source: {local: {}}}]
-`)); err != nil {
+	if err := b.UpdateGrantSource("store", mustSet(t, otherGrantDoc)); err != nil {
 		t.Fatal(err)
 	}
 	clk.Step(time.Second) // a binding re-check
@@ -173,13 +176,7 @@ spec:
 	src.set("two", "b")
 	_ = eng.Refresh(context.Background(), source.Ref{Source: "local", Path: "two"})
 	want("b") // the stream now selects on the new reference's subscription
-	if err := b.UpdateGrantSource("file", mustSet(t, `apiVersion: keywarden.io/v1alpha1
-kind: AccessGrant
-metadata: {name: other}
-spec:
-  subjects: [{namespace: demo, serviceAccount: app}]
-  secrets: [{name: x, source: {local: {}}}]
-`)); err != nil {
+	if err := b.UpdateGrantSource("file", mustSet(t, otherGrantDoc)); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-done; !errors.Is(err, ErrPermissionDenied) {
