@@ -284,23 +284,28 @@ func (b *Broker) fetch(ctx context.Context, w identity.Workload, name string, de
 	return s, nil
 }
 
-// sourceError maps a source error for a caller who holds a grant for the secret.
+// sourceError maps a source error for a caller who holds a grant for the secret. The result
+// keeps the source's error class, so source.IsAuthoritative answers for it as for err: the
+// authoritative classes map to NotFound and PermissionDenied, the transient ones never do.
 func (b *Broker) sourceError(name string, err error) error {
+	var out *Error
 	switch {
 	case errors.Is(err, context.Canceled):
-		return newError(ErrCanceled, "request canceled")
+		out = newError(ErrCanceled, "request canceled")
 	case errors.Is(err, context.DeadlineExceeded):
-		return newError(ErrUnavailable, fmt.Sprintf("secret %q: the source did not answer in time", name))
+		out = newError(ErrUnavailable, fmt.Sprintf("secret %q: the source did not answer in time", name))
 	case errors.Is(err, source.ErrNotFound), errors.Is(err, source.ErrDeleted):
-		return newError(ErrNotFound, fmt.Sprintf("secret %q is granted but its source holds no value for it", name))
+		out = newError(ErrNotFound, fmt.Sprintf("secret %q is granted but its source holds no value for it", name))
 	case errors.Is(err, source.ErrForbidden):
-		return newError(ErrPermissionDenied, fmt.Sprintf("secret %q: the source refused this node access", name))
+		out = newError(ErrPermissionDenied, fmt.Sprintf("secret %q: the source refused this node access", name))
 	case errors.Is(err, source.ErrUnavailable):
-		return newError(ErrUnavailable, fmt.Sprintf("secret %q: the source is unavailable; try again", name))
+		out = newError(ErrUnavailable, fmt.Sprintf("secret %q: the source is unavailable; try again", name))
 	default:
 		b.log.Error("secret fetch failed", slog.String("secret", name), slog.Any("error", err))
 		return newError(ErrInternal, "internal error")
 	}
+	out.class = source.Class(err)
+	return out
 }
 
 // Explain evaluates a hypothetical request against the grants in force.

@@ -15,10 +15,13 @@ var (
 	ErrInternal         = errors.New("internal error")
 )
 
-// Error is a broker error: a kind for the transport to map and a message for the caller.
+// Error is a broker error: a kind for the transport to map and a message for the caller. An
+// error caused by a source also Is the source's error class (source.Class), so that consumers
+// apply the one source-error policy, source.IsAuthoritative, to what the broker returns.
 type Error struct {
-	kind error
-	msg  string
+	kind  error
+	class error // source error class, or nil
+	msg   string
 }
 
 func newError(kind error, msg string) *Error { return &Error{kind: kind, msg: msg} }
@@ -26,5 +29,7 @@ func newError(kind error, msg string) *Error { return &Error{kind: kind, msg: ms
 // Error returns the caller-safe message.
 func (e *Error) Error() string { return e.msg }
 
-// Is reports whether target is the error's kind.
-func (e *Error) Is(target error) bool { return target == e.kind }
+// Is reports whether target is the error's kind or its source error class.
+func (e *Error) Is(target error) bool {
+	return target == e.kind || (e.class != nil && target == e.class)
+}

@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
-	"sync"
 
 	"github.com/keywarden/keywarden/broker/audit"
 	"github.com/keywarden/keywarden/broker/grant"
@@ -49,12 +49,6 @@ func (b *Broker) Watch(ctx context.Context, w identity.Workload, names []string,
 	// moment is noticed.
 	grantsChanged := b.grantsChangedCh()
 
-	// Every goroutine started here is owned by this call: cancelled and waited for on return.
-	wctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
-
 	ws := make([]*watched, 0, len(names))
 	defer func() {
 		for _, x := range ws {
@@ -75,66 +69,18 @@ func (b *Broker) Watch(ctx context.Context, w identity.Workload, names []string,
 		ws = append(ws, &watched{name: n, dec: dec, ref: ref, keys: keys, sub: b.cache.Subscribe(ref)})
 	}
 
-	changed := make(chan int, len(ws))
-	forward := func(i int, c <-chan struct{}) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-wctx.Done():
-					return
-				case <-c:
-					select {
-					case changed <- i:
-					case <-wctx.Done():
-						return
-					}
-				}
-			}
-		}()
-	}
-	for i, x := range ws {
-		forward(i, x.sub.C())
-	}
-
-	var expiry <-chan struct{}
+	// The stream is one select loop over every event source, so it starts no goroutine: the
+	// subscriptions' coalescing channels are selected on directly, one case each.
+	sel := newWatchSelect(ctx, grantsChanged, ws)
 	if !w.ExpiresAt.IsZero() {
 		t := b.clock.NewTimer(w.ExpiresAt.Sub(b.clock.Now()))
 		defer t.Stop()
-		done := make(chan struct{})
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			select {
-			case <-t.C():
-				close(done)
-			case <-wctx.Done():
-			}
-		}()
-		expiry = done
+		sel.set(caseExpiry, t.C())
 	}
-	var recheck <-chan struct{}
 	if b.binding != nil {
 		tick := b.clock.NewTicker(b.recheckEvery)
 		defer tick.Stop()
-		ch := make(chan struct{}, 1)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-tick.C():
-					select {
-					case ch <- struct{}{}:
-					default:
-					}
-				case <-wctx.Done():
-					return
-				}
-			}
-		}()
-		recheck = ch
+		sel.set(caseRecheck, tick.C())
 	}
 
 	for _, x := range ws {
@@ -143,16 +89,28 @@ func (b *Broker) Watch(ctx context.Context, w identity.Workload, names []string,
 		}
 	}
 	for {
-		select {
-		case <-ctx.Done():
+		switch c := sel.wait(); c {
+		case caseDone:
 			return newError(ErrCanceled, "watch canceled")
-		case <-expiry:
+		case caseExpiry:
 			return newError(ErrUnauthenticated, "token expired: reconnect with a fresh token")
-		case <-recheck:
+		case caseRecheck:
 			if err := b.checkBinding(ctx, w); err != nil {
 				return err
 			}
-		case i := <-changed:
+		case caseGrants:
+			sel.set(caseGrants, b.grantsChangedCh())
+			for i, x := range ws {
+				moved, err := b.recheck(ctx, w, d, x, send)
+				if err != nil {
+					return err
+				}
+				if moved {
+					sel.setSub(i, x.sub)
+				}
+			}
+		default:
+			i := c - caseSubs
 			moved, err := b.recheck(ctx, w, d, ws[i], send)
 			if err == nil && !moved {
 				err = b.deliver(ctx, w, d, ws[i], send)
@@ -161,21 +119,47 @@ func (b *Broker) Watch(ctx context.Context, w identity.Workload, names []string,
 				return err
 			}
 			if moved {
-				forward(i, ws[i].sub.C())
-			}
-		case <-grantsChanged:
-			grantsChanged = b.grantsChangedCh()
-			for i, x := range ws {
-				moved, err := b.recheck(ctx, w, d, x, send)
-				if err != nil {
-					return err
-				}
-				if moved {
-					forward(i, x.sub.C())
-				}
+				sel.setSub(i, ws[i].sub)
 			}
 		}
 	}
+}
+
+// The cases of a watch stream's select: fixed ones, then one per followed secret.
+const (
+	caseDone    = iota // the caller's ctx
+	caseExpiry         // the caller's token expires
+	caseRecheck        // time to re-check the pod binding
+	caseGrants         // the grants in force changed
+	caseSubs           // ws[i]'s value changed: case caseSubs+i
+)
+
+// watchSelect is the select of one watch stream. A case without a channel is never chosen.
+type watchSelect []reflect.SelectCase
+
+func newWatchSelect(ctx context.Context, grantsChanged <-chan struct{}, ws []*watched) watchSelect {
+	sel := make(watchSelect, caseSubs+len(ws))
+	for i := range sel {
+		sel[i].Dir = reflect.SelectRecv
+	}
+	sel.set(caseDone, ctx.Done())
+	sel.set(caseGrants, grantsChanged)
+	for i, x := range ws {
+		sel.setSub(i, x.sub)
+	}
+	return sel
+}
+
+// set makes case i receive from ch, which must be a receivable channel.
+func (s watchSelect) set(i int, ch any) { s[i].Chan = reflect.ValueOf(ch) }
+
+// setSub makes the case of ws[i] follow sub (after the grant moved it to another reference).
+func (s watchSelect) setSub(i int, sub *rotate.Subscription) { s.set(caseSubs+i, sub.C()) }
+
+// wait blocks until a case is ready, consumes its value and returns the case.
+func (s watchSelect) wait() int {
+	c, _, _ := reflect.Select(s)
+	return c
 }
 
 // checkBinding ends a stream whose pod has left this node (deleted, rescheduled).
@@ -232,7 +216,7 @@ func (b *Broker) deliver(ctx context.Context, w identity.Workload, d grant.Deliv
 
 // recheck re-evaluates x's grant against the grants in force now. A withdrawn grant ends the
 // watch; a grant that now points elsewhere (another source path or key set) moves the
-// subscription, delivers the new value and reports it so the caller forwards the new
+// subscription, delivers the new value and reports it so the caller selects on the new
 // subscription's signals.
 func (b *Broker) recheck(ctx context.Context, w identity.Workload, d grant.Delivery, x *watched, send SendFunc) (bool, error) {
 	dec := b.grants.Load().Evaluate(requestFor(w, x.name, d))

@@ -30,7 +30,7 @@ type Broker interface {
 	Authenticate(ctx context.Context, tok identity.Token) (identity.Workload, error)
 	GetSecret(ctx context.Context, w identity.Workload, name string, d grant.Delivery) (*source.Secret, error)
 	Watch(ctx context.Context, w identity.Workload, names []string, d grant.Delivery, send broker.SendFunc) error
-	Grants() *grant.Set
+	ExpandSecrets(grantName string, names []string) ([]string, error)
 }
 
 var _ Broker = (*broker.Broker)(nil)
@@ -303,10 +303,10 @@ func (d *Driver) Publish(ctx context.Context, r PublishRequest) (err error) {
 		return nil
 	}
 
-	names, err := d.names(vc.Request)
+	names, err := d.cfg.Broker.ExpandSecrets(vc.Request.Grant, vc.Request.Secrets)
 	if err != nil {
 		result = resultInvalid
-		return err
+		return fmt.Errorf("%w: %w", ErrInvalidRequest, err)
 	}
 	secrets := make(map[string]*source.Secret, len(names))
 	for _, n := range names {
@@ -402,29 +402,6 @@ func (v *volume) isWritten() bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return !v.revoked && v.writer != nil && v.writer.Written()
-}
-
-// names resolves the request's secrets: the list given, or every secret of the named grant.
-func (d *Driver) names(r Request) ([]string, error) {
-	if r.Grant == "" {
-		return r.Secrets, nil
-	}
-	for _, g := range d.cfg.Broker.Grants().Grants() {
-		if g.Name != r.Grant {
-			continue
-		}
-		var names []string
-		for _, s := range g.Spec.Secrets {
-			if !slices.Contains(names, s.Name) {
-				names = append(names, s.Name)
-			}
-		}
-		if len(names) == 0 || len(names) > MaxSecrets {
-			break
-		}
-		return names, nil
-	}
-	return nil, invalid("grant %q is not in force or names no secrets (or more than %d)", r.Grant, MaxSecrets)
 }
 
 // buildPayload lays the secrets out as files: <secret>/<key> unless the request maps the key

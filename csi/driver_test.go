@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/keywarden/keywarden/broker"
+	"github.com/keywarden/keywarden/broker/source"
 )
 
 func TestDriver_Publish_writesFiles(t *testing.T) {
@@ -290,5 +291,57 @@ func TestServer_NodePublishVolume_badRequests(t *testing.T) {
 	ni, err := srv.NodeGetInfo(context.Background(), &csipb.NodeGetInfoRequest{})
 	if err != nil || ni.GetNodeId() != "node-a" {
 		t.Errorf("node info = %v, %v", ni, err)
+	}
+}
+
+func TestDriver_rotation_sourceErrorPolicy(t *testing.T) {
+	e := newEnv(t)
+	e.b.set("db", "v1", map[string]string{"password": "pw1"})
+	r, err := e.publish("p1", "secrets", map[string]string{AttrSecrets: "db"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fail := func(err error) int {
+		e.b.mu.Lock()
+		defer e.b.mu.Unlock()
+		e.b.getErr = err
+		e.b.wakeLocked()
+		return e.b.watchRuns
+	}
+	runs := func() int {
+		e.b.mu.Lock()
+		defer e.b.mu.Unlock()
+		return e.b.watchRuns
+	}
+	// Transient: the watch retries and the files stay.
+	before := fail(sourceErr(broker.ErrUnavailable, source.ErrUnavailable))
+	eventually(t, "retries after a transient source error", func() bool { return runs() >= before+2 })
+	if got := readFile(t, filepath.Join(r.TargetPath, "db/password")); got != "pw1" {
+		t.Fatalf("files changed after a transient source error: %q", got)
+	}
+	// Authoritative: the secret was deleted in the source; the files go.
+	fail(sourceErr(broker.ErrNotFound, source.ErrDeleted))
+	eventually(t, "revocation after the secret was deleted", func() bool {
+		_, err := os.Lstat(filepath.Join(r.TargetPath, "db/password"))
+		return errors.Is(err, os.ErrNotExist)
+	})
+}
+
+func TestDriver_Publish_grantExpandedByTheBroker(t *testing.T) {
+	e := newEnv(t)
+	e.b.set("db", "v1", map[string]string{"password": "pw1"})
+	e.b.set("api", "v1", map[string]string{"token": "t1"})
+	e.b.mu.Lock()
+	e.b.grants["demo-app"] = []string{"db", "api"}
+	e.b.mu.Unlock()
+	r, err := e.publish("p1", "secrets", map[string]string{AttrGrant: "demo-app"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readFile(t, filepath.Join(r.TargetPath, "db/password")); got != "pw1" {
+		t.Errorf("db/password = %q", got)
+	}
+	if got := readFile(t, filepath.Join(r.TargetPath, "api/token")); got != "t1" {
+		t.Errorf("api/token = %q", got)
 	}
 }

@@ -32,15 +32,14 @@ type fakeBroker struct {
 	authErr   error           // returned by Authenticate when set
 	getErr    error           // returned by GetSecret when set
 	changed   chan struct{}
-	grants    *grant.Set
+	grants    map[string][]string // grant name -> its secrets, for ExpandSecrets
 	gets      int
 	watchRuns int
 }
 
 func newFakeBroker() *fakeBroker {
-	s, _ := grant.NewSet(nil)
 	return &fakeBroker{tokens: map[string]identity.Workload{}, secrets: map[string]*source.Secret{}, denied: map[string]bool{},
-		changed: make(chan struct{}), grants: s}
+		changed: make(chan struct{}), grants: map[string][]string{}}
 }
 
 func (b *fakeBroker) Authenticate(_ context.Context, tok identity.Token) (identity.Workload, error) {
@@ -56,15 +55,23 @@ func (b *fakeBroker) Authenticate(_ context.Context, tok identity.Token) (identi
 	return w, nil
 }
 
-// brokerErr builds a broker error of the given kind through the real broker's error type.
+// brokerErr builds a broker error of the given kind, like the real broker's error type.
 func brokerErr(kind error) error {
 	return &kindErr{kind: kind}
 }
 
-type kindErr struct{ kind error }
+// sourceErr builds a broker error caused by a source: like the real broker's, it Is both
+// the broker kind and the source error class.
+func sourceErr(kind, class error) error {
+	return &kindErr{kind: kind, class: class}
+}
 
-func (e *kindErr) Error() string        { return e.kind.Error() }
-func (e *kindErr) Is(target error) bool { return target == e.kind }
+type kindErr struct{ kind, class error }
+
+func (e *kindErr) Error() string { return e.kind.Error() }
+func (e *kindErr) Is(target error) bool {
+	return target == e.kind || (e.class != nil && target == e.class)
+}
 
 func (b *fakeBroker) GetSecret(_ context.Context, _ identity.Workload, name string, _ grant.Delivery) (*source.Secret, error) {
 	b.mu.Lock()
@@ -78,7 +85,7 @@ func (b *fakeBroker) GetSecret(_ context.Context, _ identity.Workload, name stri
 	}
 	s, ok := b.secrets[name]
 	if !ok {
-		return nil, brokerErr(broker.ErrNotFound)
+		return nil, sourceErr(broker.ErrNotFound, source.ErrNotFound)
 	}
 	return s.Clone(), nil
 }
@@ -113,7 +120,17 @@ func (b *fakeBroker) Watch(ctx context.Context, w identity.Workload, names []str
 	}
 }
 
-func (b *fakeBroker) Grants() *grant.Set { return b.grants }
+func (b *fakeBroker) ExpandSecrets(grantName string, names []string) ([]string, error) {
+	if grantName == "" {
+		return names, nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if s, ok := b.grants[grantName]; ok {
+		return s, nil
+	}
+	return nil, brokerErr(broker.ErrInvalidArgument)
+}
 
 // set stores a secret version and wakes the watches.
 func (b *fakeBroker) set(name, version string, data map[string]string) {

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/keywarden/keywarden/broker/source/vaultref"
 )
 
 // FieldError is one problem with one field of a grant, saying how to fix it.
@@ -290,16 +292,16 @@ func (v *validator) source(f string, s *SecretGrant) {
 	vs := src.Vault
 	if vs.Mount == "" {
 		v.add(f+".vault.mount", `is required: set the engine's mount path, e.g. "secret"`)
-	} else if d := vaultPathProblem(vs.Mount); d != "" {
+	} else if d := vaultref.PathProblem(vs.Mount); d != "" {
 		v.add(f+".vault.mount", "%s: %s", quote(vs.Mount), d)
 	}
 	if vs.Path != "" {
-		if d := vaultPathProblem(vs.Path); d != "" {
+		if d := vaultref.PathProblem(vs.Path); d != "" {
 			v.add(f+".vault.path", "%s: %s", quote(vs.Path), d)
 		}
 	}
 	if vs.Role != "" {
-		if d := vaultPathProblem(vs.Role); d != "" || strings.Contains(vs.Role, "/") {
+		if !vaultref.ValidRole(vs.Role) {
 			v.add(f+".vault.role", `%s: use a single name without "/"`, quote(vs.Role))
 		}
 	}
@@ -339,35 +341,13 @@ func engineName(e VaultEngine) string {
 	return string(e)
 }
 
-// vaultPathProblem checks a Vault mount, path or role: relative segments of printable ASCII
-// without "." or "..", so that a grant cannot reach outside the path it names.
-func vaultPathProblem(p string) string {
-	if len(p) > 1024 {
-		return "must be at most 1024 bytes"
-	}
-	for i := 0; i < len(p); i++ {
-		if c := p[i]; c <= 0x20 || c >= 0x7f || c == '?' || c == '#' || c == '%' || c == '*' || c == '+' {
-			return "must contain only printable ASCII without spaces, '?', '#', '%', '*' or '+'"
-		}
-	}
-	for seg := range strings.SplitSeq(p, "/") {
-		switch seg {
-		case "":
-			return `must not start or end with "/" or contain "//"`
-		case ".", "..":
-			return `must not contain "." or ".." segments`
-		}
-	}
-	return ""
-}
-
-// keyProblem checks a secret key: it is also the default file name, so it follows the
-// ConfigMap key grammar ([-._a-zA-Z0-9]+, not starting with "..").
+// keyProblem checks a secret key with the grammar the Vault reference enforces (vaultref.ValidKey:
+// the ConfigMap key grammar, since a key is also the default file name).
 func keyProblem(k string) string {
 	if k == "" {
 		return "must not be empty"
 	}
-	if msgs := validation.IsConfigMapKey(k); len(msgs) > 0 {
+	if !vaultref.ValidKey(k) {
 		return fmt.Sprintf("%s is not a valid key: use letters, digits, '-', '_' and '.', not starting with \"..\", at most 253 bytes", quote(k))
 	}
 	return ""

@@ -52,6 +52,16 @@ type Engine struct {
 	gen uint64
 	// refreshFailures counts transient refresh failures (Freshness).
 	refreshFailures atomic.Uint64
+
+	// Every backend call the engine makes is owned by it: life is the parent of their
+	// contexts and fetches counts them, so that Close (and Run, when its ctx ends) cancels
+	// them and waits. Without an owner a fetch could outlive shutdown and write the lease
+	// store after it was closed. closed (under mu) stops new fetches once Close began; it is
+	// set before fetches.Wait, so no fetches.Add can race with the Wait.
+	life    context.Context
+	stop    context.CancelFunc
+	fetches sync.WaitGroup
+	closed  bool
 }
 
 type entry struct {
@@ -134,12 +144,25 @@ func New(cfg Config) (*Engine, error) {
 	def(&cfg.MinBackoff, time.Second)
 	def(&cfg.MaxBackoff, time.Minute)
 	def(&cfg.TickInterval, 250*time.Millisecond)
+	life, stop := context.WithCancel(context.Background())
 	return &Engine{
 		cfg:     cfg,
 		log:     cfg.Logger,
 		entries: map[source.Ref]*entry{},
 		flights: map[source.Ref]*flight{},
+		life:    life,
+		stop:    stop,
 	}, nil
+}
+
+// Close cancels every backend call under way and waits for them to return; later Get and
+// Refresh calls fail with ErrClosed. It is idempotent. Run calls it when its ctx is done.
+func (e *Engine) Close() {
+	e.mu.Lock()
+	e.closed = true
+	e.mu.Unlock()
+	e.stop()
+	e.fetches.Wait()
 }
 
 func (e *Engine) now() time.Time { return e.cfg.Clock.Now() }
@@ -157,6 +180,10 @@ func (e *Engine) Get(ctx context.Context, ref source.Ref) (*source.Secret, error
 		s := en.secret.Clone()
 		e.mu.Unlock()
 		return s, nil
+	}
+	if e.closed {
+		e.mu.Unlock()
+		return nil, ErrClosed
 	}
 	f := e.flights[ref]
 	if f == nil || f.abandoned {
@@ -184,14 +211,17 @@ func (e *Engine) Get(ctx context.Context, ref source.Ref) (*source.Secret, error
 }
 
 // startFlightLocked starts the one backend call for ref. Its context is detached from the
-// first caller's: it is cancelled when every waiter has gone, or by the fetch timeout.
+// first caller's: it is cancelled when every waiter has gone, by the fetch timeout, or by
+// Close. The engine must not be closed.
 func (e *Engine) startFlightLocked(ref source.Ref) *flight {
-	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.FetchTimeout)
+	ctx, cancel := context.WithTimeout(e.life, e.cfg.FetchTimeout)
 	f := &flight{done: make(chan struct{}), cancel: cancel}
 	e.flights[ref] = f
 	e.gen++
 	gen := e.gen
+	e.fetches.Add(1)
 	go func() {
+		defer e.fetches.Done()
 		defer cancel()
 		s, err := e.cfg.Sources[ref.Source].Fetch(ctx, ref.Path)
 		e.mu.Lock()
@@ -200,7 +230,7 @@ func (e *Engine) startFlightLocked(ref source.Ref) *flight {
 		}
 		if err == nil {
 			e.storeLocked(ref, s, gen)
-		} else if errors.Is(err, source.ErrNotFound) || errors.Is(err, source.ErrDeleted) || errors.Is(err, source.ErrForbidden) {
+		} else if source.IsAuthoritative(err) {
 			// Authoritative answers purge whatever was cached, so a deleted secret is
 			// not served from memory.
 			e.purgeLocked(ref, err, gen)
@@ -263,7 +293,7 @@ func (e *Engine) purgeLocked(ref source.Ref, cause error, gen uint64) {
 	en.gen = gen
 	hadValue := en.secret != nil
 	en.secret = nil
-	en.lastErr = safeError(cause)
+	en.lastErr = source.Reason(cause)
 	if hadValue {
 		e.log.Warn("cached secret purged", slog.String("ref", ref.String()), slog.String("reason", en.lastErr))
 	}
@@ -305,16 +335,24 @@ func (e *Engine) Refresh(ctx context.Context, ref source.Ref) error {
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.FetchTimeout)
 	defer cancel()
 	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return ErrClosed
+	}
+	e.fetches.Add(1)
+	defer e.fetches.Done()
 	e.gen++
 	gen := e.gen
 	e.mu.Unlock()
+	// Close cancels this call too, whoever the caller is.
+	defer context.AfterFunc(e.life, cancel)()
 	s, err := src.Fetch(ctx, ref.Path)
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	switch {
 	case err == nil:
 		e.storeLocked(ref, s, gen)
-	case errors.Is(err, source.ErrNotFound), errors.Is(err, source.ErrDeleted), errors.Is(err, source.ErrForbidden):
+	case source.IsAuthoritative(err):
 		e.purgeLocked(ref, err, gen)
 	default:
 		// Transient: keep serving the cached value until it expires, retry with backoff.
@@ -323,7 +361,7 @@ func (e *Engine) Refresh(ctx context.Context, ref source.Ref) error {
 		}
 		if en := e.entries[ref]; en != nil {
 			en.failures++
-			en.lastErr = safeError(err)
+			en.lastErr = source.Reason(err)
 			en.stale = en.secret != nil
 			en.nextRefresh = e.now().Add(e.backoff(en.failures))
 		}
@@ -339,21 +377,12 @@ func (e *Engine) backoff(failures int) time.Duration {
 	return jitter(min(d, e.cfg.MaxBackoff))
 }
 
-// safeError keeps error text out of places it could be shown to workloads unfiltered: it
-// reduces an error to the sentinel class it belongs to.
-func safeError(err error) string {
-	for _, s := range []error{source.ErrNotFound, source.ErrDeleted, source.ErrForbidden, source.ErrUnavailable, context.DeadlineExceeded, context.Canceled} {
-		if errors.Is(err, s) {
-			return s.Error()
-		}
-	}
-	return "fetch failed"
-}
-
 // Run listens for source change notifications and refreshes due entries until ctx is done.
+// It then closes the engine: it returns only after every backend call has returned.
 func (e *Engine) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	defer e.Close()
 	for name, src := range e.cfg.Sources {
 		n, ok := src.(source.Notifier)
 		if !ok {

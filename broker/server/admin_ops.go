@@ -163,7 +163,7 @@ func (a *AdminService) RotateNow(ctx context.Context, req *keywardenv1.RotateNow
 	for _, ref := range refs {
 		r := &keywardenv1.RotatedSource{Source: ref.Source, Path: ref.Path}
 		if err := a.cfg.Rotator.Refresh(ctx, ref); err != nil {
-			r.Error = safeSourceError(err)
+			r.Error = source.Reason(err) // backend text never leaves the daemon
 		}
 		out.Sources = append(out.Sources, r)
 	}
@@ -176,16 +176,6 @@ func (a *AdminService) RotateNow(ctx context.Context, req *keywardenv1.RotateNow
 		}
 	}
 	return out, nil
-}
-
-// safeSourceError reduces a source error to its class: backend text never leaves the daemon.
-func safeSourceError(err error) string {
-	for _, s := range []error{source.ErrNotFound, source.ErrDeleted, source.ErrForbidden, source.ErrUnavailable, source.ErrUnknownSource, context.DeadlineExceeded, context.Canceled} {
-		if errors.Is(err, s) {
-			return s.Error()
-		}
-	}
-	return "fetch failed"
 }
 
 // Revoke implements keywardenv1.AdminServiceServer.

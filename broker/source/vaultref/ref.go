@@ -171,19 +171,19 @@ func Parse(ref string) (Spec, error) {
 }
 
 func (s Spec) validate() error {
-	if d := pathProblem(s.Mount); d != "" {
+	if d := PathProblem(s.Mount); d != "" {
 		return bad("mount %s", d)
 	}
 	switch s.Engine {
 	case KVv2, KVv1, Generic:
-		if d := pathProblem(s.Path); d != "" {
+		if d := PathProblem(s.Path); d != "" {
 			return bad("path %s", d)
 		}
 		if s.Role != "" {
 			return bad("role is not used by engine %s", s.Engine)
 		}
 	case Database, PKI:
-		if d := pathProblem(s.Role); d != "" || strings.Contains(s.Role, "/") {
+		if !ValidRole(s.Role) {
 			return bad("role must be a single name of printable ASCII")
 		}
 		if s.Path != "" {
@@ -253,9 +253,12 @@ func ownerPart(p string) bool {
 	return true
 }
 
-// pathProblem checks a mount, path or role like the grant validator does: relative segments of
-// printable ASCII without "." or "..", so a reference cannot reach outside what it names.
-func pathProblem(p string) string {
+// PathProblem checks a Vault mount, path or role: relative segments of printable ASCII without
+// "." or "..", so that neither a reference nor the grant it comes from can reach outside what
+// it names. It returns "" when p is valid, else what is wrong, as a phrase to follow the
+// field's name ("must …"); the phrase never repeats p. This is the one grammar: the grant
+// validator calls it too.
+func PathProblem(p string) string {
 	if p == "" {
 		return "is required"
 	}
@@ -277,6 +280,9 @@ func pathProblem(p string) string {
 	}
 	return ""
 }
+
+// ValidRole reports whether r is a valid database or PKI role: a valid path of one segment.
+func ValidRole(r string) bool { return PathProblem(r) == "" && !strings.Contains(r, "/") }
 
 // ValidKey reports whether k is a valid secret key: the ConfigMap key grammar
 // ([-._a-zA-Z0-9]{1,253}, not starting with ".."), since a key is also a file name.

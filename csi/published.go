@@ -13,6 +13,12 @@ import (
 	"github.com/keywarden/keywarden/broker/source"
 )
 
+// What happens to a volume after its first publish: its watch follows the secrets through the
+// broker and rewrites the files on every change, an authoritative error or a pod gone from the
+// node removes them (revocation), and Recover takes the volumes back under management after a
+// restart. Rotation itself — deciding when a secret is renewed or re-issued — is the broker's
+// cache (broker/rotate); this file only keeps published volumes current.
+
 // startWatch follows v's secrets through the broker and rewrites v on every change. The
 // goroutine is owned by the driver (d.wg) and stopped by stopWatch or Close.
 func (d *Driver) startWatch(v *volume) {
@@ -59,8 +65,9 @@ func (d *Driver) watch(ctx context.Context, v *volume, w identity.Workload) {
 			return
 		}
 		switch {
-		case errors.Is(err, broker.ErrPermissionDenied), errors.Is(err, broker.ErrNotFound):
-			// Grant withdrawn or secret deleted: the pod must not keep the files.
+		case errors.Is(err, broker.ErrPermissionDenied), source.IsAuthoritative(err):
+			// Grant withdrawn, or the source's definite answer (secret deleted, access
+			// refused): the pod must not keep the files. Transient errors keep them.
 			log.Warn("volume revoked: files removed", slog.String("reason", err.Error()))
 			d.revoke(v)
 			return
