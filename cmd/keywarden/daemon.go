@@ -336,6 +336,9 @@ func (d *daemon) close() {
 	if d.closed.Swap(true) {
 		return
 	}
+	if d.engine != nil {
+		d.engine.Close() // no fetch may write the lease store after it is closed
+	}
 	d.closeAdminTCP() // admin_api.go
 	d.closeAuditLog() // auditlog.go: flush the audit log before the stores close
 	for _, db := range []*store.DB{d.node, d.state} {
