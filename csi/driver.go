@@ -258,19 +258,17 @@ func (d *Driver) checkTarget(target, podUID string) error {
 // republish with the same arguments refreshes the volume's identity; during an outage it keeps
 // the old files and succeeds.
 func (d *Driver) Publish(ctx context.Context, r PublishRequest) (err error) {
-	result := resultError
 	began := time.Now()
+	var outcome string // the result label of a success that is not a plain publish
 	defer func() {
-		d.metrics.publishes.WithLabelValues(result).Inc()
+		d.metrics.publishes.WithLabelValues(publishResult(outcome, err)).Inc()
 		d.metrics.publishSeconds.Observe(time.Since(began).Seconds())
 	}()
 	vc, err := ParseVolumeContext(r.VolumeContext, d.cfg.Audience)
 	if err != nil {
-		result = resultInvalid
 		return err
 	}
 	if err := d.checkTarget(r.TargetPath, vc.Pod.UID); err != nil {
-		result = resultInvalid
 		return err
 	}
 	unlock := d.lock(r.VolumeID)
@@ -279,47 +277,25 @@ func (d *Driver) Publish(ctx context.Context, r PublishRequest) (err error) {
 
 	v := d.get(r.VolumeID)
 	if v != nil && (v.target != r.TargetPath || v.pod.UID != vc.Pod.UID || v.gid != r.GID || !v.req.Equal(vc.Request)) {
-		result = resultInvalid
 		return fmt.Errorf("%w: volume %s", ErrAlreadyExists, r.VolumeID)
 	}
-	w, err := d.cfg.Broker.Authenticate(ctx, vc.Token)
-	if err != nil {
-		if v != nil && errors.Is(err, broker.ErrUnavailable) && v.isWritten() {
-			log.Warn("republish: identity check unavailable; keeping the volume's files")
-			result = resultStale
-			return nil
-		}
-		result = resultOf(err)
+	w, err := d.authenticate(ctx, vc)
+	switch {
+	case err != nil && v != nil && errors.Is(err, broker.ErrUnavailable) && v.isWritten():
+		log.Warn("republish: identity check unavailable; keeping the volume's files")
+		outcome = resultStale
+		return nil
+	case err != nil:
 		return err
-	}
-	if w.PodUID != vc.Pod.UID || (w.Namespace != vc.Pod.Namespace) || (w.PodName != "" && w.PodName != vc.Pod.Name) {
-		result = resultInvalid
-		return invalid("the token belongs to another pod than the one in volume_context")
-	}
-	if v != nil && v.isWritten() {
+	case v != nil && v.isWritten():
 		// Republish: new identity, same files; rotation keeps them current.
 		d.refresh(v, w)
-		result = resultRepublished
+		outcome = resultRepublished
 		return nil
 	}
 
-	names, err := d.cfg.Broker.ExpandSecrets(vc.Request.Grant, vc.Request.Secrets)
+	names, secrets, payload, err := d.fetch(ctx, w, vc.Request, r.GID)
 	if err != nil {
-		result = resultInvalid
-		return fmt.Errorf("%w: %w", ErrInvalidRequest, err)
-	}
-	secrets := make(map[string]*source.Secret, len(names))
-	for _, n := range names {
-		s, err := d.cfg.Broker.GetSecret(ctx, w, n, grant.DeliveryCSI)
-		if err != nil {
-			result = resultOf(err)
-			return err
-		}
-		secrets[n] = s
-	}
-	payload, err := buildPayload(vc.Request, names, secrets, r.GID)
-	if err != nil {
-		result = resultInvalid
 		return err
 	}
 	if v != nil {
@@ -328,32 +304,95 @@ func (d *Driver) Publish(ctx context.Context, r PublishRequest) (err error) {
 			return err
 		}
 		d.refresh(v, w)
-		result = resultOK
 		return nil
 	}
-	if err := d.cfg.Mounter.Setup(r.TargetPath, r.GID); err != nil {
+	v = &volume{id: r.VolumeID, target: r.TargetPath, req: vc.Request, pod: vc.Pod, gid: r.GID, names: names, w: w,
+		secrets: secrets, versions: map[string]string{}}
+	if err := d.create(v, payload, log); err != nil {
+		return err
+	}
+	log.Info("volume published", slog.Int("secrets", len(names)))
+	return nil
+}
+
+// publishResult is the result label of a Publish that returned err; outcome names a success
+// other than a plain publish.
+func publishResult(outcome string, err error) string {
+	switch {
+	case err != nil:
+		return resultOf(err)
+	case outcome != "":
+		return outcome
+	}
+	return resultOK
+}
+
+// authenticate verifies the volume's pod token and checks that it belongs to the pod kubelet
+// named in the volume context.
+func (d *Driver) authenticate(ctx context.Context, vc VolumeContext) (identity.Workload, error) {
+	w, err := d.cfg.Broker.Authenticate(ctx, vc.Token)
+	if err != nil {
+		return identity.Workload{}, err
+	}
+	if w.PodUID != vc.Pod.UID || w.Namespace != vc.Pod.Namespace || (w.PodName != "" && w.PodName != vc.Pod.Name) {
+		return identity.Workload{}, invalid("the token belongs to another pod than the one in volume_context")
+	}
+	return w, nil
+}
+
+// fetch gets every secret the request names for w and lays them out as files; any failure
+// fails the whole publish.
+func (d *Driver) fetch(ctx context.Context, w identity.Workload, req Request, gid int) ([]string, map[string]*source.Secret, map[string]File, error) {
+	names, err := d.cfg.Broker.ExpandSecrets(req.Grant, req.Secrets)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("%w: %w", ErrInvalidRequest, err)
+	}
+	secrets := make(map[string]*source.Secret, len(names))
+	for _, n := range names {
+		s, err := d.cfg.Broker.GetSecret(ctx, w, n, grant.DeliveryCSI)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		secrets[n] = s
+	}
+	payload, err := buildPayload(req, names, secrets, gid)
+	if err != nil {
+		return nil, nil, nil, payloadError{err}
+	}
+	return names, secrets, payload, nil
+}
+
+// payloadError is a failure to lay the secrets out as files (counted as an invalid request:
+// the volume's attributes do not fit the secrets). Its message is the cause's.
+type payloadError struct{ error }
+
+func (e payloadError) Unwrap() error { return e.error }
+
+// create mounts v's target, writes its first files, records it and starts rotating it. On
+// failure the target is torn down and nothing is recorded.
+func (d *Driver) create(v *volume, payload map[string]File, log *slog.Logger) error {
+	if err := d.cfg.Mounter.Setup(v.target, v.gid); err != nil {
 		log.Error("volume setup failed", slog.Any("error", err))
 		return fmt.Errorf("set up volume: %w", err)
 	}
 	fail := func(err error) error {
-		if terr := d.cfg.Mounter.Teardown(r.TargetPath); terr != nil {
+		if terr := d.cfg.Mounter.Teardown(v.target); terr != nil {
 			log.Error("volume teardown after a failed publish", slog.Any("error", terr))
 		}
 		return err
 	}
-	aw, err := NewAtomicWriter(r.TargetPath, r.GID, d.cfg.Clock.Now)
+	aw, err := NewAtomicWriter(v.target, v.gid, d.cfg.Clock.Now)
 	if err != nil {
 		return fail(err)
 	}
-	v = &volume{id: r.VolumeID, target: r.TargetPath, req: vc.Request, pod: vc.Pod, gid: r.GID, names: names, w: w,
-		writer: aw, secrets: secrets, versions: map[string]string{}}
+	v.writer = aw
 	start := time.Now()
 	if err := aw.Write(payload); err != nil {
 		_ = aw.Close()
 		return fail(fmt.Errorf("write volume: %w", err))
 	}
 	d.metrics.writeSeconds.Observe(time.Since(start).Seconds())
-	for n, s := range secrets {
+	for n, s := range v.secrets {
 		v.versions[n] = s.Version
 	}
 	d.bindSocket(v, log)
@@ -370,8 +409,6 @@ func (d *Driver) Publish(ctx context.Context, r PublishRequest) (err error) {
 	d.metrics.volumes.Set(float64(len(d.vols)))
 	d.mu.Unlock()
 	d.startWatch(v)
-	log.Info("volume published", slog.Int("secrets", len(names)))
-	result = resultOK
 	return nil
 }
 
@@ -388,7 +425,7 @@ func (d *Driver) bindSocket(v *volume, log *slog.Logger) {
 
 func resultOf(err error) string {
 	switch {
-	case errors.Is(err, broker.ErrInvalidArgument), errors.Is(err, ErrInvalidRequest):
+	case errors.Is(err, broker.ErrInvalidArgument), errors.Is(err, ErrInvalidRequest), errors.Is(err, ErrAlreadyExists), errors.As(err, new(payloadError)):
 		return resultInvalid
 	case errors.Is(err, broker.ErrUnauthenticated), errors.Is(err, broker.ErrPermissionDenied), errors.Is(err, broker.ErrNotFound):
 		return resultDenied
