@@ -12,7 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/keywarden/keywarden/broker/server"
+	"github.com/keywarden/keywarden/internal/grpcx"
 )
 
 // Server serves the CSI Identity and Node services of a Driver.
@@ -54,7 +54,7 @@ func NewGRPCServer(d *Driver) *grpc.Server {
 }
 
 // toStatus is the driver's one mapping to gRPC status codes: its own errors here, the
-// broker's through server.ToStatus.
+// broker's through grpcx.ToStatus.
 func toStatus(err error) error {
 	switch {
 	case err == nil:
@@ -66,7 +66,7 @@ func toStatus(err error) error {
 	case errors.Is(err, ErrVolumeFull):
 		return status.Error(codes.ResourceExhausted, "the volume's files do not fit its tmpfs: raise csi.tmpfsSize or deliver fewer keys")
 	}
-	return server.ToStatus(err)
+	return grpcx.ToStatus(err)
 }
 
 // GetPluginInfo implements csi.IdentityServer.

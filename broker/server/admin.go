@@ -21,6 +21,7 @@ import (
 	"github.com/keywarden/keywarden/broker/rotate"
 	"github.com/keywarden/keywarden/broker/source"
 	"github.com/keywarden/keywarden/broker/source/local"
+	"github.com/keywarden/keywarden/internal/grpcx"
 	keywardenv1 "github.com/keywarden/keywarden/proto/keywarden/v1"
 )
 
@@ -137,8 +138,8 @@ func adminOptions(cfg *AdminConfig, authzU grpc.UnaryServerInterceptor, authzS g
 		cfg.Limits.MaxRecvMsgSize = 1 << 20
 	}
 	defaultRecorder(cfg)
-	unary := []grpc.UnaryServerInterceptor{LogUnary(cfg.Logger, cfg.Metrics), RecoverUnary(cfg.Logger)}
-	stream := []grpc.StreamServerInterceptor{LogStream(cfg.Logger, cfg.Metrics), RecoverStream(cfg.Logger)}
+	unary := []grpc.UnaryServerInterceptor{grpcx.LogUnary(cfg.Logger, cfg.Metrics), grpcx.RecoverUnary(cfg.Logger)}
+	stream := []grpc.StreamServerInterceptor{grpcx.LogStream(cfg.Logger, cfg.Metrics), grpcx.RecoverStream(cfg.Logger)}
 	if authzU != nil {
 		unary = append(unary, authzU)
 		stream = append(stream, authzS)

@@ -25,6 +25,7 @@ import (
 	"github.com/keywarden/keywarden/broker/source"
 	"github.com/keywarden/keywarden/broker/source/local"
 	"github.com/keywarden/keywarden/client"
+	"github.com/keywarden/keywarden/internal/grpcx"
 	keywardenv1 "github.com/keywarden/keywarden/proto/keywarden/v1"
 )
 
@@ -75,13 +76,13 @@ func serveAdmin(t *testing.T, cfg server.AdminConfig) keywardenv1.AdminServiceCl
 		t.Fatal(err)
 	}
 	sock := filepath.Join(t.TempDir(), "a.sock")
-	lis, err := server.ListenUnix(sock, 0o600)
+	lis, err := grpcx.ListenUnix(sock, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- server.Serve(ctx, srv, lis, time.Second) }()
+	go func() { done <- grpcx.Serve(ctx, srv, lis, time.Second) }()
 	conn, err := grpc.NewClient(client.Target(sock), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

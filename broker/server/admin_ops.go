@@ -20,6 +20,7 @@ import (
 	"github.com/keywarden/keywarden/broker/grant"
 	"github.com/keywarden/keywarden/broker/revoke"
 	"github.com/keywarden/keywarden/broker/source"
+	"github.com/keywarden/keywarden/internal/grpcx"
 	keywardenv1 "github.com/keywarden/keywarden/proto/keywarden/v1"
 )
 
@@ -102,17 +103,10 @@ func auditUnary(rec audit.Recorder) grpc.UnaryServerInterceptor {
 	}
 }
 
-type auditedStream struct {
-	grpc.ServerStream
-	ctx context.Context
-}
-
-func (s *auditedStream) Context() context.Context { return s.ctx }
-
 func auditStream(rec audit.Recorder) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		c := &adminCall{}
-		err := handler(srv, &auditedStream{ServerStream: ss, ctx: context.WithValue(ss.Context(), adminCallKey{}, c)})
+		err := handler(srv, grpcx.WithContext(ss, context.WithValue(ss.Context(), adminCallKey{}, c)))
 		auditCall(ss.Context(), rec, info.FullMethod, err, c)
 		return err
 	}

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/keywarden/keywarden/broker/audit"
+	"github.com/keywarden/keywarden/internal/grpcx"
 )
 
 // AdminTLSConfig makes the admin service reachable over TCP with mutual TLS using X.509-SVIDs.
@@ -103,7 +104,7 @@ func NewAdminTLSServer(cfg AdminConfig, tc AdminTLSConfig) (*grpc.Server, error)
 		if err != nil {
 			return err
 		}
-		return handler(srv, &auditedStream{ServerStream: ss, ctx: ctx})
+		return handler(srv, grpcx.WithContext(ss, ctx))
 	}
 	opts, err := adminOptions(&cfg, unary, stream)
 	if err != nil {

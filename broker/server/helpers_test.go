@@ -14,10 +14,10 @@ import (
 
 	"github.com/keywarden/keywarden/broker/grant"
 	"github.com/keywarden/keywarden/broker/identity"
-	"github.com/keywarden/keywarden/broker/server"
 	"github.com/keywarden/keywarden/broker/source/local"
 	"github.com/keywarden/keywarden/broker/store"
 	"github.com/keywarden/keywarden/crypto"
+	"github.com/keywarden/keywarden/internal/grpcx"
 )
 
 func osWriteFile(p string, b []byte) error { return os.WriteFile(p, b, 0o600) }
@@ -81,19 +81,19 @@ func demoGrants(t testing.TB) *grant.Set {
 func serveStack(t testing.TB, dir string, ws, as *grpc.Server, runners ...func(context.Context) error) (workload, admin string) {
 	t.Helper()
 	workload, admin = filepath.Join(dir, "w.sock"), filepath.Join(dir, "a.sock")
-	wl, err := server.ListenUnix(workload, 0o600)
+	wl, err := grpcx.ListenUnix(workload, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
-	al, err := server.ListenUnix(admin, 0o600)
+	al, err := grpcx.ListenUnix(admin, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	runs := append(runners,
-		func(ctx context.Context) error { return server.Serve(ctx, ws, wl, time.Second) },
-		func(ctx context.Context) error { return server.Serve(ctx, as, al, time.Second) },
+		func(ctx context.Context) error { return grpcx.Serve(ctx, ws, wl, time.Second) },
+		func(ctx context.Context) error { return grpcx.Serve(ctx, as, al, time.Second) },
 	)
 	for _, run := range runs {
 		wg.Add(1)

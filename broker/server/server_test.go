@@ -31,6 +31,7 @@ import (
 	"github.com/keywarden/keywarden/broker/source"
 	"github.com/keywarden/keywarden/broker/source/local"
 	"github.com/keywarden/keywarden/client"
+	"github.com/keywarden/keywarden/internal/grpcx"
 	keywardenv1 "github.com/keywarden/keywarden/proto/keywarden/v1"
 )
 
@@ -484,13 +485,13 @@ func TestRecoverUnary_panicBecomesInternal(t *testing.T) {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(t.TempDir(), "p.sock")
-	lis, err := server.ListenUnix(sock, 0o600)
+	lis, err := grpcx.ListenUnix(sock, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- server.Serve(ctx, srv, lis, time.Second) }()
+	go func() { done <- grpcx.Serve(ctx, srv, lis, time.Second) }()
 	defer func() { cancel(); <-done }()
 	c, err := client.New(sock, client.WithToken("t"))
 	if err != nil {
@@ -513,16 +514,16 @@ func TestListenUnix_refusesNonSocketAndLiveSocket(t *testing.T) {
 	if err := writeFile(file); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := server.ListenUnix(file, 0o600); err == nil || !strings.Contains(err.Error(), "not a socket") {
+	if _, err := grpcx.ListenUnix(file, 0o600); err == nil || !strings.Contains(err.Error(), "not a socket") {
 		t.Fatalf("regular file: %v", err)
 	}
 	sock := filepath.Join(dir, "s.sock")
-	l1, err := server.ListenUnix(sock, 0o600)
+	l1, err := grpcx.ListenUnix(sock, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l1.Close()
-	if _, err := server.ListenUnix(sock, 0o600); err == nil || !strings.Contains(err.Error(), "in use") {
+	if _, err := grpcx.ListenUnix(sock, 0o600); err == nil || !strings.Contains(err.Error(), "in use") {
 		t.Fatalf("live socket: %v", err)
 	}
 }
@@ -535,13 +536,13 @@ var _ io.Writer = (*syncBuffer)(nil)
 
 func TestPeerFilter_refusesOtherUsers(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "a.sock")
-	lis, err := server.ListenUnix(sock, 0o600)
+	lis, err := grpcx.ListenUnix(sock, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
 	refused := make(chan uint32, 1)
 	// Allow only a uid nobody runs as: our own connection must be refused.
-	f := server.PeerFilter(lis, []uint32{4294967294}, func(uid uint32) { refused <- uid })
+	f := grpcx.PeerFilter(lis, []uint32{4294967294}, func(uid uint32) { refused <- uid })
 	defer f.Close()
 	go func() { _, _ = f.Accept() }()
 	c, err := net.Dial("unix", sock)
@@ -558,11 +559,11 @@ func TestPeerFilter_refusesOtherUsers(t *testing.T) {
 		t.Fatal("connection from a disallowed uid was not refused")
 	}
 	// Allowed: our own uid.
-	lis2, err := server.ListenUnix(filepath.Join(t.TempDir(), "b.sock"), 0o600)
+	lis2, err := grpcx.ListenUnix(filepath.Join(t.TempDir(), "b.sock"), 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f2 := server.PeerFilter(lis2, []uint32{uint32(os.Getuid())}, nil)
+	f2 := grpcx.PeerFilter(lis2, []uint32{uint32(os.Getuid())}, nil)
 	defer f2.Close()
 	accepted := make(chan error, 1)
 	go func() {

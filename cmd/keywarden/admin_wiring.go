@@ -24,6 +24,7 @@ import (
 	"github.com/keywarden/keywarden/broker/grant"
 	"github.com/keywarden/keywarden/broker/revoke"
 	"github.com/keywarden/keywarden/broker/server"
+	"github.com/keywarden/keywarden/internal/grpcx"
 )
 
 // rawKubernetes is `kubernetes:`: how the daemon reaches the apiserver.
@@ -282,7 +283,7 @@ func (d *daemon) listenAdminTCP(cfg server.AdminConfig) error {
 		if closeSource != nil {
 			defer closeSource()
 		}
-		return server.Serve(ctx, srv, lis, 5*time.Second)
+		return grpcx.Serve(ctx, srv, lis, 5*time.Second)
 	})
 	return nil
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/keywarden/keywarden/broker/source"
 	"github.com/keywarden/keywarden/broker/source/local"
 	"github.com/keywarden/keywarden/broker/store"
+	"github.com/keywarden/keywarden/internal/grpcx"
 )
 
 // Files inside the data directory.
@@ -220,17 +221,17 @@ func (d *daemon) run(ctx context.Context, version string, onReady func()) error 
 	if err := d.listenAdminTCP(adminCfg); err != nil { // admin_wiring.go: admin.tcp with mTLS
 		return err
 	}
-	wl, err := server.ListenUnix(d.cfg.Socket, d.cfg.SocketMode)
+	wl, err := grpcx.ListenUnix(d.cfg.Socket, d.cfg.SocketMode)
 	if err != nil {
 		return err
 	}
-	al, err := server.ListenUnix(d.cfg.AdminSocket, d.cfg.AdminSocketMode)
+	al, err := grpcx.ListenUnix(d.cfg.AdminSocket, d.cfg.AdminSocketMode)
 	if err != nil {
 		_ = wl.Close()
 		return err
 	}
 	// Only root and the daemon's own user may talk to the admin API.
-	al = server.PeerFilter(al, []uint32{0, uint32(os.Getuid())}, func(uid uint32) {
+	al = grpcx.PeerFilter(al, []uint32{0, uint32(os.Getuid())}, func(uid uint32) {
 		d.log.Warn("admin socket connection refused: peer is not root or the daemon's user", slog.Uint64("uid", uint64(uid)))
 	})
 	var hl net.Listener
@@ -253,8 +254,8 @@ func (d *daemon) run(ctx context.Context, version string, onReady func()) error 
 	if d.files != nil {
 		g.Go(func() error { return d.files.Run(gctx) })
 	}
-	g.Go(func() error { return server.Serve(gctx, workload, wl, 5*time.Second) })
-	g.Go(func() error { return server.Serve(gctx, admin, al, 5*time.Second) })
+	g.Go(func() error { return grpcx.Serve(gctx, workload, wl, 5*time.Second) })
+	g.Go(func() error { return grpcx.Serve(gctx, admin, al, 5*time.Second) })
 	if hl != nil {
 		hs := &http.Server{Handler: d.healthMux(reg), ReadHeaderTimeout: 5 * time.Second}
 		g.Go(func() error {
