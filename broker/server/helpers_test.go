@@ -3,7 +3,6 @@ package server_test
 import (
 	"context"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -19,8 +18,6 @@ import (
 	"github.com/keywarden/keywarden/crypto"
 	"github.com/keywarden/keywarden/internal/grpcx"
 )
-
-func osWriteFile(p string, b []byte) error { return os.WriteFile(p, b, 0o600) }
 
 // base is what every test stack shares: a private dir, captured logs, the real encrypted
 // store with the local source seeded with demo-db, and a dev issuer with its verifier.
