@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -25,7 +24,6 @@ import (
 	"github.com/keywarden/keywarden/broker/source"
 	"github.com/keywarden/keywarden/broker/source/local"
 	"github.com/keywarden/keywarden/client"
-	"github.com/keywarden/keywarden/internal/grpcx"
 	keywardenv1 "github.com/keywarden/keywarden/proto/keywarden/v1"
 )
 
@@ -75,25 +73,11 @@ func serveAdmin(t *testing.T, cfg server.AdminConfig) keywardenv1.AdminServiceCl
 	if err != nil {
 		t.Fatal(err)
 	}
-	sock := filepath.Join(t.TempDir(), "a.sock")
-	lis, err := grpcx.ListenUnix(sock, 0o600)
+	conn, err := grpc.NewClient(client.Target(serveOne(t, srv)), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- grpcx.Serve(ctx, srv, lis, time.Second) }()
-	conn, err := grpc.NewClient(client.Target(sock), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = conn.Close()
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	})
+	t.Cleanup(func() { _ = conn.Close() })
 	return keywardenv1.NewAdminServiceClient(conn)
 }
 

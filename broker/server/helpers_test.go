@@ -107,3 +107,24 @@ func serveStack(t testing.TB, dir string, ws, as *grpc.Server, runners ...func(c
 	})
 	return workload, admin
 }
+
+// serveOne serves srv on a Unix socket in a private directory until the test ends and returns
+// the socket's path.
+func serveOne(t testing.TB, srv *grpc.Server) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	lis, err := grpcx.ListenUnix(sock, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- grpcx.Serve(ctx, srv, lis, time.Second) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	return sock
+}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -29,7 +28,6 @@ import (
 	"github.com/keywarden/keywarden/broker/source"
 	"github.com/keywarden/keywarden/broker/source/local"
 	"github.com/keywarden/keywarden/client"
-	"github.com/keywarden/keywarden/internal/grpcx"
 	keywardenv1 "github.com/keywarden/keywarden/proto/keywarden/v1"
 )
 
@@ -482,16 +480,7 @@ func TestRecoverUnary_panicBecomesInternal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sock := filepath.Join(t.TempDir(), "p.sock")
-	lis, err := grpcx.ListenUnix(sock, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- grpcx.Serve(ctx, srv, lis, time.Second) }()
-	defer func() { cancel(); <-done }()
-	c, err := client.New(sock, client.WithToken("t"))
+	c, err := client.New(serveOne(t, srv), client.WithToken("t"))
 	if err != nil {
 		t.Fatal(err)
 	}

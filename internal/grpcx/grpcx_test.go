@@ -20,23 +20,6 @@ import (
 
 const secret = "s3cr3t-4b1d9e"
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestToStatus_mapping(t *testing.T) {
 	safe := Errorf(ErrFailedPrecondition, "no store")
 	cases := []struct {
@@ -74,7 +57,7 @@ type request struct{ Token string }
 // TestLogUnary_neverLogsBodies: the log line has the method, the code, what Annotate added and
 // the status message, never the request or the response.
 func TestLogUnary_neverLogsBodies(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &bytes.Buffer{} // the interceptors run on this goroutine
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	o := &observer{}
 	logI, recI := LogUnary(log, o), RecoverUnary(log)
@@ -118,7 +101,7 @@ func (o *observer) Observe(_ string, c codes.Code, _ time.Duration) {
 // TestRecoverUnary_panicBecomesInternal: the caller gets Internal with a fixed message; the log
 // has the stack but not the panic value.
 func TestRecoverUnary_panicBecomesInternal(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &bytes.Buffer{} // the interceptors run on this goroutine
 	log := slog.New(slog.NewJSONHandler(logs, nil))
 	info := &grpc.UnaryServerInfo{FullMethod: "/test.Svc/Boom"}
 	_, err := RecoverUnary(log)(context.Background(), nil, info, func(context.Context, any) (any, error) {
