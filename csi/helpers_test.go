@@ -31,6 +31,7 @@ type fakeBroker struct {
 	denied    map[string]bool // secret name -> permission denied
 	authErr   error           // returned by Authenticate when set
 	getErr    error           // returned by GetSecret when set
+	panicMsg  string          // Authenticate panics with it when set
 	changed   chan struct{}
 	grants    map[string][]string // grant name -> its secrets, for ExpandSecrets
 	gets      int
@@ -45,6 +46,9 @@ func newFakeBroker() *fakeBroker {
 func (b *fakeBroker) Authenticate(_ context.Context, tok identity.Token) (identity.Workload, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.panicMsg != "" {
+		panic(b.panicMsg)
+	}
 	if b.authErr != nil {
 		return identity.Workload{}, b.authErr
 	}

@@ -12,7 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/keywarden/keywarden/broker/server"
+	"github.com/keywarden/keywarden/internal/grpcx"
 )
 
 // Server serves the CSI Identity and Node services of a Driver.
@@ -36,25 +36,21 @@ func (s *Server) Register(g *grpc.Server) {
 	csipb.RegisterNodeServer(g, s)
 }
 
-// NewGRPCServer returns a gRPC server with the CSI services and an interceptor that logs each
-// call's outcome without its request (the volume context carries the pod's token).
+// NewGRPCServer returns a gRPC server with the CSI services behind the shared logging and
+// panic-recovery interceptors: each call's outcome is logged without its request (the volume
+// context carries the pod's token), and a panicking handler answers Internal while the server
+// keeps serving the node's other volumes.
 func NewGRPCServer(d *Driver) *grpc.Server {
-	g := grpc.NewServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-		resp, err := h(ctx, req)
-		if err != nil {
-			st, _ := status.FromError(err)
-			d.log.Info("csi call failed", slog.String("method", info.FullMethod), slog.String("code", st.Code().String()), slog.String("message", st.Message()))
-		} else {
-			d.log.Debug("csi call", slog.String("method", info.FullMethod))
-		}
-		return resp, err
-	}))
+	g := grpc.NewServer(
+		grpc.ChainUnaryInterceptor(grpcx.LogUnary(d.log, nil), grpcx.RecoverUnary(d.log)),
+		grpc.ChainStreamInterceptor(grpcx.LogStream(d.log, nil), grpcx.RecoverStream(d.log)),
+	)
 	NewServer(d).Register(g)
 	return g
 }
 
 // toStatus is the driver's one mapping to gRPC status codes: its own errors here, the
-// broker's through server.ToStatus.
+// broker's through grpcx.ToStatus.
 func toStatus(err error) error {
 	switch {
 	case err == nil:
@@ -66,7 +62,7 @@ func toStatus(err error) error {
 	case errors.Is(err, ErrVolumeFull):
 		return status.Error(codes.ResourceExhausted, "the volume's files do not fit its tmpfs: raise csi.tmpfsSize or deliver fewer keys")
 	}
-	return server.ToStatus(err)
+	return grpcx.ToStatus(err)
 }
 
 // GetPluginInfo implements csi.IdentityServer.

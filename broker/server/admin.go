@@ -4,15 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
 	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/keywarden/keywarden/broker"
@@ -21,6 +18,7 @@ import (
 	"github.com/keywarden/keywarden/broker/rotate"
 	"github.com/keywarden/keywarden/broker/source"
 	"github.com/keywarden/keywarden/broker/source/local"
+	"github.com/keywarden/keywarden/internal/grpcx"
 	keywardenv1 "github.com/keywarden/keywarden/proto/keywarden/v1"
 )
 
@@ -137,14 +135,15 @@ func adminOptions(cfg *AdminConfig, authzU grpc.UnaryServerInterceptor, authzS g
 		cfg.Limits.MaxRecvMsgSize = 1 << 20
 	}
 	defaultRecorder(cfg)
-	unary := []grpc.UnaryServerInterceptor{LogUnary(cfg.Logger, cfg.Metrics), RecoverUnary(cfg.Logger)}
-	stream := []grpc.StreamServerInterceptor{LogStream(cfg.Logger, cfg.Metrics), RecoverStream(cfg.Logger)}
+	unary := []grpc.UnaryServerInterceptor{grpcx.LogUnary(cfg.Logger, cfg.Metrics), grpcx.RecoverUnary(cfg.Logger)}
+	stream := []grpc.StreamServerInterceptor{grpcx.LogStream(cfg.Logger, cfg.Metrics), grpcx.RecoverStream(cfg.Logger)}
 	if authzU != nil {
 		unary = append(unary, authzU)
 		stream = append(stream, authzS)
 	}
-	unary = append(unary, auditUnary(cfg.Recorder))
-	stream = append(stream, auditStream(cfg.Recorder))
+	// Innermost: handlers return domain errors, mapped to codes here, seen as codes by audit.
+	unary = append(unary, auditUnary(cfg.Recorder), grpcx.StatusUnary())
+	stream = append(stream, auditStream(cfg.Recorder), grpcx.StatusStream())
 	return append(cfg.Limits.serverOptions(), grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...)), nil
 }
 
@@ -154,7 +153,7 @@ func (a *AdminService) ListGrants(context.Context, *keywardenv1.ListGrantsReques
 	for _, sg := range a.cfg.Broker.ListGrants() {
 		manifest, err := json.Marshal(sg.Grant)
 		if err != nil {
-			return nil, status.Error(codes.Internal, "encode grant")
+			return nil, internal("encode grant")
 		}
 		out.Grants = append(out.Grants, &keywardenv1.Grant{Name: sg.Grant.Name, Source: sg.Source, Effect: effectOf(sg.Grant), Manifest: manifest})
 	}
@@ -164,17 +163,17 @@ func (a *AdminService) ListGrants(context.Context, *keywardenv1.ListGrantsReques
 // ApplyGrant implements keywardenv1.AdminServiceServer.
 func (a *AdminService) ApplyGrant(ctx context.Context, req *keywardenv1.ApplyGrantRequest) (*keywardenv1.ApplyGrantResponse, error) {
 	if a.cfg.Grants == nil {
-		return nil, status.Error(codes.FailedPrecondition, "this daemon has no admin grant store")
+		return nil, errNoGrantStore
 	}
 	grants, err := grant.Parse(req.GetManifest())
 	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, invalid("%v", err)
 	}
 	if len(grants) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "the manifest holds no grant")
+		return nil, invalid("the manifest holds no grant")
 	}
 	if err := a.cfg.Grants.Apply(ctx, grants); err != nil {
-		return nil, grantStoreStatus(err)
+		return nil, grantStoreError(err)
 	}
 	out := &keywardenv1.ApplyGrantResponse{}
 	for _, g := range grants {
@@ -186,13 +185,13 @@ func (a *AdminService) ApplyGrant(ctx context.Context, req *keywardenv1.ApplyGra
 // DeleteGrant implements keywardenv1.AdminServiceServer.
 func (a *AdminService) DeleteGrant(ctx context.Context, req *keywardenv1.DeleteGrantRequest) (*keywardenv1.DeleteGrantResponse, error) {
 	if a.cfg.Grants == nil {
-		return nil, status.Error(codes.FailedPrecondition, "this daemon has no admin grant store")
+		return nil, errNoGrantStore
 	}
 	if req.GetName() == "" {
-		return nil, status.Error(codes.InvalidArgument, "name is required")
+		return nil, invalid("name is required")
 	}
 	if err := a.cfg.Grants.Delete(ctx, req.GetName()); err != nil {
-		return nil, grantStoreStatus(err)
+		return nil, grantStoreError(err)
 	}
 	return &keywardenv1.DeleteGrantResponse{}, nil
 }
@@ -204,14 +203,16 @@ func effectOf(g grant.AccessGrant) string {
 	return string(g.Spec.Effect)
 }
 
-func grantStoreStatus(err error) error {
+// grantStoreError classifies a grant store error: the store's own sentinels carry a message
+// for the caller, anything else is internal.
+func grantStoreError(err error) error {
 	switch {
 	case errors.Is(err, grant.ErrGrantNotFound):
-		return status.Error(codes.NotFound, err.Error())
+		return notFound("%v", err)
 	case errors.Is(err, grant.ErrInvalidGrant), errors.Is(err, grant.ErrDuplicateGrant):
-		return status.Error(codes.InvalidArgument, err.Error())
+		return invalid("%v", err)
 	default:
-		return status.Error(codes.Internal, "grant store: internal error")
+		return internal("grant store: internal error")
 	}
 }
 
@@ -222,19 +223,19 @@ func (a *AdminService) ExplainGrant(_ context.Context, req *keywardenv1.ExplainG
 		d = grant.DeliveryGRPC
 	}
 	if d != grant.DeliveryGRPC && d != grant.DeliveryCSI {
-		return nil, status.Errorf(codes.InvalidArgument, "delivery must be %s or %s", grant.DeliveryCSI, grant.DeliveryGRPC)
+		return nil, invalid("delivery must be %s or %s", grant.DeliveryCSI, grant.DeliveryGRPC)
 	}
 	if req.GetSecret() == "" {
-		return nil, status.Error(codes.InvalidArgument, "secret is required")
+		return nil, invalid("secret is required")
 	}
 	id := req.GetSpiffeId()
 	if id == "" {
 		if req.GetNamespace() == "" || req.GetServiceAccount() == "" {
-			return nil, status.Error(codes.InvalidArgument, "give namespace and service account, or a SPIFFE ID")
+			return nil, invalid("give namespace and service account, or a SPIFFE ID")
 		}
 		sid, err := spiffeid.FromSegments(a.cfg.TrustDomain, "ns", req.GetNamespace(), "sa", req.GetServiceAccount())
 		if err != nil {
-			return nil, status.Error(codes.InvalidArgument, fmt.Sprintf("namespace or service account cannot form a SPIFFE ID: %v", err))
+			return nil, invalid("namespace or service account cannot form a SPIFFE ID: %v", err)
 		}
 		id = sid.String()
 	}
@@ -267,15 +268,15 @@ func (a *AdminService) GetStatus(context.Context, *keywardenv1.GetStatusRequest)
 // PutSecret implements keywardenv1.AdminServiceServer.
 func (a *AdminService) PutSecret(ctx context.Context, req *keywardenv1.PutSecretRequest) (*keywardenv1.PutSecretResponse, error) {
 	if a.cfg.Secrets == nil {
-		return nil, status.Error(codes.FailedPrecondition, "this daemon has no embedded secret store")
+		return nil, errNoSecretStore
 	}
 	v, err := a.cfg.Secrets.Put(ctx, req.GetName(), req.GetData())
 	if err != nil {
 		if errors.Is(err, local.ErrInvalidSecret) {
-			return nil, status.Error(codes.InvalidArgument, err.Error())
+			return nil, invalid("%v", err)
 		}
 		a.cfg.Logger.Error("put secret failed", slog.String("secret", req.GetName()), slog.Any("error", err))
-		return nil, status.Error(codes.Internal, "put secret: internal error")
+		return nil, internal("put secret: internal error")
 	}
 	return &keywardenv1.PutSecretResponse{Version: v}, nil
 }

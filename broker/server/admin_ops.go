@@ -20,6 +20,7 @@ import (
 	"github.com/keywarden/keywarden/broker/grant"
 	"github.com/keywarden/keywarden/broker/revoke"
 	"github.com/keywarden/keywarden/broker/source"
+	"github.com/keywarden/keywarden/internal/grpcx"
 	keywardenv1 "github.com/keywarden/keywarden/proto/keywarden/v1"
 )
 
@@ -102,17 +103,10 @@ func auditUnary(rec audit.Recorder) grpc.UnaryServerInterceptor {
 	}
 }
 
-type auditedStream struct {
-	grpc.ServerStream
-	ctx context.Context
-}
-
-func (s *auditedStream) Context() context.Context { return s.ctx }
-
 func auditStream(rec audit.Recorder) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		c := &adminCall{}
-		err := handler(srv, &auditedStream{ServerStream: ss, ctx: context.WithValue(ss.Context(), adminCallKey{}, c)})
+		err := handler(srv, grpcx.WithContext(ss, context.WithValue(ss.Context(), adminCallKey{}, c)))
 		auditCall(ss.Context(), rec, info.FullMethod, err, c)
 		return err
 	}
@@ -147,16 +141,16 @@ func (a *AdminService) statusDetails(out *keywardenv1.GetStatusResponse) {
 // RotateNow implements keywardenv1.AdminServiceServer.
 func (a *AdminService) RotateNow(ctx context.Context, req *keywardenv1.RotateNowRequest) (*keywardenv1.RotateNowResponse, error) {
 	if a.cfg.Rotator == nil {
-		return nil, status.Error(codes.FailedPrecondition, "this daemon cannot rotate secrets")
+		return nil, errNoRotator
 	}
 	name := req.GetSecret()
 	if err := grant.ValidateSecretName(name); err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "secret: %v", err)
+		return nil, invalid("secret: %v", err)
 	}
 	note(ctx, func(ev *audit.Event) { ev.Secret = name })
 	refs := a.cfg.Broker.SourceRefs(name)
 	if len(refs) == 0 {
-		return nil, status.Errorf(codes.NotFound, "no grant in force names secret %q", name)
+		return nil, notFound("no grant in force names secret %q", name)
 	}
 	out := &keywardenv1.RotateNowResponse{}
 	var versions = map[source.Ref]string{}
@@ -181,11 +175,11 @@ func (a *AdminService) RotateNow(ctx context.Context, req *keywardenv1.RotateNow
 // Revoke implements keywardenv1.AdminServiceServer.
 func (a *AdminService) Revoke(ctx context.Context, req *keywardenv1.RevokeRequest) (*keywardenv1.RevokeResponse, error) {
 	if a.cfg.Revoker == nil {
-		return nil, status.Error(codes.FailedPrecondition, "this daemon cannot revoke")
+		return nil, errNoRevoker
 	}
 	t := revoke.Target{Secret: req.GetSecret(), Namespace: req.GetNamespace(), ServiceAccount: req.GetServiceAccount(), SPIFFEID: req.GetSpiffeId()}
 	if err := t.Validate(); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, invalid("%v", err)
 	}
 	note(ctx, func(ev *audit.Event) {
 		ev.Secret, ev.Namespace, ev.ServiceAccount, ev.SPIFFEID = t.Secret, t.Namespace, t.ServiceAccount, t.SPIFFEID
@@ -198,17 +192,17 @@ func (a *AdminService) Revoke(ctx context.Context, req *keywardenv1.RevokeReques
 		name, err := a.cfg.Revoker.Lift(t)
 		if err != nil {
 			if errors.Is(err, revoke.ErrNotRevoked) {
-				return nil, status.Error(codes.NotFound, err.Error())
+				return nil, notFound("%v", err)
 			}
 			a.cfg.Logger.Error("lift revocation failed", slog.Any("error", err))
-			return nil, status.Error(codes.Internal, "lift revocation: internal error")
+			return nil, internal("lift revocation: internal error")
 		}
 		return &keywardenv1.RevokeResponse{Revocation: name}, nil
 	}
 	name, purged, err := a.cfg.Revoker.Revoke(t)
 	if err != nil {
 		a.cfg.Logger.Error("revocation failed", slog.Any("error", err))
-		return nil, status.Error(codes.Internal, "revoke: internal error")
+		return nil, internal("revoke: internal error")
 	}
 	a.cfg.Recorder.Record(ctx, audit.Event{Kind: audit.KindRevocation, Outcome: audit.OutcomeDeny, Secret: t.Secret,
 		Namespace: t.Namespace, ServiceAccount: t.ServiceAccount, SPIFFEID: t.SPIFFEID, Grant: name, Actor: actor(ctx), Reason: "revoked by an administrator"})
@@ -217,7 +211,7 @@ func (a *AdminService) Revoke(ctx context.Context, req *keywardenv1.RevokeReques
 
 func (a *AdminService) auditLog() (AuditLog, error) {
 	if a.cfg.Audit == nil {
-		return nil, status.Error(codes.FailedPrecondition, "this daemon keeps no audit log (audit records go to its log)")
+		return nil, errNoAuditLog
 	}
 	return a.cfg.Audit, nil
 }
@@ -225,7 +219,7 @@ func (a *AdminService) auditLog() (AuditLog, error) {
 func tailEntry(e *audit.Entry) (*keywardenv1.AuditTailResponse, error) {
 	b, err := json.Marshal(e)
 	if err != nil {
-		return nil, status.Error(codes.Internal, "encode audit entry")
+		return nil, internal("encode audit entry")
 	}
 	return &keywardenv1.AuditTailResponse{Seq: e.Seq, Time: timestamppb.New(e.Time), Json: b}, nil
 }
@@ -257,7 +251,7 @@ func (a *AdminService) AuditTail(req *keywardenv1.AuditTailRequest, stream keywa
 	entries, err := l.Last(n)
 	if err != nil {
 		a.cfg.Logger.Error("read audit log", slog.Any("error", err))
-		return status.Error(codes.Internal, "read audit log: internal error")
+		return internal("read audit log: internal error")
 	}
 	var last uint64
 	for i := range entries {
@@ -276,11 +270,11 @@ func (a *AdminService) AuditTail(req *keywardenv1.AuditTailRequest, stream keywa
 	for {
 		select {
 		case <-stream.Context().Done():
-			return status.Error(codes.Canceled, "tail canceled")
+			return errTailCanceled
 		case e, ok := <-sub.C():
 			if !ok {
 				if errors.Is(sub.Err(), audit.ErrLagging) {
-					return status.Error(codes.ResourceExhausted, "the tail fell behind the audit log: reconnect")
+					return errTailLagging
 				}
 				return nil // the daemon is stopping
 			}
@@ -315,7 +309,7 @@ func (a *AdminService) AuditVerify(context.Context, *keywardenv1.AuditVerifyRequ
 		return out, nil
 	case err != nil:
 		a.cfg.Logger.Error("verify audit log", slog.Any("error", err))
-		return nil, status.Error(codes.Internal, "verify audit log: internal error")
+		return nil, internal("verify audit log: internal error")
 	}
 	return &keywardenv1.AuditVerifyResponse{
 		Ok: true, Entries: uint64(rep.Entries), FirstSeq: rep.First, LastSeq: rep.Last,
@@ -366,10 +360,10 @@ func (a *AdminService) AuditExport(req *keywardenv1.AuditExportRequest, stream k
 	c := &lineChunker{send: func(b []byte) error { return stream.Send(&keywardenv1.AuditExportResponse{Data: b}) }}
 	if _, err := l.Export(c, req.GetFromSeq()); err != nil {
 		if status.Code(err) != codes.Unknown {
-			return err
+			return err // the stream's own status (the caller went away)
 		}
 		a.cfg.Logger.Error("export audit log", slog.Any("error", err))
-		return status.Error(codes.Internal, "export audit log: internal error")
+		return internal("export audit log: internal error")
 	}
 	return c.flush()
 }

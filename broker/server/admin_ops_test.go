@@ -36,6 +36,7 @@ import (
 	"github.com/keywarden/keywarden/broker/server"
 	"github.com/keywarden/keywarden/broker/source"
 	"github.com/keywarden/keywarden/client"
+	"github.com/keywarden/keywarden/internal/grpcx"
 	keywardenv1 "github.com/keywarden/keywarden/proto/keywarden/v1"
 )
 
@@ -434,7 +435,7 @@ func TestAdminTLS_refusesUnauthorizedPeers(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
-	go func() { served <- server.Serve(ctx, srv, lis, time.Second) }()
+	go func() { served <- grpcx.Serve(ctx, srv, lis, time.Second) }()
 	defer func() { cancel(); <-served }()
 
 	stranger := newPKI(t, "cluster.local") // same trust domain name, a CA nobody trusts

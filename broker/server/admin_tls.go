@@ -12,12 +12,13 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/keywarden/keywarden/broker"
 	"github.com/keywarden/keywarden/broker/audit"
+	"github.com/keywarden/keywarden/internal/grpcx"
 )
 
 // AdminTLSConfig makes the admin service reachable over TCP with mutual TLS using X.509-SVIDs.
@@ -65,7 +66,8 @@ func NewAdminTLSServer(cfg AdminConfig, tc AdminTLSConfig) (*grpc.Server, error)
 	allowed := slices.Clone(tc.AllowedIDs)
 	defaultRecorder(&cfg)
 	refuse := func(ctx context.Context, method string, id string, err error) error {
-		// Refused callers never reach the audit interceptor: record them here.
+		// Refused callers never reach the audit or status interceptors: map and record here.
+		err = grpcx.ToStatus(err)
 		cfg.Recorder.Record(ctx, audit.Event{Kind: audit.KindAdmin, Outcome: audit.OutcomeDeny, Action: path.Base(method),
 			Actor: id, Reason: status.Code(err).String() + ": " + status.Convert(err).Message()})
 		return err
@@ -73,21 +75,21 @@ func NewAdminTLSServer(cfg AdminConfig, tc AdminTLSConfig) (*grpc.Server, error)
 	authorize := func(ctx context.Context, method string) (context.Context, error) {
 		p, ok := peer.FromContext(ctx)
 		if !ok {
-			return nil, refuse(ctx, method, "unknown", status.Error(codes.Unauthenticated, "no peer"))
+			return nil, refuse(ctx, method, "unknown", grpcx.Errorf(broker.ErrUnauthenticated, "no peer"))
 		}
 		ti, ok := p.AuthInfo.(credentials.TLSInfo)
 		if !ok || len(ti.State.PeerCertificates) == 0 {
-			return nil, refuse(ctx, method, "unknown", status.Error(codes.Unauthenticated, "a client X.509-SVID is required"))
+			return nil, refuse(ctx, method, "unknown", grpcx.Errorf(broker.ErrUnauthenticated, "a client X.509-SVID is required"))
 		}
 		id, err := x509svid.IDFromCert(ti.State.PeerCertificates[0])
 		if err != nil {
-			return nil, refuse(ctx, method, "unknown", status.Error(codes.Unauthenticated, "the client certificate is not an X.509-SVID"))
+			return nil, refuse(ctx, method, "unknown", grpcx.Errorf(broker.ErrUnauthenticated, "the client certificate is not an X.509-SVID"))
 		}
 		if !id.MemberOf(tc.TrustDomain) {
-			return nil, refuse(ctx, method, id.String(), status.Errorf(codes.PermissionDenied, "SPIFFE ID %s is from trust domain %q; admin callers must be in %q", id, id.TrustDomain(), tc.TrustDomain))
+			return nil, refuse(ctx, method, id.String(), grpcx.Errorf(broker.ErrPermissionDenied, "SPIFFE ID %s is from trust domain %q; admin callers must be in %q", id, id.TrustDomain(), tc.TrustDomain))
 		}
 		if !slices.Contains(allowed, id) {
-			return nil, refuse(ctx, method, id.String(), status.Errorf(codes.PermissionDenied, "SPIFFE ID %s is not an allowed admin ID", id))
+			return nil, refuse(ctx, method, id.String(), grpcx.Errorf(broker.ErrPermissionDenied, "SPIFFE ID %s is not an allowed admin ID", id))
 		}
 		return context.WithValue(ctx, adminIDKey{}, id), nil
 	}
@@ -103,7 +105,7 @@ func NewAdminTLSServer(cfg AdminConfig, tc AdminTLSConfig) (*grpc.Server, error)
 		if err != nil {
 			return err
 		}
-		return handler(srv, &auditedStream{ServerStream: ss, ctx: ctx})
+		return handler(srv, grpcx.WithContext(ss, ctx))
 	}
 	opts, err := adminOptions(&cfg, unary, stream)
 	if err != nil {

@@ -3,7 +3,6 @@ package server_test
 import (
 	"context"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -14,13 +13,11 @@ import (
 
 	"github.com/keywarden/keywarden/broker/grant"
 	"github.com/keywarden/keywarden/broker/identity"
-	"github.com/keywarden/keywarden/broker/server"
 	"github.com/keywarden/keywarden/broker/source/local"
 	"github.com/keywarden/keywarden/broker/store"
 	"github.com/keywarden/keywarden/crypto"
+	"github.com/keywarden/keywarden/internal/grpcx"
 )
-
-func osWriteFile(p string, b []byte) error { return os.WriteFile(p, b, 0o600) }
 
 // base is what every test stack shares: a private dir, captured logs, the real encrypted
 // store with the local source seeded with demo-db, and a dev issuer with its verifier.
@@ -81,19 +78,19 @@ func demoGrants(t testing.TB) *grant.Set {
 func serveStack(t testing.TB, dir string, ws, as *grpc.Server, runners ...func(context.Context) error) (workload, admin string) {
 	t.Helper()
 	workload, admin = filepath.Join(dir, "w.sock"), filepath.Join(dir, "a.sock")
-	wl, err := server.ListenUnix(workload, 0o600)
+	wl, err := grpcx.ListenUnix(workload, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
-	al, err := server.ListenUnix(admin, 0o600)
+	al, err := grpcx.ListenUnix(admin, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	runs := append(runners,
-		func(ctx context.Context) error { return server.Serve(ctx, ws, wl, time.Second) },
-		func(ctx context.Context) error { return server.Serve(ctx, as, al, time.Second) },
+		func(ctx context.Context) error { return grpcx.Serve(ctx, ws, wl, time.Second) },
+		func(ctx context.Context) error { return grpcx.Serve(ctx, as, al, time.Second) },
 	)
 	for _, run := range runs {
 		wg.Add(1)
@@ -109,4 +106,25 @@ func serveStack(t testing.TB, dir string, ws, as *grpc.Server, runners ...func(c
 		wg.Wait()
 	})
 	return workload, admin
+}
+
+// serveOne serves srv on a Unix socket in a private directory until the test ends and returns
+// the socket's path.
+func serveOne(t testing.TB, srv *grpc.Server) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	lis, err := grpcx.ListenUnix(sock, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- grpcx.Serve(ctx, srv, lis, time.Second) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	return sock
 }

@@ -7,6 +7,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 
+	"github.com/keywarden/keywarden/internal/grpcx"
 	keywardenv1 "github.com/keywarden/keywarden/proto/keywarden/v1"
 )
 
@@ -44,7 +45,11 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	return m, nil
 }
 
-func (m *Metrics) observe(method string, code codes.Code, d time.Duration) {
+var _ grpcx.Observer = (*Metrics)(nil)
+
+// Observe records one call. A nil *Metrics records nothing, so a Config without metrics can
+// hand its nil field to the logging interceptor.
+func (m *Metrics) Observe(method string, code codes.Code, d time.Duration) {
 	if m == nil {
 		return
 	}

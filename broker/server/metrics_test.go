@@ -31,7 +31,7 @@ func TestMetrics_NewMetrics_everyMethodHasSeries(t *testing.T) {
 			t.Errorf("%s: no series before the first call", name)
 		}
 	}
-	m.observe("/keywarden.v1.SecretService/GetSecret", codes.OK, time.Millisecond)
+	m.Observe("/keywarden.v1.SecretService/GetSecret", codes.OK, time.Millisecond)
 	if after := series(); after["keywarden_grpc_requests_total"] != before["keywarden_grpc_requests_total"] {
 		t.Errorf("GetSecret OK was not pre-initialised: %d → %d series", before["keywarden_grpc_requests_total"], after["keywarden_grpc_requests_total"])
 	}

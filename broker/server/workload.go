@@ -14,6 +14,7 @@ import (
 	"github.com/keywarden/keywarden/broker/grant"
 	"github.com/keywarden/keywarden/broker/identity"
 	"github.com/keywarden/keywarden/broker/source"
+	"github.com/keywarden/keywarden/internal/grpcx"
 	keywardenv1 "github.com/keywarden/keywarden/proto/keywarden/v1"
 )
 
@@ -42,7 +43,7 @@ func (s *SecretService) GetSecret(ctx context.Context, req *keywardenv1.GetSecre
 	}
 	sec, err := s.b.GetSecret(ctx, w, req.GetName(), grant.DeliveryGRPC)
 	if err != nil {
-		return nil, ToStatus(err)
+		return nil, grpcx.ToStatus(err)
 	}
 	return &keywardenv1.GetSecretResponse{Secret: toProto(req.GetName(), sec)}, nil
 }
@@ -60,7 +61,7 @@ func (s *SecretService) WatchSecrets(req *keywardenv1.WatchSecretsRequest, strea
 	if errors.Is(err, broker.ErrCanceled) && ctx.Err() != nil {
 		return status.FromContextError(ctx.Err()).Err()
 	}
-	return ToStatus(err)
+	return grpcx.ToStatus(err)
 }
 
 func toProto(name string, s *source.Secret) *keywardenv1.Secret {
@@ -99,8 +100,8 @@ func NewWorkloadServer(cfg WorkloadConfig) (*grpc.Server, error) {
 		return nil, errors.New("server: logger is required")
 	}
 	opts := append(cfg.Limits.serverOptions(),
-		grpc.ChainUnaryInterceptor(LogUnary(cfg.Logger, cfg.Metrics), RecoverUnary(cfg.Logger), AuthUnary(cfg.Broker)),
-		grpc.ChainStreamInterceptor(LogStream(cfg.Logger, cfg.Metrics), RecoverStream(cfg.Logger), AuthStream(cfg.Broker)),
+		grpc.ChainUnaryInterceptor(grpcx.LogUnary(cfg.Logger, cfg.Metrics), grpcx.RecoverUnary(cfg.Logger), AuthUnary(cfg.Broker)),
+		grpc.ChainStreamInterceptor(grpcx.LogStream(cfg.Logger, cfg.Metrics), grpcx.RecoverStream(cfg.Logger), AuthStream(cfg.Broker)),
 	)
 	srv := grpc.NewServer(opts...)
 	keywardenv1.RegisterSecretServiceServer(srv, &SecretService{b: cfg.Broker})

@@ -16,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/keywarden/keywarden/broker/server"
+	"github.com/keywarden/keywarden/internal/grpcx"
 )
 
 // rawAdmin is `admin:`.
@@ -143,7 +144,7 @@ func (d *daemon) listenAdminTCP(cfg server.AdminConfig) error {
 		if closeSource != nil {
 			defer closeSource()
 		}
-		return server.Serve(ctx, srv, lis, 5*time.Second)
+		return grpcx.Serve(ctx, srv, lis, 5*time.Second)
 	})
 	return nil
 }

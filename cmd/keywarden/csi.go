@@ -14,8 +14,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/keywarden/keywarden/broker/identity"
-	"github.com/keywarden/keywarden/broker/server"
 	"github.com/keywarden/keywarden/csi"
+	"github.com/keywarden/keywarden/internal/grpcx"
 )
 
 // rawCSI is the csi section. The driver is off unless socket is set.
@@ -114,7 +114,7 @@ func (d *daemon) setupCSI(log *slog.Logger, pods *identity.PodIndex) error {
 	if err != nil {
 		return err
 	}
-	lis, err := server.ListenUnix(d.cfg.CSI.Socket, 0o600)
+	lis, err := grpcx.ListenUnix(d.cfg.CSI.Socket, 0o600)
 	if err != nil {
 		return fmt.Errorf("csi socket: %w", err)
 	}
@@ -133,7 +133,7 @@ func (c *csiParts) run(ctx context.Context) error {
 	close(c.recovered)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.driver.Run(gctx) })
-	g.Go(func() error { return server.Serve(gctx, csi.NewGRPCServer(c.driver), c.lis, 5*time.Second) })
+	g.Go(func() error { return grpcx.Serve(gctx, csi.NewGRPCServer(c.driver), c.lis, 5*time.Second) })
 	return g.Wait()
 }
 

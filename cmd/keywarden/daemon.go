@@ -30,6 +30,7 @@ import (
 	"github.com/keywarden/keywarden/broker/source"
 	"github.com/keywarden/keywarden/broker/source/local"
 	"github.com/keywarden/keywarden/broker/store"
+	"github.com/keywarden/keywarden/internal/grpcx"
 )
 
 // daemon is a running Keywarden daemon, built from a config. It is the composition root.
@@ -227,14 +228,14 @@ func (d *daemon) listen() (_ listeners, err error) {
 			l.close()
 		}
 	}()
-	if l.workload, err = server.ListenUnix(d.cfg.Socket.Path, d.cfg.Socket.Mode); err != nil {
+	if l.workload, err = grpcx.ListenUnix(d.cfg.Socket.Path, d.cfg.Socket.Mode); err != nil {
 		return l, err
 	}
-	if l.admin, err = server.ListenUnix(d.cfg.AdminSocket.Path, d.cfg.AdminSocket.Mode); err != nil {
+	if l.admin, err = grpcx.ListenUnix(d.cfg.AdminSocket.Path, d.cfg.AdminSocket.Mode); err != nil {
 		return l, err
 	}
 	// Only root and the daemon's own user may talk to the admin API.
-	l.admin = server.PeerFilter(l.admin, []uint32{0, uint32(os.Getuid())}, func(uid uint32) {
+	l.admin = grpcx.PeerFilter(l.admin, []uint32{0, uint32(os.Getuid())}, func(uid uint32) {
 		d.log.Warn("admin socket connection refused: peer is not root or the daemon's user", slog.Uint64("uid", uint64(uid)))
 	})
 	if d.cfg.HealthAddr != "off" {
@@ -262,8 +263,8 @@ func (d *daemon) run(ctx context.Context, version string, onReady func()) error 
 
 	g, gctx := errgroup.WithContext(ctx)
 	d.startRunners(g, gctx)
-	g.Go(func() error { return server.Serve(gctx, srv.workload, lis.workload, 5*time.Second) })
-	g.Go(func() error { return server.Serve(gctx, srv.admin, lis.admin, 5*time.Second) })
+	g.Go(func() error { return grpcx.Serve(gctx, srv.workload, lis.workload, 5*time.Second) })
+	g.Go(func() error { return grpcx.Serve(gctx, srv.admin, lis.admin, 5*time.Second) })
 	if lis.health != nil {
 		d.serveHealth(g, gctx, lis.health)
 	}
