@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+
+	"github.com/keywarden/keywarden/internal/testlog"
 )
 
 // crashEnv names the env var that makes the test binary act as a daemon that is killed
@@ -24,7 +26,7 @@ func TestMain(m *testing.M) {
 
 func crashChild(dir string) {
 	t := &testing.T{}
-	e := &env{t: t, dir: dir, root: filepath.Join(dir, "kubelet"), b: newFakeBroker(), logs: &syncBuffer{}, mount: DirMounter{}}
+	e := &env{t: t, dir: dir, root: filepath.Join(dir, "kubelet"), b: newFakeBroker(), logs: &testlog.Buffer{}, mount: DirMounter{}}
 	e.db = openTestStore(t, dir)
 	e.start()
 	e.b.set("db", "v1", map[string]string{"password": "crash-v1"})
@@ -50,7 +52,7 @@ func TestDriver_Publish_killedBeforeRecord(t *testing.T) {
 		t.Fatalf("the child was not killed by SIGKILL mid-publish: %v", err)
 	}
 
-	e := &env{t: t, dir: dir, root: filepath.Join(dir, "kubelet"), b: newFakeBroker(), logs: &syncBuffer{}, mount: DirMounter{}}
+	e := &env{t: t, dir: dir, root: filepath.Join(dir, "kubelet"), b: newFakeBroker(), logs: &testlog.Buffer{}, mount: DirMounter{}}
 	e.db = openTestStore(t, dir)
 	t.Cleanup(func() { _ = e.db.Close() })
 	e.start()

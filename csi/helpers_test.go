@@ -1,7 +1,6 @@
 package csi
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -20,6 +19,8 @@ import (
 	"github.com/keywarden/keywarden/broker/source"
 	"github.com/keywarden/keywarden/broker/store"
 	"github.com/keywarden/keywarden/crypto"
+
+	"github.com/keywarden/keywarden/internal/testlog"
 )
 
 // fakeBroker is a hand-written Broker: tokens map to workloads, secrets are set by the test and
@@ -160,24 +161,6 @@ func (b *fakeBroker) deny(name string) {
 	b.mu.Unlock()
 }
 
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // env is a driver under test with a kubelet root, a real sealed store and a fake broker.
 type env struct {
 	t     testing.TB
@@ -186,7 +169,7 @@ type env struct {
 	db    *store.DB
 	b     *fakeBroker
 	d     *Driver
-	logs  *syncBuffer
+	logs  *testlog.Buffer
 	mount Mounter
 	// apiSocket is Config.APISocket; empty by default.
 	apiSocket string
@@ -208,7 +191,7 @@ func openTestStore(tb testing.TB, dir string) *store.DB {
 func newEnv(tb testing.TB) *env {
 	tb.Helper()
 	dir := tb.TempDir()
-	e := &env{t: tb, dir: dir, root: filepath.Join(dir, "kubelet"), b: newFakeBroker(), logs: &syncBuffer{}, mount: DirMounter{}}
+	e := &env{t: tb, dir: dir, root: filepath.Join(dir, "kubelet"), b: newFakeBroker(), logs: &testlog.Buffer{}, mount: DirMounter{}}
 	if err := os.MkdirAll(e.root, 0o755); err != nil {
 		tb.Fatal(err)
 	}

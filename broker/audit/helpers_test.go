@@ -13,24 +13,9 @@ import (
 
 	"github.com/keywarden/keywarden/broker/store"
 	"github.com/keywarden/keywarden/crypto"
+
+	"github.com/keywarden/keywarden/internal/testlog"
 )
-
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
 
 func openDB(tb testing.TB) *store.DB {
 	tb.Helper()
@@ -47,9 +32,9 @@ func openDB(tb testing.TB) *store.DB {
 	return db
 }
 
-func newLog(tb testing.TB, db DB, mutate ...func(*Config)) (*Log, *logBuffer) {
+func newLog(tb testing.TB, db DB, mutate ...func(*Config)) (*Log, *testlog.Buffer) {
 	tb.Helper()
-	logs := &logBuffer{}
+	logs := &testlog.Buffer{}
 	cfg := Config{DB: db, Logger: slog.New(slog.NewJSONHandler(logs, nil))}
 	for _, m := range mutate {
 		m(&cfg)

@@ -1,7 +1,6 @@
 package grant
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -18,6 +17,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"sigs.k8s.io/yaml"
+
+	"github.com/keywarden/keywarden/internal/testlog"
 )
 
 func unstructuredGrant(t *testing.T, doc string) *unstructured.Unstructured {
@@ -28,18 +29,6 @@ func unstructuredGrant(t *testing.T, doc string) *unstructured.Unstructured {
 	}
 	return &unstructured.Unstructured{Object: m}
 }
-
-type lockedLog struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-func (l *lockedLog) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
 
 type setRecorder struct {
 	mu     sync.Mutex
@@ -87,7 +76,7 @@ func TestInformerSource_Run_appliesValidGrantsAndSkipsInvalid(t *testing.T) {
 	scheme := runtime.NewScheme()
 	client := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(scheme,
 		map[schema.GroupVersionResource]string{GroupVersionResource: "AccessGrantList"}, good, bad)
-	logs := &lockedLog{}
+	logs := &testlog.Buffer{}
 	rec := &setRecorder{}
 	src, err := NewInformerSource(InformerSourceConfig{Client: client, OnChange: rec.onChange, Logger: slog.New(slog.NewJSONHandler(logs, nil)), Settle: time.Millisecond})
 	if err != nil {
@@ -139,7 +128,7 @@ func TestInformerSource_Run_refusedSetKeepsPrevious(t *testing.T) {
 	client := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
 		map[schema.GroupVersionResource]string{GroupVersionResource: "AccessGrantList"}, good)
 	rec := &setRecorder{refuse: errors.New(`duplicate access grant name: "good" defined by more than one source`)}
-	logs := &lockedLog{}
+	logs := &testlog.Buffer{}
 	src, _ := NewInformerSource(InformerSourceConfig{Client: client, OnChange: rec.onChange, Logger: slog.New(slog.NewJSONHandler(logs, nil))})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
@@ -225,7 +214,7 @@ func TestInformerSource_Run_invalidUpdateKeepsLastValidVersion(t *testing.T) {
 	client := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
 		map[schema.GroupVersionResource]string{GroupVersionResource: "AccessGrantList"},
 		withUID(unstructuredGrant(t, allowDoc), "uid-allow"), withUID(unstructuredGrant(t, denyDoc), "uid-deny-1"))
-	logs := &lockedLog{}
+	logs := &testlog.Buffer{}
 	rec := &setRecorder{}
 	src, err := NewInformerSource(InformerSourceConfig{Client: client, OnChange: rec.onChange, Logger: slog.New(slog.NewJSONHandler(logs, nil)), Settle: time.Millisecond})
 	if err != nil {

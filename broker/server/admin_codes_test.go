@@ -25,6 +25,8 @@ import (
 	"github.com/keywarden/keywarden/broker/source/local"
 	"github.com/keywarden/keywarden/client"
 	keywardenv1 "github.com/keywarden/keywarden/proto/keywarden/v1"
+
+	"github.com/keywarden/keywarden/internal/testlog"
 )
 
 // Hand-written fakes for the admin service's dependencies, each failing with a set error.
@@ -237,7 +239,7 @@ func TestAdminService_errorCodes(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			logs := &syncBuffer{}
+			logs := &testlog.Buffer{}
 			cfg := server.AdminConfig{Broker: fakeAdminBroker{}, Cache: fakeCacheStatus{}, TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"),
 				Logger: slog.New(slog.NewJSONHandler(logs, nil))}
 			if tc.cfg != nil {

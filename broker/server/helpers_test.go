@@ -17,13 +17,15 @@ import (
 	"github.com/keywarden/keywarden/broker/store"
 	"github.com/keywarden/keywarden/crypto"
 	"github.com/keywarden/keywarden/internal/grpcx"
+
+	"github.com/keywarden/keywarden/internal/testlog"
 )
 
 // base is what every test stack shares: a private dir, captured logs, the real encrypted
 // store with the local source seeded with demo-db, and a dev issuer with its verifier.
 type base struct {
 	dir  string
-	logs *syncBuffer
+	logs *testlog.Buffer
 	log  *slog.Logger
 	db   *store.DB
 	loc  *local.Store
@@ -34,7 +36,7 @@ type base struct {
 
 func newBase(t testing.TB) *base {
 	t.Helper()
-	b := &base{dir: t.TempDir(), logs: &syncBuffer{}, td: spiffeid.RequireTrustDomainFromString("cluster.local")}
+	b := &base{dir: t.TempDir(), logs: &testlog.Buffer{}, td: spiffeid.RequireTrustDomainFromString("cluster.local")}
 	b.log = slog.New(slog.NewJSONHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	kek, err := crypto.LoadOrCreateLocalKEK(filepath.Join(b.dir, "kek.json"))
 	if err != nil {

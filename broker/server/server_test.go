@@ -1,10 +1,8 @@
 package server_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"runtime"
 	"strings"
@@ -29,6 +27,8 @@ import (
 	"github.com/keywarden/keywarden/broker/source/local"
 	"github.com/keywarden/keywarden/client"
 	keywardenv1 "github.com/keywarden/keywarden/proto/keywarden/v1"
+
+	"github.com/keywarden/keywarden/internal/testlog"
 )
 
 const (
@@ -46,24 +46,6 @@ spec:
       source: {local: {}}
 `
 )
-
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // countingSource counts fetches so tests can prove that rejected calls reach no backend.
 type countingSource struct {
@@ -109,7 +91,7 @@ type stack struct {
 	local  *local.Store
 	src    *countingSource
 	broker *broker.Broker
-	logs   *syncBuffer
+	logs   *testlog.Buffer
 }
 
 // newStack runs the real broker, store, local source and both gRPC servers over Unix sockets.
@@ -474,7 +456,7 @@ func (panicBroker) GetSecret(context.Context, identity.Workload, string, grant.D
 }
 
 func TestRecoverUnary_panicBecomesInternal(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	log := slog.New(slog.NewJSONHandler(logs, nil))
 	srv, err := server.NewWorkloadServer(server.WorkloadConfig{Broker: panicBroker{}, Logger: log})
 	if err != nil {
@@ -494,8 +476,6 @@ func TestRecoverUnary_panicBecomesInternal(t *testing.T) {
 		t.Fatal("panic not logged")
 	}
 }
-
-var _ io.Writer = (*syncBuffer)(nil)
 
 // TestSecretService_streamCapPerConnection opens more watch streams on one connection than
 // the server allows: the extra stream waits (its deadline expires) while another client on

@@ -1,36 +1,18 @@
 package store
 
 import (
-	"bytes"
 	"fmt"
 	"log/slog"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"testing"
 
 	"github.com/tink-crypto/tink-go/v2/tink"
 
 	"github.com/keywarden/keywarden/crypto"
+
+	"github.com/keywarden/keywarden/internal/testlog"
 )
-
-// logBuffer collects log output from concurrent goroutines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
 
 func testKEK(tb testing.TB, dir string) tink.AEAD {
 	tb.Helper()
@@ -43,10 +25,10 @@ func testKEK(tb testing.TB, dir string) tink.AEAD {
 
 // testConfig returns a Config for a store in a fresh temp dir and the buffer
 // its logger writes to.
-func testConfig(tb testing.TB) (Config, *logBuffer) {
+func testConfig(tb testing.TB) (Config, *testlog.Buffer) {
 	tb.Helper()
 	dir := tb.TempDir()
-	logs := &logBuffer{}
+	logs := &testlog.Buffer{}
 	return Config{
 		Path:   filepath.Join(dir, "data", "store.db"),
 		KEK:    testKEK(tb, dir),

@@ -8,28 +8,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/keywarden/keywarden/internal/testlog"
 )
-
-// lockedBuffer is a goroutine-safe io.Writer.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // cli runs one keywarden command in-process.
 func cli(t *testing.T, stdin string, args ...string) (stdout, stderr string, code int) {
@@ -40,10 +23,10 @@ func cli(t *testing.T, stdin string, args ...string) (stdout, stderr string, cod
 }
 
 // startDev runs `keywarden dev` in-process until the test ends and returns its log sink.
-func startDev(t *testing.T, dir string) *lockedBuffer {
+func startDev(t *testing.T, dir string) *testlog.Buffer {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	logs := &lockedBuffer{}
+	logs := &testlog.Buffer{}
 	done := make(chan int, 1)
 	go func() { done <- run(ctx, []string{"dev", "--data-dir", dir}, strings.NewReader(""), io.Discard, logs) }()
 	deadline := time.Now().Add(30 * time.Second)
@@ -131,7 +114,7 @@ func TestDev_endToEnd(t *testing.T) {
 
 	// Watch sees a put.
 	wctx, wcancel := context.WithCancel(context.Background())
-	wout := &lockedBuffer{}
+	wout := &testlog.Buffer{}
 	wdone := make(chan int, 1)
 	go func() {
 		wdone <- run(wctx, []string{"watch", "demo-db", "--data-dir", dir, "--token-file", tokFile}, strings.NewReader(""), wout, io.Discard)
@@ -197,7 +180,7 @@ func TestDev_restartKeepsSecretsAndGrants(t *testing.T) {
 	dir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
-	logs := &lockedBuffer{}
+	logs := &testlog.Buffer{}
 	go func() { done <- run(ctx, []string{"dev", "--data-dir", dir}, nil, io.Discard, logs) }()
 	waitUntil(t, func() bool { _, _, c := cli(t, "", "status", "--data-dir", dir); return c == 0 })
 	if _, e, c := cli(t, "", "secret", "put", "demo-db", "--data-dir", dir, "password=kept"); c != 0 {
@@ -279,7 +262,7 @@ func TestDaemon_unreadableNodeStoreIsQuarantinedAndTheLossIsSaid(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, nodeFile), garbage, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logs := &lockedBuffer{}
+	logs := &testlog.Buffer{}
 	d, err := newDaemon(cfg, slog.New(slog.NewTextHandler(logs, nil)))
 	if err != nil {
 		t.Fatal(err)

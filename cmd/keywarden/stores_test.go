@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/keywarden/keywarden/broker/store"
+
+	"github.com/keywarden/keywarden/internal/testlog"
 )
 
 func TestDaemon_legacyCacheFileBecomesNodeStore(t *testing.T) {
@@ -56,7 +58,7 @@ func TestMigrateNodeFile_currentNameWins(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	logs := &lockedBuffer{}
+	logs := &testlog.Buffer{}
 	if err := migrateNodeFile(dir, slog.New(slog.NewTextHandler(logs, nil))); err != nil {
 		t.Fatal(err)
 	}

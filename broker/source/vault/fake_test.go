@@ -21,6 +21,8 @@ import (
 	testingclock "k8s.io/utils/clock/testing"
 
 	"github.com/keywarden/keywarden/broker/store"
+
+	"github.com/keywarden/keywarden/internal/testlog"
 )
 
 // vaultErrText is what the fake puts in every error body; it must never reach a log or error.
@@ -295,29 +297,11 @@ func (m *memStore) keys(prefix string) int {
 	return n
 }
 
-// syncBuffer collects log output from concurrent goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type env struct {
 	f     *fakeVault
 	s     *Source
 	clock *testingclock.FakeClock
-	logs  *syncBuffer
+	logs  *testlog.Buffer
 	jwt   string // path of the login token file
 	store *memStore
 }
@@ -328,7 +312,7 @@ func newEnv(t testing.TB, mutate func(*Config)) *env {
 	t.Helper()
 	c := testingclock.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	f := newFakeVault(t, c)
-	e := &env{f: f, clock: c, logs: &syncBuffer{}, jwt: filepath.Join(t.TempDir(), "token"), store: newMemStore()}
+	e := &env{f: f, clock: c, logs: &testlog.Buffer{}, jwt: filepath.Join(t.TempDir(), "token"), store: newMemStore()}
 	if err := os.WriteFile(e.jwt, []byte(loginJWT+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
