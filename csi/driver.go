@@ -35,15 +35,6 @@ type Broker interface {
 
 var _ Broker = (*broker.Broker)(nil)
 
-// Store keeps volume records; *store.DB (the cache store) implements it, sealing every record.
-type Store interface {
-	Put(bucket, key string, value []byte) error
-	Delete(bucket, key string) error
-	List(bucket string) ([]store.Record, error)
-}
-
-var _ Store = (*store.DB)(nil)
-
 // PodLookup tells whether a pod still runs on this node (identity.PodIndex).
 type PodLookup interface {
 	PodByUID(uid string) (identity.Pod, bool)
@@ -65,8 +56,9 @@ const (
 type Config struct {
 	// Broker verifies tokens and delivers secrets. Required.
 	Broker Broker
-	// Store records published volumes so a restarted daemon finds them. Required.
-	Store Store
+	// Store records published volumes (in a typed bucket) so a restarted daemon finds them:
+	// the node store. Required.
+	Store *store.DB
 	// Mounter prepares volume directories. Required.
 	Mounter Mounter
 	// KubeletRoot is kubelet's root directory (/var/lib/kubelet); target paths must be
@@ -102,6 +94,7 @@ type Driver struct {
 	cfg     Config
 	log     *slog.Logger
 	metrics *Metrics
+	volumes store.Bucket[record] // one sealed record per published volume, keyed by its ID
 
 	locks [64]sync.Mutex // per-volume-ID publish/unpublish serialization, striped
 
@@ -172,7 +165,7 @@ func New(cfg Config) (*Driver, error) {
 	}
 	cfg.KubeletRoot = filepath.Clean(cfg.KubeletRoot)
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Driver{cfg: cfg, log: cfg.Logger, metrics: cfg.Metrics, vols: map[string]*volume{}, ctx: ctx, cancel: cancel}, nil
+	return &Driver{cfg: cfg, log: cfg.Logger, metrics: cfg.Metrics, volumes: store.NewBucket[record](cfg.Store, volumesBucket), vols: map[string]*volume{}, ctx: ctx, cancel: cancel}, nil
 }
 
 func (d *Driver) lock(id string) func() {
@@ -530,12 +523,8 @@ func (d *Driver) save(v *volume) error {
 	v.mu.Lock()
 	rec := record{VolumeID: v.id, Target: v.target, Request: v.req, Pod: v.pod, GID: v.gid, Names: v.names,
 		Workload: toRecordWorkload(v.w), Versions: v.versions, Revoked: v.revoked}
-	b, err := encodeRecord(rec)
 	v.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	return d.cfg.Store.Put(volumesBucket, v.id, b)
+	return d.volumes.Put(v.id, rec)
 }
 
 // Unpublish removes the volume's files, mount and record. An unknown volume is not an error;
@@ -560,7 +549,7 @@ func (d *Driver) Unpublish(_ context.Context, volumeID, target string) error {
 	if err := d.cfg.Mounter.Teardown(v.target); err != nil {
 		return fmt.Errorf("remove volume: %w", err)
 	}
-	if err := d.cfg.Store.Delete(volumesBucket, v.id); err != nil {
+	if err := d.volumes.Delete(v.id); err != nil {
 		return fmt.Errorf("delete volume record: %w", err)
 	}
 	d.mu.Lock()

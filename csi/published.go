@@ -146,10 +146,8 @@ func (d *Driver) deliver(ctx context.Context, v *volume, name string, s *source.
 	v.versions = versions
 	rec := record{VolumeID: v.id, Target: v.target, Request: v.req, Pod: v.pod, GID: v.gid, Names: v.names,
 		Workload: toRecordWorkload(v.w), Versions: versions}
-	if b, err := encodeRecord(rec); err == nil {
-		if err := d.cfg.Store.Put(volumesBucket, v.id, b); err != nil {
-			d.log.Error("record volume", slog.String("volume_id", v.id), slog.Any("error", err))
-		}
+	if err := d.volumes.Put(v.id, rec); err != nil {
+		d.log.Error("record volume", slog.String("volume_id", v.id), slog.Any("error", err))
 	}
 	d.log.Info("volume rotated", slog.String("volume_id", v.id))
 }
@@ -200,28 +198,28 @@ func (d *Driver) Close() {
 // rotation, and binds the workload socket into them again. Call it once, after the workload
 // socket listens and before serving publishes. A record whose target is gone is dropped.
 func (d *Driver) Recover() error {
-	recs, err := d.cfg.Store.List(volumesBucket)
+	recs, err := d.volumes.List()
 	if err != nil {
 		return err
 	}
 	n := 0
 	for _, rc := range recs {
-		r, err := decodeRecord(rc.Value)
-		if err != nil || r.VolumeID != rc.Key {
+		r := rc.Value
+		if rc.Err != nil || r.VolumeID != rc.Key {
 			d.log.Error("volume record unreadable; dropped", slog.String("volume_id", rc.Key))
-			_ = d.cfg.Store.Delete(volumesBucket, rc.Key)
+			_ = d.volumes.Delete(rc.Key)
 			continue
 		}
 		log := d.log.With(slog.String("volume_id", r.VolumeID), slog.String("pod_uid", r.Pod.UID))
 		if _, err := os.Lstat(r.Target); err != nil || d.checkTarget(r.Target, r.Pod.UID) != nil {
 			log.Info("recorded volume is gone; record dropped")
-			_ = d.cfg.Store.Delete(volumesBucket, r.VolumeID)
+			_ = d.volumes.Delete(r.VolumeID)
 			continue
 		}
 		w, err := r.Workload.workload()
 		if err != nil {
 			log.Error("volume record unreadable; dropped")
-			_ = d.cfg.Store.Delete(volumesBucket, r.VolumeID)
+			_ = d.volumes.Delete(r.VolumeID)
 			continue
 		}
 		aw, err := NewAtomicWriter(r.Target, r.GID, d.cfg.Clock.Now)

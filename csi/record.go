@@ -1,7 +1,6 @@
 package csi
 
 import (
-	"encoding/json"
 	"fmt"
 	"time"
 
@@ -57,14 +56,4 @@ func (r recordWorkload) workload() (identity.Workload, error) {
 		w.ID = id
 	}
 	return w, nil
-}
-
-func encodeRecord(r record) ([]byte, error) { return json.Marshal(r) }
-
-func decodeRecord(b []byte) (record, error) {
-	var r record
-	if err := json.Unmarshal(b, &r); err != nil {
-		return r, fmt.Errorf("decode volume record: %w", err)
-	}
-	return r, nil
 }
