@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -23,17 +22,8 @@ import (
 // SourceName is the grant source revocations are published as.
 const SourceName = "revoked"
 
-// storeBucket holds one JSON-encoded Target per revocation, keyed by its Name.
+// storeBucket holds one Target per revocation, keyed by its Name.
 const storeBucket = "revoked"
-
-// StoreDB is the part of the daemon's encrypted state store the Manager keeps revocations in.
-type StoreDB interface {
-	List(bucket string) ([]store.Record, error)
-	Put(bucket, key string, value []byte) error
-	Delete(bucket, key string) error
-}
-
-var _ StoreDB = (*store.DB)(nil)
 
 // Target is what a revocation applies to: Secret alone, or a workload given as Namespace and
 // ServiceAccount, or as SPIFFEID.
@@ -129,12 +119,13 @@ type Config struct {
 	// DB keeps the revocations across restarts (the daemon's encrypted state store, bucket
 	// "revoked"): New loads and applies them, Revoke and Lift write through. Optional: nil
 	// keeps them in memory only, and a restart lifts them.
-	DB StoreDB
+	DB *store.DB
 }
 
 // Manager holds the revocations in force.
 type Manager struct {
-	cfg Config
+	cfg    Config
+	stored store.Bucket[Target] // cfg.DB's revocations
 
 	mu      sync.Mutex
 	targets map[string]Target
@@ -155,11 +146,11 @@ func New(cfg Config) (*Manager, error) {
 	case cfg.Logger == nil:
 		return nil, fmt.Errorf("%w: logger is required", ErrInvalidConfig)
 	}
-	m := &Manager{cfg: cfg, targets: map[string]Target{}}
+	m := &Manager{cfg: cfg, targets: map[string]Target{}, stored: store.NewBucket[Target](cfg.DB, storeBucket)}
 	if cfg.DB == nil {
 		return m, nil
 	}
-	recs, err := cfg.DB.List(storeBucket)
+	recs, err := m.stored.List()
 	if err != nil {
 		return nil, fmt.Errorf("load revocations: %w", err)
 	}
@@ -168,8 +159,8 @@ func New(cfg Config) (*Manager, error) {
 	}
 	targets := make(map[string]Target, len(recs))
 	for _, r := range recs {
-		var t Target
-		if err := json.Unmarshal(r.Value, &t); err != nil {
+		t := r.Value
+		if r.Err != nil {
 			return nil, fmt.Errorf("stored revocation %q does not parse: %w", r.Key, store.ErrCorrupt)
 		}
 		if err := t.Validate(); err != nil || t.Name() != r.Key {
@@ -281,16 +272,12 @@ func (m *Manager) persist(name string, t *Target) error {
 		return nil
 	}
 	if t == nil {
-		if err := m.cfg.DB.Delete(storeBucket, name); err != nil {
+		if err := m.stored.Delete(name); err != nil {
 			return fmt.Errorf("save revocations: %w", err)
 		}
 		return nil
 	}
-	raw, err := json.Marshal(t)
-	if err != nil {
-		return fmt.Errorf("save revocations: %w", err)
-	}
-	if err := m.cfg.DB.Put(storeBucket, name, raw); err != nil {
+	if err := m.stored.Put(name, *t); err != nil {
 		return fmt.Errorf("save revocations: %w", err)
 	}
 	return nil

@@ -2,7 +2,6 @@ package local
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,20 +31,10 @@ const (
 // ErrInvalidSecret means a Put was refused because of its name, keys or size.
 var ErrInvalidSecret = errors.New("invalid secret")
 
-// DB is the part of the store this package uses.
-type DB interface {
-	Get(bucket, key string) ([]byte, error)
-	Put(bucket, key string, value []byte) error
-	Delete(bucket, key string) error
-	List(bucket string) ([]store.Record, error)
-}
-
-var _ DB = (*store.DB)(nil)
-
 // Config configures a Store.
 type Config struct {
-	// DB is the encrypted store that holds the secrets. Required.
-	DB DB
+	// DB is the encrypted store that holds the secrets (bucket "local-secrets"). Required.
+	DB *store.DB
 	// Logger receives change events (names and versions only). Required.
 	Logger *slog.Logger
 	// Clock stamps updates. Defaults to the real clock.
@@ -54,7 +43,7 @@ type Config struct {
 
 // Store is the embedded secret source.
 type Store struct {
-	db    DB
+	db    store.Bucket[record]
 	log   *slog.Logger
 	clock clock.PassiveClock
 	mu    sync.Mutex // serialises read-modify-write of versions and the subscriber list
@@ -117,7 +106,7 @@ func New(cfg Config) (*Store, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.RealClock{}
 	}
-	return &Store{db: cfg.DB, log: cfg.Logger, clock: cfg.Clock, subs: map[*subscriber]struct{}{}}, nil
+	return &Store{db: store.NewBucket[record](cfg.DB, bucket), log: cfg.Logger, clock: cfg.Clock, subs: map[*subscriber]struct{}{}}, nil
 }
 
 // Fetch implements source.Source.
@@ -137,16 +126,14 @@ func (s *Store) Fetch(_ context.Context, path string) (*source.Secret, error) {
 }
 
 func (s *Store) get(name string) (*record, error) {
-	raw, err := s.db.Get(bucket, name)
-	if errors.Is(err, store.ErrNotFound) {
+	rec, err := s.db.Get(name)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
 		return nil, fmt.Errorf("%w: %s", source.ErrNotFound, name)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read local secret: %w", err)
-	}
-	var rec record
-	if err := json.Unmarshal(raw, &rec); err != nil {
+	case errors.Is(err, store.ErrDecode):
 		return nil, fmt.Errorf("decode local secret %q: %w", name, store.ErrCorrupt)
+	case err != nil:
+		return nil, fmt.Errorf("read local secret: %w", err)
 	}
 	return &rec, nil
 }
@@ -206,11 +193,7 @@ func (s *Store) Put(_ context.Context, name string, data map[string][]byte) (str
 	if err != nil {
 		return "", err
 	}
-	raw, err := json.Marshal(record{Version: version, UpdatedAt: s.clock.Now().UTC(), Data: maps.Clone(data)})
-	if err != nil {
-		return "", fmt.Errorf("encode local secret: %w", err)
-	}
-	if err := s.db.Put(bucket, name, raw); err != nil {
+	if err := s.db.Put(name, record{Version: version, UpdatedAt: s.clock.Now().UTC(), Data: maps.Clone(data)}); err != nil {
 		return "", fmt.Errorf("write local secret: %w", err)
 	}
 	v := strconv.FormatUint(version, 10)
@@ -254,11 +237,7 @@ func (s *Store) Delete(_ context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	raw, err := json.Marshal(record{Version: rec.Version + 1, UpdatedAt: s.clock.Now().UTC(), Deleted: true})
-	if err != nil {
-		return fmt.Errorf("encode tombstone: %w", err)
-	}
-	if err := s.db.Put(bucket, name, raw); err != nil {
+	if err := s.db.Put(name, record{Version: rec.Version + 1, UpdatedAt: s.clock.Now().UTC(), Deleted: true}); err != nil {
 		return fmt.Errorf("delete local secret: %w", err)
 	}
 	s.notifyLocked(name)
@@ -267,17 +246,16 @@ func (s *Store) Delete(_ context.Context, name string) error {
 
 // Names lists the stored secret names, sorted.
 func (s *Store) Names() ([]string, error) {
-	recs, err := s.db.List(bucket)
+	recs, err := s.db.List()
 	if err != nil {
 		return nil, fmt.Errorf("list local secrets: %w", err)
 	}
 	out := make([]string, 0, len(recs))
 	for _, r := range recs {
-		var rec record
-		if err := json.Unmarshal(r.Value, &rec); err != nil {
+		if r.Err != nil {
 			return nil, fmt.Errorf("decode local secret %q: %w", r.Key, store.ErrCorrupt)
 		}
-		if !rec.Deleted {
+		if !r.Value.Deleted {
 			out = append(out, r.Key)
 		}
 	}

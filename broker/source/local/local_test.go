@@ -30,7 +30,7 @@ func openStore(t testing.TB, dir string) *store.DB {
 	return db
 }
 
-func newStore(t testing.TB, db DB) *Store {
+func newStore(t testing.TB, db *store.DB) *Store {
 	t.Helper()
 	s, err := New(Config{DB: db, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {

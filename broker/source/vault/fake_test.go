@@ -1,7 +1,6 @@
 package vault
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -10,7 +9,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +19,7 @@ import (
 	testingclock "k8s.io/utils/clock/testing"
 
 	"github.com/keywarden/keywarden/broker/store"
+	"github.com/keywarden/keywarden/crypto"
 
 	"github.com/keywarden/keywarden/internal/testlog"
 )
@@ -250,51 +249,31 @@ func (f *fakeVault) kv2Meta(w http.ResponseWriter, p string) {
 	writeJSON(w, 200, map[string]any{"data": map[string]any{"current_version": len(s.versions), "versions": versions}})
 }
 
-// memStore is a hand-written LeaseStore.
-type memStore struct {
-	mu   sync.Mutex
-	data map[string][]byte
-}
+// leaseDB is a real node store in a temp dir, for the lease records.
+type leaseDB struct{ *store.DB }
 
-func newMemStore() *memStore { return &memStore{data: map[string][]byte{}} }
-
-func (m *memStore) Put(bucket, key string, value []byte) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.data[bucket+"\x00"+key] = bytes.Clone(value)
-	return nil
-}
-
-func (m *memStore) Delete(bucket, key string) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	delete(m.data, bucket+"\x00"+key)
-	return nil
-}
-
-func (m *memStore) List(bucket string) ([]store.Record, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var out []store.Record
-	for k, v := range m.data {
-		if b, key, _ := strings.Cut(k, "\x00"); b == bucket {
-			out = append(out, store.Record{Key: key, Value: bytes.Clone(v)})
-		}
+func newLeaseDB(t testing.TB) leaseDB {
+	t.Helper()
+	dir := t.TempDir()
+	kek, err := crypto.LoadOrCreateLocalKEK(filepath.Join(dir, "kek.json"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
-	return out, nil
+	db, err := store.Open(store.Config{Path: filepath.Join(dir, "node.db"), KEK: kek, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	return leaseDB{db}
 }
 
-func (m *memStore) keys(prefix string) int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	n := 0
-	for k := range m.data {
-		if strings.HasPrefix(k, LeaseBucket+"\x00"+prefix) {
-			n++
-		}
+// keys counts the records of LeaseBucket under prefix.
+func (l leaseDB) keys(prefix string) int {
+	items, err := store.NewBucket[json.RawMessage](l.DB, LeaseBucket).Prefix(prefix).List()
+	if err != nil {
+		panic(err)
 	}
-	return n
+	return len(items)
 }
 
 type env struct {
@@ -303,7 +282,7 @@ type env struct {
 	clock *testingclock.FakeClock
 	logs  *testlog.Buffer
 	jwt   string // path of the login token file
-	store *memStore
+	store leaseDB
 }
 
 const loginJWT = "eyJhbGciOiJSUzI1NiJ9.daemon-jwt-payload.sig"
@@ -312,13 +291,13 @@ func newEnv(t testing.TB, mutate func(*Config)) *env {
 	t.Helper()
 	c := testingclock.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	f := newFakeVault(t, c)
-	e := &env{f: f, clock: c, logs: &testlog.Buffer{}, jwt: filepath.Join(t.TempDir(), "token"), store: newMemStore()}
+	e := &env{f: f, clock: c, logs: &testlog.Buffer{}, jwt: filepath.Join(t.TempDir(), "token"), store: newLeaseDB(t)}
 	if err := os.WriteFile(e.jwt, []byte(loginJWT+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cfg := Config{
 		Address: f.srv.URL, Auth: AuthConfig{Method: MethodKubernetes, Role: "keywarden", TokenFile: e.jwt},
-		Leases: e.store, Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Leases: e.store.DB, Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Clock: c, RequestTimeout: 2 * time.Second, LeaseGrace: 10 * time.Second,
 	}
 	if mutate != nil {

@@ -2,7 +2,6 @@ package vault
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -326,10 +325,4 @@ func (s *Source) Leases() []LeaseStatus {
 		out = append(out, LeaseStatus{Ref: l.Ref, Owner: l.Owner, LeaseID: l.LeaseID, ExpiresAt: l.ExpiresAt, RenewAt: l.RenewAt})
 	}
 	return out
-}
-
-// marshalling helpers for the store records.
-func encodeRecord(v any) []byte {
-	b, _ := json.Marshal(v)
-	return b
 }

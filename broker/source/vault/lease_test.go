@@ -180,7 +180,7 @@ func TestSource_restart_reusesLeasesInUseAndRevokesOrphans(t *testing.T) {
 	e.f.mu.Unlock()
 
 	// "kill -9": a new Source on the same store and Vault.
-	s2, err := New(Config{Address: e.f.srv.URL, Auth: e.s.cfg.Auth, Leases: e.store, Logger: e.s.log, Clock: e.clock,
+	s2, err := New(Config{Address: e.f.srv.URL, Auth: e.s.cfg.Auth, Leases: e.store.DB, Logger: e.s.log, Clock: e.clock,
 		LeaseGrace: 10 * time.Second, OrphanGrace: time.Minute})
 	if err != nil {
 		t.Fatal(err)

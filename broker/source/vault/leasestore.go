@@ -1,9 +1,7 @@
 package vault
 
 import (
-	"encoding/json"
 	"log/slog"
-	"strings"
 
 	"github.com/keywarden/keywarden/broker/store"
 )
@@ -13,17 +11,12 @@ import (
 // id>"). Records hold credentials, so they live only sealed in the store.
 const LeaseBucket = "vault-leases"
 
-// LeaseStore is the part of the store the source uses.
-type LeaseStore interface {
-	Put(bucket, key string, value []byte) error
-	Delete(bucket, key string) error
-	List(bucket string) ([]store.Record, error)
+// leaseBuckets are the two record kinds of LeaseBucket: current leases keyed by the hash of
+// their reference, pending revocations keyed by the hash of the lease id.
+type leaseBuckets struct {
+	leases  store.Bucket[lease]         // "lease/<hash>"
+	revokes store.Bucket[pendingRevoke] // "revoke/<hash>"
 }
-
-var _ LeaseStore = (*store.DB)(nil)
-
-func leaseKey(ref string) string { return "lease/" + shortHash(ref) }
-func revokeKey(id string) string { return "revoke/" + shortHash(id) }
 
 // restore loads the leases and pending revocations of the previous run. Restored leases are
 // unclaimed until a consumer fetches their reference; Run revokes those still unclaimed after
@@ -33,35 +26,37 @@ func (s *Source) restore() error {
 	if s.cfg.Leases == nil {
 		return nil
 	}
-	recs, err := s.cfg.Leases.List(LeaseBucket)
+	leases, err := s.stored.leases.List()
+	var revokes []store.Item[pendingRevoke]
+	if err == nil {
+		revokes, err = s.stored.revokes.List()
+	}
 	if err != nil {
 		// The leases then expire in Vault by themselves; refusing to start would be worse.
 		s.log.Error("cannot read the recorded vault leases; they will expire unrenewed", slog.String("error", err.Error()))
 		return nil
 	}
 	now := s.clock.Now()
-	for _, r := range recs {
-		switch {
-		case strings.HasPrefix(r.Key, "lease/"):
-			var l lease
-			if err := json.Unmarshal(r.Value, &l); err != nil || l.LeaseID == "" || l.Ref == "" {
-				s.log.Warn("dropping an unreadable lease record", slog.String("key", r.Key))
-				_ = s.cfg.Leases.Delete(LeaseBucket, r.Key)
-				continue
-			}
-			if !now.Before(l.ExpiresAt) {
-				_ = s.cfg.Leases.Delete(LeaseBucket, r.Key)
-				continue
-			}
-			s.leases[l.Ref] = &l
-		case strings.HasPrefix(r.Key, "revoke/"):
-			var p pendingRevoke
-			if err := json.Unmarshal(r.Value, &p); err != nil || p.LeaseID == "" {
-				_ = s.cfg.Leases.Delete(LeaseBucket, r.Key)
-				continue
-			}
-			s.revokes[p.LeaseID] = &p
+	for _, r := range leases {
+		l := r.Value
+		if r.Err != nil || l.LeaseID == "" || l.Ref == "" {
+			s.log.Warn("dropping an unreadable lease record", slog.String("key", "lease/"+r.Key))
+			_ = s.stored.leases.Delete(r.Key)
+			continue
 		}
+		if !now.Before(l.ExpiresAt) {
+			_ = s.stored.leases.Delete(r.Key)
+			continue
+		}
+		s.leases[l.Ref] = &l
+	}
+	for _, r := range revokes {
+		p := r.Value
+		if r.Err != nil || p.LeaseID == "" {
+			_ = s.stored.revokes.Delete(r.Key)
+			continue
+		}
+		s.revokes[p.LeaseID] = &p
 	}
 	if len(s.leases)+len(s.revokes) > 0 {
 		s.log.Info("restored vault leases", slog.Int("leases", len(s.leases)), slog.Int("pending_revocations", len(s.revokes)))
@@ -76,23 +71,23 @@ func (s *Source) persistLease(l *lease, rev *pendingRevoke) {
 		return
 	}
 	if rev != nil {
-		if err := s.cfg.Leases.Put(LeaseBucket, revokeKey(rev.LeaseID), encodeRecord(rev)); err != nil {
+		if err := s.stored.revokes.Put(shortHash(rev.LeaseID), *rev); err != nil {
 			s.log.Error("record pending lease revocation", slog.String("lease_id", rev.LeaseID), slog.String("error", err.Error()))
 		}
 	}
-	if err := s.cfg.Leases.Put(LeaseBucket, leaseKey(l.Ref), encodeRecord(l)); err != nil {
+	if err := s.stored.leases.Put(shortHash(l.Ref), *l); err != nil {
 		s.log.Error("record lease", slog.String("lease_id", l.LeaseID), slog.String("error", err.Error()))
 	}
 }
 
 func (s *Source) forgetLease(ref string) {
 	if s.cfg.Leases != nil {
-		_ = s.cfg.Leases.Delete(LeaseBucket, leaseKey(ref))
+		_ = s.stored.leases.Delete(shortHash(ref))
 	}
 }
 
 func (s *Source) forgetRevoke(id string) {
 	if s.cfg.Leases != nil {
-		_ = s.cfg.Leases.Delete(LeaseBucket, revokeKey(id))
+		_ = s.stored.revokes.Delete(shortHash(id))
 	}
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/keywarden/keywarden/broker/source"
 	"github.com/keywarden/keywarden/broker/source/vaultref"
+	"github.com/keywarden/keywarden/broker/store"
 )
 
 // Config configures a Source.
@@ -29,9 +30,10 @@ type Config struct {
 	CACertFile string
 	// Auth says how the daemon logs in. Required.
 	Auth AuthConfig
-	// Leases persists leases and pending revocations; nil keeps them in memory only (a restart
-	// then leaves the old leases to expire by themselves).
-	Leases LeaseStore
+	// Leases persists leases and pending revocations (bucket LeaseBucket of the node store);
+	// nil keeps them in memory only (a restart then leaves the old leases to expire by
+	// themselves).
+	Leases *store.DB
 	// Logger receives operational events (paths, statuses, lease ids; never tokens, values or
 	// Vault's error text). Required.
 	Logger *slog.Logger
@@ -66,6 +68,7 @@ type Config struct {
 // Source reads secrets from Vault. Create it with New and run it with Run.
 type Source struct {
 	cfg     Config
+	stored  leaseBuckets // cfg.Leases: leasestore.go
 	log     *slog.Logger
 	clock   clock.WithTicker
 	client  *api.Client
@@ -155,6 +158,8 @@ func New(cfg Config) (*Source, error) {
 		revokes: map[string]*pendingRevoke{}, metaDenied: map[string]time.Time{}, maxTTL: map[string]time.Duration{}, startedAt: cfg.Clock.Now(),
 		versionKey: make([]byte, 32),
 	}
+	s.stored.leases = store.NewBucket[lease](cfg.Leases, LeaseBucket).Prefix("lease/")
+	s.stored.revokes = store.NewBucket[pendingRevoke](cfg.Leases, LeaseBucket).Prefix("revoke/")
 	if _, err := cryptorand.Read(s.versionKey); err != nil {
 		return nil, fmt.Errorf("vault source: %w", err)
 	}
