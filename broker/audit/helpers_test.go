@@ -17,14 +17,17 @@ import (
 	"github.com/keywarden/keywarden/internal/testlog"
 )
 
-func openDB(tb testing.TB) *store.DB {
+func openDB(tb testing.TB) *store.DB { return openDBWith(tb, nil) }
+
+// openDBWith opens a store in a temp dir whose commits first ask failCommit (nil: never fail).
+func openDBWith(tb testing.TB, failCommit func() error) *store.DB {
 	tb.Helper()
 	dir := tb.TempDir()
 	kek, err := crypto.LoadOrCreateLocalKEK(filepath.Join(dir, "kek.json"))
 	if err != nil {
 		tb.Fatal(err)
 	}
-	db, err := store.Open(store.Config{Path: filepath.Join(dir, "state.db"), KEK: kek, Logger: slog.New(slog.DiscardHandler)})
+	db, err := store.Open(store.Config{Path: filepath.Join(dir, "state.db"), KEK: kek, Logger: slog.New(slog.DiscardHandler), FailCommit: failCommit})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -32,7 +35,7 @@ func openDB(tb testing.TB) *store.DB {
 	return db
 }
 
-func newLog(tb testing.TB, db DB, mutate ...func(*Config)) (*Log, *testlog.Buffer) {
+func newLog(tb testing.TB, db *store.DB, mutate ...func(*Config)) (*Log, *testlog.Buffer) {
 	tb.Helper()
 	logs := &testlog.Buffer{}
 	cfg := Config{DB: db, Logger: slog.New(slog.NewJSONHandler(logs, nil))}
@@ -89,23 +92,28 @@ func putEntry(tb testing.TB, db *store.DB, key uint64, e Entry) {
 	}
 }
 
-// failingDB fails every Update while fail is set.
+// failingDB is a store whose commits fail while fail is set.
 type failingDB struct {
-	DB
+	*store.DB
 	mu   sync.Mutex
 	fail bool
 	n    int
 }
 
-func (f *failingDB) Update(fn func(tx *store.Tx) error) error {
+func newFailingDB(tb testing.TB) *failingDB {
+	f := &failingDB{}
+	f.DB = openDBWith(tb, f.commit)
+	return f
+}
+
+func (f *failingDB) commit() error {
 	f.mu.Lock()
-	fail := f.fail
+	defer f.mu.Unlock()
 	f.n++
-	f.mu.Unlock()
-	if fail {
+	if f.fail {
 		return fmt.Errorf("disk full")
 	}
-	return f.DB.Update(fn)
+	return nil
 }
 
 func (f *failingDB) set(v bool) {

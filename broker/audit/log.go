@@ -20,6 +20,13 @@ const Bucket = "audit"
 
 const headKey = "head"
 
+// newRecords is the audit bucket as raw JSON records: the head and the entries are two record
+// types under keys with no common prefix, and verification must see (and report) records that
+// do not decode, so this package decodes them itself.
+func newRecords(db *store.DB) store.Bucket[json.RawMessage] {
+	return store.NewBucket[json.RawMessage](db, Bucket)
+}
+
 // Defaults of Config.
 const (
 	DefaultFlushInterval = 100 * time.Millisecond
@@ -28,18 +35,10 @@ const (
 	DefaultMaxEntries    = 100000
 )
 
-// DB is the part of the encrypted store the Log uses.
-type DB interface {
-	List(bucket string) ([]store.Record, error)
-	Update(fn func(tx *store.Tx) error) error
-}
-
-var _ DB = (*store.DB)(nil)
-
 // Config configures a Log.
 type Config struct {
-	// DB holds the entries, sealed like every record. Required.
-	DB DB
+	// DB holds the entries (bucket Bucket), sealed like every record. Required.
+	DB *store.DB
 	// Logger receives operational events (flush failures, dropped events). Required.
 	Logger *slog.Logger
 	// Clock stamps events that carry no time and drives the flush ticker. Defaults to the
@@ -115,7 +114,7 @@ func Open(cfg Config) (*Log, error) {
 		return nil, fmt.Errorf("%w: maxEntries must be at least 10", ErrInvalidConfig)
 	}
 	l := &Log{cfg: cfg, log: cfg.Logger, kick: make(chan struct{}, 1), subs: map[*Subscription]struct{}{}}
-	recs, err := cfg.DB.List(Bucket)
+	recs, err := newRecords(cfg.DB).List()
 	if err != nil {
 		return nil, fmt.Errorf("open audit log: %w", err)
 	}
@@ -260,7 +259,7 @@ func (l *Log) append(events []Event) ([]Entry, error) {
 		keep := uint64(l.cfg.MaxEntries) * 9 / 10
 		dropFrom, dropThrough = first, head.Seq-keep
 	}
-	err := l.cfg.DB.Update(func(tx *store.Tx) error {
+	err := newRecords(l.cfg.DB).Update(func(tx store.TxBucket[json.RawMessage]) error {
 		if dropThrough > 0 {
 			// The checkpoint carries the hash of the last dropped entry, which is the Prev of
 			// the first kept one: read it from the store, or from this batch.
@@ -268,7 +267,7 @@ func (l *Log) append(events []Event) ([]Entry, error) {
 			if k := dropThrough + 1; k >= entries[0].Seq {
 				nextPrev = entries[k-entries[0].Seq].Prev
 			} else {
-				raw, err := tx.Get(Bucket, entryKey(k))
+				raw, err := tx.Get(entryKey(k))
 				if err != nil {
 					return fmt.Errorf("retention: read entry %d: %w", k, err)
 				}
@@ -279,7 +278,7 @@ func (l *Log) append(events []Event) ([]Entry, error) {
 				nextPrev = next.Prev
 			}
 			for s := dropFrom; s <= dropThrough && s < entries[0].Seq; s++ {
-				if err := tx.Delete(Bucket, entryKey(s)); err != nil {
+				if err := tx.Delete(entryKey(s)); err != nil {
 					return err
 				}
 			}
@@ -298,7 +297,7 @@ func (l *Log) append(events []Event) ([]Entry, error) {
 			if err != nil {
 				return err
 			}
-			if err := tx.Put(Bucket, entryKey(e.Seq), raw); err != nil {
+			if err := tx.Put(entryKey(e.Seq), raw); err != nil {
 				return err
 			}
 		}
@@ -306,7 +305,7 @@ func (l *Log) append(events []Event) ([]Entry, error) {
 		if err != nil {
 			return err
 		}
-		return tx.Put(Bucket, headKey, raw)
+		return tx.Put(headKey, raw)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("append audit entries: %w", err)
@@ -353,7 +352,7 @@ func (l *Log) Stats() Stats {
 // Entries returns the stored entries with Seq ≥ from, at most limit of them (0: all), in
 // order. It does not verify them.
 func (l *Log) Entries(from uint64, limit int) ([]Entry, error) {
-	recs, err := l.cfg.DB.List(Bucket)
+	recs, err := newRecords(l.cfg.DB).List()
 	if err != nil {
 		return nil, fmt.Errorf("read audit log: %w", err)
 	}
@@ -393,7 +392,7 @@ func (l *Log) Verify() (Report, error) {
 	if err := l.Flush(); err != nil {
 		return Report{}, err
 	}
-	recs, err := l.cfg.DB.List(Bucket)
+	recs, err := newRecords(l.cfg.DB).List()
 	if err != nil {
 		return Report{}, fmt.Errorf("read audit log: %w", err)
 	}

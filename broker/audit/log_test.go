@@ -90,8 +90,8 @@ func TestLog_Run_flushesOnIntervalAndOnStop(t *testing.T) {
 }
 
 func TestLog_Flush_oneTransactionPerBatch(t *testing.T) {
-	f := &failingDB{DB: openDB(t)}
-	l, _ := newLog(t, f, func(c *Config) { c.MaxBatch = 100 })
+	f := newFailingDB(t)
+	l, _ := newLog(t, f.DB, func(c *Config) { c.MaxBatch = 100 })
 	for i := range 250 {
 		l.Record(context.Background(), event(i))
 	}
@@ -104,8 +104,8 @@ func TestLog_Flush_oneTransactionPerBatch(t *testing.T) {
 }
 
 func TestLog_Record_storeFailureKeepsEventsAndAuditsDrops(t *testing.T) {
-	f := &failingDB{DB: openDB(t)}
-	l, logs := newLog(t, f, func(c *Config) { c.MaxPending = 10 })
+	f := newFailingDB(t)
+	l, logs := newLog(t, f.DB, func(c *Config) { c.MaxPending = 10 })
 	f.set(true)
 	for i := range 15 {
 		l.Record(context.Background(), event(i)) // must not block
@@ -379,7 +379,7 @@ func rechain(t *testing.T, db *store.DB, from uint64) {
 }
 
 func verifyStored(t *testing.T, db *store.DB) (Report, error) {
-	recs, err := db.List(Bucket)
+	recs, err := newRecords(db).List()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,9 +11,9 @@ import (
 // TestLog_Stats_flushesAndFailures checks the counters behind keywarden_audit_backlog_entries
 // and keywarden_audit_flushes_total.
 func TestLog_Stats_flushesAndFailures(t *testing.T) {
-	f := &failingDB{DB: openDB(t)}
+	f := newFailingDB(t)
 	clk := clocktesting.NewFakeClock(time.Unix(1000, 0))
-	l, _ := newLog(t, f, func(c *Config) { c.Clock, c.FlushInterval = clk, time.Second })
+	l, _ := newLog(t, f.DB, func(c *Config) { c.Clock, c.FlushInterval = clk, time.Second })
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- l.Run(ctx) }()

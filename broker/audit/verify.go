@@ -126,7 +126,7 @@ func (c *checker) result(r Report) (Report, error) {
 
 // verifyRecords checks the records of the audit bucket; mem is the head this process last
 // wrote (nil when none is known).
-func verifyRecords(recs []store.Record, mem *Head) (Report, error) {
+func verifyRecords(recs []store.Item[json.RawMessage], mem *Head) (Report, error) {
 	c := &checker{}
 	var (
 		items   []item

@@ -2,7 +2,6 @@ package grant
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -14,21 +13,13 @@ import (
 // ErrGrantNotFound reports a delete of a grant the store does not hold.
 var ErrGrantNotFound = errors.New("access grant not found")
 
-// storeBucket holds one JSON-encoded AccessGrant per grant name.
+// storeBucket holds one AccessGrant per grant name.
 const storeBucket = "grants"
-
-// StoreDB is the part of the encrypted store the grant store uses.
-type StoreDB interface {
-	List(bucket string) ([]store.Record, error)
-	Update(fn func(tx *store.Tx) error) error
-}
-
-var _ StoreDB = (*store.DB)(nil)
 
 // StoreSourceConfig configures a StoreSource.
 type StoreSourceConfig struct {
-	// DB persists the grants (sealed like every record). Required.
-	DB StoreDB
+	// DB persists the grants (bucket "grants", sealed like every record). Required.
+	DB *store.DB
 	// OnChange is called with the new Set after every successful Apply or Delete; when it
 	// returns an error (the broker refused the merged grants) the change is rolled back and
 	// the error returned to the caller. Optional.
@@ -38,7 +29,7 @@ type StoreSourceConfig struct {
 // StoreSource is the admin API's grant source: grants applied with `keywarden grant apply`
 // on a single machine, kept in the daemon's encrypted state store across restarts.
 type StoreSource struct {
-	db       StoreDB
+	db       store.Bucket[AccessGrant]
 	onChange func(*Set) error
 	mu       sync.Mutex // serialises Apply and Delete
 	current  atomic.Pointer[Set]
@@ -50,18 +41,17 @@ func NewStoreSource(cfg StoreSourceConfig) (*StoreSource, error) {
 	if cfg.DB == nil {
 		return nil, fmt.Errorf("%w: db is required", ErrInvalidConfig)
 	}
-	s := &StoreSource{db: cfg.DB, onChange: cfg.OnChange}
-	recs, err := cfg.DB.List(storeBucket)
+	s := &StoreSource{db: store.NewBucket[AccessGrant](cfg.DB, storeBucket), onChange: cfg.OnChange}
+	recs, err := s.db.List()
 	if err != nil {
 		return nil, fmt.Errorf("load stored grants: %w", err)
 	}
 	grants := make([]AccessGrant, 0, len(recs))
 	for _, r := range recs {
-		var g AccessGrant
-		if err := json.Unmarshal(r.Value, &g); err != nil {
+		if r.Err != nil {
 			return nil, fmt.Errorf("stored grant %q: %w", r.Key, store.ErrCorrupt)
 		}
-		grants = append(grants, g)
+		grants = append(grants, r.Value)
 	}
 	set, err := NewSet(grants)
 	if err != nil {
@@ -93,13 +83,9 @@ func (s *StoreSource) Apply(_ context.Context, grants []AccessGrant) error {
 	if err != nil {
 		return err
 	}
-	return s.commit(set, func(tx *store.Tx) error {
+	return s.commit(set, func(tx store.TxBucket[AccessGrant]) error {
 		for _, g := range grants {
-			raw, err := json.Marshal(g)
-			if err != nil {
-				return err
-			}
-			if err := tx.Put(storeBucket, g.Name, raw); err != nil {
+			if err := tx.Put(g.Name, g); err != nil {
 				return err
 			}
 		}
@@ -127,12 +113,12 @@ func (s *StoreSource) Delete(_ context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	return s.commit(set, func(tx *store.Tx) error { return tx.Delete(storeBucket, name) })
+	return s.commit(set, func(tx store.TxBucket[AccessGrant]) error { return tx.Delete(name) })
 }
 
 // commit offers the new set to the broker first, then persists it; a refused set changes
 // nothing, and a failed write restores the previous set in the broker.
-func (s *StoreSource) commit(set *Set, write func(tx *store.Tx) error) error {
+func (s *StoreSource) commit(set *Set, write func(tx store.TxBucket[AccessGrant]) error) error {
 	prev := s.current.Load()
 	if s.onChange != nil {
 		if err := s.onChange(set); err != nil {

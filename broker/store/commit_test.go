@@ -2,7 +2,9 @@ package store
 
 import (
 	"errors"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -69,4 +71,41 @@ func TestDB_Update_onCommit(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestDB_FailCommit_losesNothingAcknowledged: an injected commit failure fails the write as a
+// failed commit would, writes nothing, is reported to OnCommit, and the next write succeeds.
+func TestDB_FailCommit_losesNothingAcknowledged(t *testing.T) {
+	cfg, _ := testConfig(t)
+	var fail atomic.Bool
+	var commitErrs atomic.Int64
+	cfg.FailCommit = func() error {
+		if fail.Load() {
+			return errors.New("injected fsync failure")
+		}
+		return nil
+	}
+	cfg.OnCommit = func(_ time.Duration, err error) {
+		if err != nil {
+			commitErrs.Add(1)
+		}
+	}
+	db := mustOpen(t, cfg)
+	defer db.Close()
+	mustPut(t, db, "b", "kept", "v1")
+	fail.Store(true)
+	if err := db.Put("b", "lost", []byte("v2")); err == nil || !strings.Contains(err.Error(), "injected fsync failure") {
+		t.Fatalf("put during a failing commit: %v", err)
+	}
+	if commitErrs.Load() != 1 {
+		t.Fatalf("commit errors reported: %d, want 1", commitErrs.Load())
+	}
+	fail.Store(false)
+	if _, err := db.Get("b", "lost"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("the failed write is visible: %v", err)
+	}
+	if got, err := db.Get("b", "kept"); err != nil || string(got) != "v1" {
+		t.Fatalf("acknowledged write after a failed commit: %q %v", got, err)
+	}
+	mustPut(t, db, "b", "after", "v3")
 }

@@ -12,5 +12,10 @@
 // daemon on the same data directory (a DaemonSet surge): it waits
 // Config.LockTimeout and then fails with ErrLocked.
 //
+// Consumers keep their records in a typed Bucket[T] (NewBucket): one JSON codec for every
+// bucket, Prefix for several record kinds in one bucket, Update/View for transactions. The
+// byte-level DB.Get/Put/Delete/List stay for this package's tests and for tests elsewhere that
+// play an attacker rewriting records.
+//
 // This is the only package that imports bbolt; its error types stay inside.
 package store

@@ -73,6 +73,10 @@ type Config struct {
 	// commit latency without this package depending on a metrics library; it must be fast
 	// and must not call methods of the DB.
 	OnCommit func(d time.Duration, err error)
+	// FailCommit, when set, is asked before every commit; an error it returns fails that write
+	// transaction as a failed commit would (rolled back, nothing written, reported to OnCommit).
+	// It is the fault injection of tests and fault campaigns; the daemon never sets it.
+	FailCommit func() error
 }
 
 func (c *Config) validate() error {
@@ -125,6 +129,8 @@ type DB struct {
 	log      *slog.Logger
 	clock    clock.PassiveClock
 	onCommit func(time.Duration, error)
+	// failCommit is Config.FailCommit.
+	failCommit func() error
 
 	kr       atomic.Pointer[crypto.Keyring]
 	rotateMu sync.Mutex
@@ -163,7 +169,7 @@ func Open(cfg Config) (*DB, error) {
 	if err != nil {
 		return nil, err
 	}
-	db := &DB{path: cfg.Path, bdb: bdb, log: cfg.Logger, clock: cfg.Clock, onCommit: cfg.OnCommit}
+	db := &DB{path: cfg.Path, bdb: bdb, log: cfg.Logger, clock: cfg.Clock, onCommit: cfg.OnCommit, failCommit: cfg.FailCommit}
 	created, err := db.loadMeta(cfg.KEK)
 	if err != nil {
 		_ = bdb.Close()
@@ -405,8 +411,13 @@ func (db *DB) run(writable bool, fn func(tx *Tx) error) (err error) {
 	body := func(btx *bolt.Tx) error {
 		tx := &Tx{btx: btx, kr: db.kr.Load(), writable: writable}
 		defer func() { tx.done = true }()
-		fnErr = fn(tx)
-		return fnErr
+		if fnErr = fn(tx); fnErr != nil {
+			return fnErr
+		}
+		if writable && db.failCommit != nil {
+			return db.failCommit() // not fn's error: reported as a failed commit
+		}
+		return nil
 	}
 	if writable {
 		start := db.clock.Now()
