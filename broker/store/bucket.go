@@ -26,7 +26,7 @@ func NewBucket[T any](db *DB, name string) Bucket[T] { return Bucket[T]{db: db, 
 func (b Bucket[T]) Prefix(p string) Bucket[T] { b.prefix += p; return b }
 
 // For returns the same bucket (and prefix) with values of type U.
-func For[U, T any](b Bucket[T]) Bucket[U] { return Bucket[U]{db: b.db, name: b.name, prefix: b.prefix} }
+func For[U, T any](b Bucket[T]) Bucket[U] { return Bucket[U](b) }
 
 // Name is the bucket's name.
 func (b Bucket[T]) Name() string { return b.name }
