@@ -9,6 +9,7 @@ import (
 	"hash/fnv"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -522,8 +523,8 @@ func (d *Driver) refresh(v *volume, w identity.Workload) {
 func (d *Driver) save(v *volume) error {
 	v.mu.Lock()
 	rec := record{VolumeID: v.id, Target: v.target, Request: v.req, Pod: v.pod, GID: v.gid, Names: v.names,
-		Workload: toRecordWorkload(v.w), Versions: v.versions, Revoked: v.revoked}
-	v.mu.Unlock()
+		Workload: toRecordWorkload(v.w), Versions: maps.Clone(v.versions), Revoked: v.revoked}
+	v.mu.Unlock() // rec is encoded after this: it must share no map the volume may change
 	return d.volumes.Put(v.id, rec)
 }
 
