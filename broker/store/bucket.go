@@ -9,8 +9,9 @@ import (
 
 // Bucket is one bucket of a DB whose records are values of type T: encoded as JSON (the one
 // codec of every bucket), then sealed like every record. A Bucket may be narrowed to the keys
-// under a prefix, so one bucket can hold records of several types (For). Consumers hold a
-// Bucket rather than the DB; the zero Bucket has no DB, and every method reports ErrClosed.
+// under a prefix, so one bucket can hold records of several types (one Bucket per prefix).
+// Consumers hold a Bucket rather than the DB; the zero Bucket has no DB, and every method
+// reports ErrClosed.
 type Bucket[T any] struct {
 	db     *DB
 	name   string
@@ -24,12 +25,6 @@ func NewBucket[T any](db *DB, name string) Bucket[T] { return Bucket[T]{db: db, 
 // Prefix returns the bucket narrowed to the keys under p: its methods take and return keys
 // without p, and List skips every other key.
 func (b Bucket[T]) Prefix(p string) Bucket[T] { b.prefix += p; return b }
-
-// For returns the same bucket (and prefix) with values of type U.
-func For[U, T any](b Bucket[T]) Bucket[U] { return Bucket[U](b) }
-
-// Name is the bucket's name.
-func (b Bucket[T]) Name() string { return b.name }
 
 // Item is one record of a List: its key and value, or Err when the record authenticated but
 // does not decode as T (the caller decides: drop it with a log line, or report it).
@@ -77,7 +72,7 @@ func (b Bucket[T]) Update(fn func(tx TxBucket[T]) error) error {
 	if b.db == nil {
 		return ErrClosed
 	}
-	return b.db.Update(func(tx *Tx) error { return fn(b.In(tx)) })
+	return b.db.Update(func(tx *Tx) error { return fn(b.in(tx)) })
 }
 
 // View runs fn in a read-only transaction over the bucket.
@@ -85,11 +80,11 @@ func (b Bucket[T]) View(fn func(tx TxBucket[T]) error) error {
 	if b.db == nil {
 		return ErrClosed
 	}
-	return b.db.View(func(tx *Tx) error { return fn(b.In(tx)) })
+	return b.db.View(func(tx *Tx) error { return fn(b.in(tx)) })
 }
 
-// In is the bucket inside tx, for a transaction that spans several buckets.
-func (b Bucket[T]) In(tx *Tx) TxBucket[T] { return TxBucket[T]{tx: tx, name: b.name, prefix: b.prefix} }
+// in is the bucket inside tx.
+func (b Bucket[T]) in(tx *Tx) TxBucket[T] { return TxBucket[T]{tx: tx, name: b.name, prefix: b.prefix} }
 
 // TxBucket is a Bucket inside one transaction.
 type TxBucket[T any] struct {

@@ -77,7 +77,7 @@ func TestBucket_listAndPrefix(t *testing.T) {
 	db := mustOpen(t, cfg)
 	defer db.Close()
 	all := NewBucket[thing](db, "mixed")
-	leases, revokes := all.Prefix("lease/"), For[string](all.Prefix("revoke/"))
+	leases, revokes := all.Prefix("lease/"), NewBucket[string](db, "mixed").Prefix("revoke/")
 	for _, k := range []string{"c", "a", "b"} {
 		if err := leases.Put(k, thing{Name: k}); err != nil {
 			t.Fatal(err)
