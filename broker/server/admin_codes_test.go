@@ -33,17 +33,19 @@ import (
 
 type fakeAdminBroker struct{}
 
-func (fakeAdminBroker) ListGrants() []broker.SourcedGrant                { return nil }
-func (fakeAdminBroker) Explain(grant.Request) grant.Explanation          { return grant.Explanation{} }
-func (fakeAdminBroker) WatchStreams() int64                              { return 0 }
-func (fakeAdminBroker) SourceRefs(string) []source.Ref                   { return nil }
-func (fakeCacheStatus) Status() []rotate.EntryStatus                     { return nil }
-func (s errGrantStore) Apply(context.Context, []grant.AccessGrant) error { return s.err }
-func (s errGrantStore) Delete(context.Context, string) error             { return s.err }
+func (fakeAdminBroker) ListGrants() []broker.SourcedGrant       { return nil }
+func (fakeAdminBroker) Explain(grant.Request) grant.Explanation { return grant.Explanation{} }
+func (fakeAdminBroker) WatchStreams() int64                     { return 0 }
+func (fakeAdminBroker) SourceRefs(string) []source.Ref          { return nil }
 
 type fakeCacheStatus struct{}
 
+func (fakeCacheStatus) Status() []rotate.EntryStatus { return nil }
+
 type errGrantStore struct{ err error }
+
+func (s errGrantStore) Apply(context.Context, []grant.AccessGrant) error { return s.err }
+func (s errGrantStore) Delete(context.Context, string) error             { return s.err }
 
 type errSecrets struct{ err error }
 
