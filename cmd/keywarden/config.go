@@ -35,8 +35,8 @@ type rawConfig struct {
 	NodeName    string      `json:"nodeName"` // from the downward API: spec.nodeName
 
 	Kubernetes rawKubernetes `json:"kubernetes"` // kubernetes.go
-	Admin      rawAdmin      `json:"admin"`      // admin_tcp.go
-	Audit      rawAudit      `json:"audit"`      // audit_wiring.go
+	Admin      rawAdmin      `json:"admin"`      // admin_api.go
+	Audit      rawAudit      `json:"audit"`      // auditlog.go
 
 	Vault rawVault `json:"vault"` // vault.go
 
@@ -102,7 +102,7 @@ type rawRotation struct {
 }
 
 // config is the typed daemon configuration, shared by `serve` and `dev`. Each section is
-// typed next to its raw form: identity.go, kubernetes.go, audit_wiring.go, admin_tcp.go,
+// typed next to its raw form: identity.go, kubernetes.go, auditlog.go, admin_api.go,
 // vault.go and csi.go; the small ones are here.
 type config struct {
 	DataDir     string
