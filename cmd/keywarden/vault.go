@@ -181,7 +181,7 @@ func (d *daemon) loadKEK(ctx context.Context) (tink.AEAD, error) {
 }
 
 // addVaultSource registers the Vault source as "vault" when configured. Its leases live in
-// the cache store (sealed); its metrics go to the daemon's registry.
+// the node store (sealed); its metrics go to the daemon's registry.
 func (d *daemon) addVaultSource(sources map[string]source.Source) error {
 	if d.cfg.Vault == nil {
 		return nil
