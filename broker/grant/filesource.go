@@ -48,9 +48,13 @@ type FileSource struct {
 	current atomic.Pointer[Set]
 
 	// Touched only by the goroutine running Run (and NewFileSource before it starts).
-	goodHash [sha256.Size]byte
-	lastBad  string // the last failure logged, so a bad file is logged once, not every poll
+	goodHash       [sha256.Size]byte
+	lastBad        string // the last failure logged, so a bad file is logged once, not every poll
+	emptyOnPurpose bool   // the file last loaded is the explicit empty list "[]"
 }
+
+// errEmptyFile is lastBad while an empty file is kept out.
+const errEmptyFile = "empty"
 
 // NewFileSource validates cfg, applies defaults and loads the file once. A missing or bad file
 // at start is an error: the daemon refuses to start rather than run with no grants.
@@ -112,10 +116,20 @@ func (f *FileSource) poll() {
 		}
 		return
 	}
-	f.lastBad = ""
 	if hash == f.goodHash {
+		f.lastBad = ""
 		return
 	}
+	if set.Len() == 0 && f.current.Load().Len() > 0 && !f.emptyOnPurpose {
+		if f.lastBad != errEmptyFile {
+			f.lastBad = errEmptyFile
+			f.cfg.Logger.Warn("grants file is empty; keeping the last good grants",
+				slog.String(logKeyPath, f.cfg.Path), slog.Int(logKeyGrants, f.current.Load().Len()),
+				slog.String("fix", `write "[]" to remove every grant on purpose`))
+		}
+		return
+	}
+	f.lastBad = ""
 	f.goodHash = hash
 	f.current.Store(set)
 	f.cfg.Logger.Info("grants file reloaded",
@@ -144,6 +158,7 @@ func (f *FileSource) load() (*Set, [sha256.Size]byte, error) {
 	if err != nil {
 		return nil, zero, err
 	}
+	f.emptyOnPurpose = len(grants) == 0 && ExplicitlyEmpty(data)
 	return set, hash, nil
 }
 

@@ -165,6 +165,63 @@ func TestFileSource_emptyFile(t *testing.T) {
 	}
 }
 
+// A file that shrinks to nothing — an editor's truncate-then-write caught half way, a
+// ConfigMap emptied by mistake — would deny every workload at once. It is kept out until the
+// file says "no grants" on purpose.
+func TestFileSource_shrinkToEmptyKeepsLastGood(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "grants.yaml")
+	writeFile(t, path, simpleGrant("a"))
+	h := startFileSource(t, path)
+	for _, empty := range []string{"", "\n  \n", "# all gone\n", "---\n---\n"} {
+		writeFile(t, path, empty)
+		h.tick(t)
+		h.noChange(t)
+		if got := grantNames(h.src.Current()); got != "a" {
+			t.Fatalf("after writing %q: Current = %q; want the last good set a", empty, got)
+		}
+	}
+	if n := h.logs.count("grants file is empty; keeping the last good grants"); n != 1 {
+		t.Errorf("logged the empty file %d times; want once:\n%s", n, strings.Join(h.logs.all(), "\n"))
+	}
+	if n := h.logs.count("to remove every grant on purpose"); n != 1 {
+		t.Errorf("the log does not say how to empty the file on purpose:\n%s", strings.Join(h.logs.all(), "\n"))
+	}
+
+	writeFile(t, path, "# every grant withdrawn\n[]\n")
+	h.tick(t)
+	select {
+	case s := <-h.changes:
+		if s.Len() != 0 {
+			t.Fatalf("OnChange with %d grants; want 0", s.Len())
+		}
+	default:
+		t.Fatal("an explicit empty list did not replace the grants")
+	}
+	if h.src.Current().Len() != 0 {
+		t.Fatalf("Current = %q; want no grants", grantNames(h.src.Current()))
+	}
+
+	// Once empty on purpose, a new grant and then an empty file again: the same guard.
+	writeFile(t, path, simpleGrant("b"))
+	h.tick(t)
+	<-h.changes
+	writeFile(t, path, "")
+	h.tick(t)
+	h.noChange(t)
+	if got := grantNames(h.src.Current()); got != "b" {
+		t.Fatalf("Current = %q; want b", got)
+	}
+}
+
+func TestFileSource_emptyListAtStart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "grants.yaml")
+	writeFile(t, path, "[]\n")
+	h := startFileSource(t, path)
+	if h.src.Current().Len() != 0 {
+		t.Errorf("Current = %q; want no grants", grantNames(h.src.Current()))
+	}
+}
+
 func TestNewFileSource_refusesToStart(t *testing.T) {
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad.yaml")

@@ -17,8 +17,12 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("--- {a: 1}\n---\n- x\n"))
 	f.Add([]byte("key: &a [*a]\n"))
 	f.Add([]byte(`{"apiVersion": "keywarden.io/v1alpha1"}`))
+	f.Add([]byte("# none\n[]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		grants, err := Parse(data)
+		if ExplicitlyEmpty(data) && (err != nil || len(grants) != 0) {
+			t.Fatalf("an explicit empty list parsed to %d grants, %v", len(grants), err)
+		}
 		if err != nil {
 			if !errors.Is(err, ErrInvalidGrant) {
 				t.Fatalf("error %v does not match ErrInvalidGrant", err)

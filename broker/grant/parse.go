@@ -78,6 +78,27 @@ func (e *duplicateError) Is(target error) bool {
 // Unwrap gives errors.As access to the Errors list.
 func (e *duplicateError) Unwrap() error { return e.Errors }
 
+// ExplicitlyEmpty reports whether data says "no grants" on purpose: one document that is the
+// empty list "[]" (comments and blank documents aside). An empty file, or one of comments only,
+// also parses to no grants, but may be a file caught half-written.
+func ExplicitlyEmpty(data []byte) bool {
+	explicit := false
+	for _, doc := range splitDocuments(data) {
+		j, err := yaml.YAMLToJSONStrict(doc.data)
+		if err != nil {
+			return false
+		}
+		switch j = bytes.TrimSpace(j); {
+		case len(j) == 0, bytes.Equal(j, []byte("null")):
+		case bytes.Equal(j, []byte("[]")):
+			explicit = true
+		default:
+			return false
+		}
+	}
+	return explicit
+}
+
 type document struct {
 	data []byte
 	line int // 1-based line of the document's first line
@@ -126,8 +147,8 @@ func parseDocument(y []byte) (g *AccessGrant, errs Errors, decoded bool) {
 		return nil, Errors{{Detail: "not valid YAML: " + redactYAMLError(err)}}, false
 	}
 	j = bytes.TrimSpace(j)
-	if bytes.Equal(j, []byte("null")) || len(j) == 0 {
-		return nil, nil, false
+	if bytes.Equal(j, []byte("null")) || len(j) == 0 || bytes.Equal(j, []byte("[]")) {
+		return nil, nil, false // "[]" is the explicit empty list: no grants, on purpose
 	}
 	if j[0] != '{' {
 		return nil, Errors{{Detail: "a document must be an AccessGrant object (apiVersion, kind, metadata, spec)"}}, false

@@ -70,10 +70,34 @@ spec:
 }
 
 func TestParse_empty(t *testing.T) {
-	for _, in := range []string{"", "\n", "# nothing\n", "---\n---\n", "\xef\xbb\xbf"} {
+	for _, in := range []string{"", "\n", "# nothing\n", "---\n---\n", "\xef\xbb\xbf", "[]", "# none\n[]\n---\n"} {
 		grants, err := Parse([]byte(in))
 		if err != nil || len(grants) != 0 {
 			t.Errorf("Parse(%q) = %v, %v; want no grants, no error", in, grants, err)
+		}
+	}
+}
+
+func TestExplicitlyEmpty(t *testing.T) {
+	tests := []struct {
+		in   string
+		want bool
+	}{
+		{"[]", true},
+		{"# every grant withdrawn\n[]\n", true},
+		{"---\n[]\n---\n", true},
+		{"", false},
+		{"\n\n", false},
+		{"# nothing\n", false},
+		{"---\n---\n", false},
+		{"[]\n---\n" + grantDoc("g", specOf(`subjects: `+okSubjects, `secrets: `+okSecrets)), false},
+		{"[a]", false},
+		{"{}", false},
+		{"[", false},
+	}
+	for _, tt := range tests {
+		if got := ExplicitlyEmpty([]byte(tt.in)); got != tt.want {
+			t.Errorf("ExplicitlyEmpty(%q) = %v; want %v", tt.in, got, tt.want)
 		}
 	}
 }
