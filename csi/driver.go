@@ -365,7 +365,8 @@ func (e payloadError) Unwrap() error { return e.error }
 // create mounts v's target, writes its first files, records it and starts rotating it. On
 // failure the target is torn down and nothing is recorded.
 func (d *Driver) create(v *volume, payload map[string]File, log *slog.Logger) error {
-	if err := d.cfg.Mounter.Setup(v.target, v.gid); err != nil {
+	root, err := d.cfg.Mounter.Setup(v.target, v.gid)
+	if err != nil {
 		log.Error("volume setup failed", slog.Any("error", err))
 		return fmt.Errorf("set up volume: %w", err)
 	}
@@ -375,7 +376,11 @@ func (d *Driver) create(v *volume, payload map[string]File, log *slog.Logger) er
 		}
 		return err
 	}
-	aw, err := NewAtomicWriter(v.target, v.gid, d.cfg.Clock.Now)
+	if err := markVolume(root, v.id); err != nil {
+		_ = root.Close()
+		return fail(err)
+	}
+	aw, err := NewAtomicWriter(root, v.gid, d.cfg.Clock.Now)
 	if err != nil {
 		return fail(err)
 	}
@@ -412,7 +417,7 @@ func (d *Driver) bindSocket(v *volume, log *slog.Logger) {
 	if !v.req.APISocket || d.cfg.APISocket == "" {
 		return
 	}
-	if err := d.cfg.Mounter.BindSocket(d.cfg.APISocket, filepath.Join(v.target, APISocketName)); err != nil && !errors.Is(err, errors.ErrUnsupported) {
+	if err := d.cfg.Mounter.BindSocket(v.writer.root, d.cfg.APISocket, v.target); err != nil && !errors.Is(err, errors.ErrUnsupported) {
 		log.Warn("workload socket not bound into the volume", slog.Any("error", err))
 	}
 }
@@ -528,18 +533,28 @@ func (d *Driver) save(v *volume) error {
 	return d.volumes.Put(v.id, rec)
 }
 
-// Unpublish removes the volume's files, mount and record. An unknown volume is not an error;
-// a target left by a crash before the volume was recorded is still removed when it is a
-// kubelet CSI volume path.
+// Unpublish removes the volume's files, mount and record. It acts only on what this driver
+// made: the volume it recorded under volumeID at target or, when it has no record of volumeID
+// (a crash between mount and record, a lost node store), a volume at target whose marker names
+// volumeID. Anything else at target — another volume of this driver, another driver's mount, a
+// plain directory — is left alone, and the call succeeds as the CSI spec asks of an unknown
+// volume: kubelet then finds the target still in use, and nothing of another volume is lost.
 func (d *Driver) Unpublish(_ context.Context, volumeID, target string) error {
 	unlock := d.lock(volumeID)
 	defer unlock()
 	v := d.get(volumeID)
 	if v == nil || v.target != target {
-		if d.confined(target) {
+		log := d.log.With(slog.String("volume_id", volumeID))
+		switch {
+		case v != nil:
+			log.Warn("unpublish at a target the volume was not published to; nothing removed")
+		case d.byTarget(target) != nil:
+			log.Warn("unpublish of an unknown volume at another volume's target; nothing removed")
+		case d.confined(target) && ownsTarget(target, volumeID):
 			if err := d.cfg.Mounter.Teardown(target); err != nil {
 				return fmt.Errorf("remove volume: %w", err)
 			}
+			log.Info("unrecorded volume removed")
 		}
 		return nil
 	}
@@ -559,6 +574,41 @@ func (d *Driver) Unpublish(_ context.Context, volumeID, target string) error {
 	d.mu.Unlock()
 	d.log.Info("volume unpublished", slog.String("volume_id", v.id), slog.String("pod_uid", v.pod.UID))
 	return nil
+}
+
+// byTarget returns the published volume at target, or nil.
+func (d *Driver) byTarget(target string) *volume {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, v := range d.vols {
+		if v.target == target {
+			return v
+		}
+	}
+	return nil
+}
+
+// markVolume writes the marker that names the volume's ID into its root.
+func markVolume(root *os.Root, id string) error {
+	if err := root.WriteFile(volumeMarker, []byte(id), 0o444); err != nil {
+		return wrapWrite("mark volume", err)
+	}
+	return nil
+}
+
+// ownsTarget reports whether target is a volume of this driver whose marker names id.
+func ownsTarget(target, id string) bool {
+	root, err := os.OpenRoot(target)
+	if err != nil {
+		return false
+	}
+	defer root.Close()
+	fi, err := root.Lstat(volumeMarker)
+	if err != nil || !fi.Mode().IsRegular() || fi.Size() != int64(len(id)) {
+		return false
+	}
+	b, err := root.ReadFile(volumeMarker)
+	return err == nil && string(b) == id
 }
 
 // confined reports whether target has the shape of a kubelet CSI volume path under the root.

@@ -244,7 +244,7 @@ func TestDriver_logs_neverContainSecrets(t *testing.T) {
 	e.b.deny("db")
 	eventually(t, "revocation", func() bool { _, err := os.Lstat(filepath.Join(r.TargetPath, "db")); return err != nil })
 	srv := NewServer(e.d)
-	_, err = srv.NodePublishVolume(context.Background(), &csipb.NodePublishVolumeRequest{VolumeId: "x", TargetPath: "/x",
+	_, err = srv.NodePublishVolume(context.Background(), &csipb.NodePublishVolumeRequest{VolumeId: "x", TargetPath: "/x", Readonly: true,
 		VolumeCapability: &csipb.VolumeCapability{AccessType: &csipb.VolumeCapability_Mount{Mount: &csipb.VolumeCapability_MountVolume{}}},
 		VolumeContext:    volumeContext("p1", "uid-p1", "token-for-p1-sekrit", map[string]string{AttrSecrets: "db"})})
 	if st, _ := status.FromError(err); st.Code() != codes.InvalidArgument || strings.Contains(st.Message(), "sekrit") {
@@ -272,8 +272,13 @@ func TestServer_NodePublishVolume_badRequests(t *testing.T) {
 		{"no target", &csipb.NodePublishVolumeRequest{VolumeId: "v", VolumeCapability: mountCap}, "target_path is required"},
 		{"no capability", &csipb.NodePublishVolumeRequest{VolumeId: "v", TargetPath: "/t"}, "volume_capability is required"},
 		{"block", &csipb.NodePublishVolumeRequest{VolumeId: "v", TargetPath: "/t", VolumeCapability: &csipb.VolumeCapability{AccessType: &csipb.VolumeCapability_Block{Block: &csipb.VolumeCapability_BlockVolume{}}}}, "block"},
-		{"no context", &csipb.NodePublishVolumeRequest{VolumeId: "v", TargetPath: "/t", VolumeCapability: mountCap}, "volume_context is empty"},
-		{"bad fsGroup", &csipb.NodePublishVolumeRequest{VolumeId: "v", TargetPath: "/t", VolumeCapability: &csipb.VolumeCapability{AccessType: &csipb.VolumeCapability_Mount{Mount: &csipb.VolumeCapability_MountVolume{VolumeMountGroup: "wheel"}}}}, "numeric"},
+		{"no context", &csipb.NodePublishVolumeRequest{VolumeId: "v", TargetPath: "/t", VolumeCapability: mountCap, Readonly: true}, "volume_context is empty"},
+		{"bad fsGroup", &csipb.NodePublishVolumeRequest{VolumeId: "v", TargetPath: "/t", Readonly: true, VolumeCapability: &csipb.VolumeCapability{AccessType: &csipb.VolumeCapability_Mount{Mount: &csipb.VolumeCapability_MountVolume{VolumeMountGroup: "wheel"}}}}, "numeric"},
+		{"writable", &csipb.NodePublishVolumeRequest{VolumeId: "v", TargetPath: "/t", VolumeCapability: mountCap},
+			"the volume must be read-only: set readOnly: true on the pod's csi volume"},
+		{"multi-node writer", &csipb.NodePublishVolumeRequest{VolumeId: "v", TargetPath: "/t", Readonly: true, VolumeCapability: &csipb.VolumeCapability{
+			AccessType: mountCap.AccessType, AccessMode: &csipb.VolumeCapability_AccessMode{Mode: csipb.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER}}},
+			"a multi-node writer access mode is not supported"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

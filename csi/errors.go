@@ -11,4 +11,6 @@ var (
 	ErrAlreadyExists = errors.New("volume already published with different arguments")
 	// ErrVolumeFull is a volume whose files do not fit its tmpfs.
 	ErrVolumeFull = errors.New("volume is full")
+	// ErrNotMounted is a target that holds no volume of the mounter.
+	ErrNotMounted = errors.New("no volume is mounted at the target")
 )

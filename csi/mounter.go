@@ -9,69 +9,148 @@ import (
 	"strings"
 	"syscall"
 
+	"golang.org/x/sys/unix"
 	mount "k8s.io/mount-utils"
 )
 
 // Mounter prepares and removes volume directories. Two implementations: TmpfsMounter (one
 // sized tmpfs per volume; needs root / CAP_SYS_ADMIN) and DirMounter (a plain directory, for
 // tests and unprivileged runs: the files then live on the disk that holds the kubelet root).
+//
+// The daemon writes through a handle (*os.Root) on the volume's root; the view at the target,
+// the one kubelet gives the pod, is read-only where the mounter can make it so.
 type Mounter interface {
-	// Setup makes target a volume: creates it and mounts it when needed. It is idempotent: an
-	// existing volume is kept with its files.
-	Setup(target string, gid int) error
-	// BindSocket makes the socket at src visible at dst inside a volume. It returns
+	// Setup makes target a volume and returns a writable handle on its root. It is
+	// idempotent: an existing volume is kept with its files.
+	Setup(target string, gid int) (*os.Root, error)
+	// Open returns a writable handle on the volume already at target (one recorded before a
+	// restart). It fails with ErrNotMounted when target holds no volume of this mounter.
+	Open(target string) (*os.Root, error)
+	// BindSocket makes the socket at src visible as APISocketName in the volume at target;
+	// vol is the volume's writable handle, which creates the mount point. It returns
 	// errors.ErrUnsupported when the mounter cannot.
-	BindSocket(src, dst string) error
+	BindSocket(vol *os.Root, src, target string) error
 	// Teardown unmounts and removes target and everything in it. A missing target is not an
 	// error.
 	Teardown(target string) error
 }
 
-// TmpfsMounter mounts one tmpfs per volume with mount(2); k8s.io/mount-utils tells mount points
-// apart.
+// TmpfsMounter mounts one tmpfs per volume. The tmpfs is mounted read-only at the target and
+// written through a private writable clone of that mount, which lives only as long as the
+// daemon's handle on it: a pod (even one running as root) cannot write to, or fill, its
+// secrets volume, whatever its volumeMount says. k8s.io/mount-utils tells mount points apart.
 type TmpfsMounter struct {
 	m mount.Interface
 	// SizeBytes caps each volume; 0 means the kernel default (half of RAM).
 	sizeBytes int64
+	// readOnlyView is false on kernels without the mount API (Linux < 5.12): the tmpfs is then
+	// mounted read-write at the target, as it was before.
+	readOnlyView bool
 }
 
 // NewTmpfsMounter returns a TmpfsMounter whose volumes hold at most sizeBytes.
 func NewTmpfsMounter(sizeBytes int64) *TmpfsMounter {
-	return &TmpfsMounter{m: mount.New(""), sizeBytes: sizeBytes}
+	// mount_setattr(2) on an invalid fd answers EBADF where it exists and may be called;
+	// ENOSYS where it does not (Linux < 5.12), EPERM where a seccomp filter refuses it.
+	err := unix.MountSetattr(-1, "", unix.AT_EMPTY_PATH, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY})
+	return &TmpfsMounter{m: mount.New(""), sizeBytes: sizeBytes, readOnlyView: errors.Is(err, unix.EBADF)}
 }
 
 var _ Mounter = (*TmpfsMounter)(nil)
 
+// ReadOnlyView reports whether pods see their volumes read-only (false on Linux < 5.12).
+func (t *TmpfsMounter) ReadOnlyView() bool { return t.readOnlyView }
+
 // Setup implements Mounter.
-func (t *TmpfsMounter) Setup(target string, gid int) error {
+func (t *TmpfsMounter) Setup(target string, gid int) (*os.Root, error) {
 	if err := os.MkdirAll(target, 0o750); err != nil {
-		return fmt.Errorf("create target: %w", err)
+		return nil, fmt.Errorf("create target: %w", err)
 	}
 	notMnt, err := t.m.IsLikelyNotMountPoint(target)
 	if err != nil {
-		return fmt.Errorf("check target: %w", err)
+		return nil, fmt.Errorf("check target: %w", err)
 	}
 	if !notMnt {
-		return nil
+		return t.Open(target)
 	}
-	data := []string{"mode=0755"}
+	opts := [][2]string{{"mode", "0755"}}
 	if gid >= 0 {
-		data = []string{"mode=0750", "gid=" + strconv.Itoa(gid)}
+		opts = [][2]string{{"mode", "0750"}, {"gid", strconv.Itoa(gid)}}
 	}
 	if t.sizeBytes > 0 {
-		data = append(data, "size="+strconv.FormatInt(t.sizeBytes, 10))
+		opts = append(opts, [2]string{"size", strconv.FormatInt(t.sizeBytes, 10)})
 	}
-	// mount(2) directly: mount-utils execs /bin/mount, which costs milliseconds per publish.
-	if err := syscall.Mount("tmpfs", target, "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV|syscall.MS_NOEXEC, strings.Join(data, ",")); err != nil {
-		return fmt.Errorf("mount tmpfs: %w", err)
+	if !t.readOnlyView {
+		data := make([]string, len(opts))
+		for i, o := range opts {
+			data[i] = o[0] + "=" + o[1]
+		}
+		// mount(2) directly: mount-utils execs /bin/mount, which costs milliseconds per publish.
+		if err := syscall.Mount("tmpfs", target, "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV|syscall.MS_NOEXEC, strings.Join(data, ",")); err != nil {
+			return nil, fmt.Errorf("mount tmpfs: %w", err)
+		}
+		return openRoot(target)
 	}
-	return nil
+	// The new mount API makes the tmpfs as a detached read-only mount and attaches it in one
+	// step, so every copy that mount propagation makes (kubelet's, the pod's) is read-only from
+	// its first moment: flags changed after an attach would not reach the copies.
+	fsfd, err := unix.Fsopen("tmpfs", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("mount tmpfs: fsopen: %w", err)
+	}
+	defer unix.Close(fsfd)
+	for _, o := range opts {
+		if err := unix.FsconfigSetString(fsfd, o[0], o[1]); err != nil {
+			return nil, fmt.Errorf("mount tmpfs: option %s: %w", o[0], err)
+		}
+	}
+	if err := unix.FsconfigCreate(fsfd); err != nil {
+		return nil, fmt.Errorf("mount tmpfs: create: %w", err)
+	}
+	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, unix.MOUNT_ATTR_RDONLY|unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV|unix.MOUNT_ATTR_NOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("mount tmpfs: fsmount: %w", err)
+	}
+	defer unix.Close(mfd)
+	if err := unix.MoveMount(mfd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return nil, fmt.Errorf("mount tmpfs: attach: %w", err)
+	}
+	return t.Open(target)
+}
+
+// Open implements Mounter: the handle is a detached writable clone of the read-only mount at
+// target, reachable only through the handle and gone when it is closed.
+func (t *TmpfsMounter) Open(target string) (*os.Root, error) {
+	if notMnt, err := t.m.IsLikelyNotMountPoint(target); err != nil || notMnt {
+		return nil, fmt.Errorf("%w: %s", ErrNotMounted, target)
+	}
+	if !t.readOnlyView {
+		return openRoot(target)
+	}
+	fd, err := unix.OpenTree(unix.AT_FDCWD, target, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("open volume: clone mount: %w", err)
+	}
+	defer unix.Close(fd)
+	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, &unix.MountAttr{Attr_clr: unix.MOUNT_ATTR_RDONLY}); err != nil {
+		return nil, fmt.Errorf("open volume: make the clone writable: %w", err)
+	}
+	return openRoot("/proc/self/fd/" + strconv.Itoa(fd))
+}
+
+func openRoot(dir string) (*os.Root, error) {
+	r, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open volume: %w", err)
+	}
+	return r, nil
 }
 
 // BindSocket implements Mounter. A bind of another socket at dst — the socket of a daemon that
 // ran before a restart, which the new daemon replaced with a new file — is replaced: a bind
 // mount pins the old inode, and a client dialing it would get "connection refused" forever.
-func (t *TmpfsMounter) BindSocket(src, dst string) error {
+func (t *TmpfsMounter) BindSocket(vol *os.Root, src, target string) error {
+	dst := filepath.Join(target, APISocketName)
 	if notMnt, err := t.m.IsLikelyNotMountPoint(dst); err == nil && !notMnt {
 		if sameFile(src, dst) {
 			return nil
@@ -80,13 +159,15 @@ func (t *TmpfsMounter) BindSocket(src, dst string) error {
 			return fmt.Errorf("unbind the previous workload socket: %w", err)
 		}
 	}
-	f, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY, 0o600)
+	// The mount point is made through the writable handle: the view at target is read-only,
+	// and a bind onto a file of a read-only mount is allowed.
+	f, err := vol.OpenFile(APISocketName, os.O_CREATE|os.O_WRONLY, 0o600)
 	if err != nil {
 		return fmt.Errorf("create socket mount point: %w", err)
 	}
 	_ = f.Close()
 	if err := syscall.Mount(src, dst, "", syscall.MS_BIND, ""); err != nil {
-		_ = os.Remove(dst)
+		_ = vol.Remove(APISocketName)
 		return fmt.Errorf("bind workload socket: %w", err)
 	}
 	return nil
@@ -133,25 +214,34 @@ type DirMounter struct{}
 
 var _ Mounter = DirMounter{}
 
-// Setup implements Mounter.
-func (DirMounter) Setup(target string, gid int) error {
+// Setup implements Mounter. The directory stays writable at target: a plain directory has no
+// read-only view.
+func (DirMounter) Setup(target string, gid int) (*os.Root, error) {
 	mode := os.FileMode(0o755)
 	if gid >= 0 {
 		mode = 0o750
 	}
 	if err := os.MkdirAll(target, mode); err != nil {
-		return fmt.Errorf("create target: %w", err)
+		return nil, fmt.Errorf("create target: %w", err)
 	}
 	if gid >= 0 {
 		if err := os.Lchown(target, -1, gid); err != nil {
-			return fmt.Errorf("set target group: %w", err)
+			return nil, fmt.Errorf("set target group: %w", err)
 		}
 	}
-	return nil
+	return openRoot(target)
+}
+
+// Open implements Mounter.
+func (DirMounter) Open(target string) (*os.Root, error) {
+	if fi, err := os.Lstat(target); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("%w: %s", ErrNotMounted, target)
+	}
+	return openRoot(target)
 }
 
 // BindSocket implements Mounter: a plain directory cannot carry the socket.
-func (DirMounter) BindSocket(_, _ string) error { return errors.ErrUnsupported }
+func (DirMounter) BindSocket(*os.Root, string, string) error { return errors.ErrUnsupported }
 
 // Teardown implements Mounter.
 func (DirMounter) Teardown(target string) error {

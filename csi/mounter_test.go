@@ -17,10 +17,10 @@ type recordingMounter struct {
 	binds []string // dst of every BindSocket call
 }
 
-func (m *recordingMounter) BindSocket(_, dst string) error {
+func (m *recordingMounter) BindSocket(_ *os.Root, _, target string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.binds = append(m.binds, dst)
+	m.binds = append(m.binds, filepath.Join(target, APISocketName))
 	return nil
 }
 
@@ -72,10 +72,12 @@ func TestTmpfsMounter_BindSocket_replacesStaleSocket(t *testing.T) {
 	t.Cleanup(func() { _ = os.RemoveAll(dir) })
 	m := NewTmpfsMounter(1 << 20)
 	target := filepath.Join(dir, "vol")
-	if err := m.Setup(target, -1); err != nil {
+	vol, err := m.Setup(target, -1)
+	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
+		_ = vol.Close()
 		if err := m.Teardown(target); err != nil {
 			t.Errorf("teardown: %v", err)
 		}
@@ -99,13 +101,13 @@ func TestTmpfsMounter_BindSocket_replacesStaleSocket(t *testing.T) {
 		return err
 	}
 	first := listen()
-	if err := m.BindSocket(src, dst); err != nil {
+	if err := m.BindSocket(vol, src, target); err != nil {
 		t.Fatal(err)
 	}
 	if err := dial(); err != nil {
 		t.Fatalf("dial the bound socket: %v", err)
 	}
-	if err := m.BindSocket(src, dst); err != nil { // same socket: a no-op
+	if err := m.BindSocket(vol, src, target); err != nil { // same socket: a no-op
 		t.Fatalf("second bind of the same socket: %v", err)
 	}
 	// "Restart": the old socket goes, a new file takes its name.
@@ -114,7 +116,7 @@ func TestTmpfsMounter_BindSocket_replacesStaleSocket(t *testing.T) {
 	if err := dial(); err == nil {
 		t.Fatal("the stale bind still reaches a socket; the test proves nothing")
 	}
-	if err := m.BindSocket(src, dst); err != nil {
+	if err := m.BindSocket(vol, src, target); err != nil {
 		t.Fatalf("rebind: %v", err)
 	}
 	if err := dial(); err != nil {

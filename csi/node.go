@@ -108,6 +108,10 @@ func (s *Server) NodePublishVolume(ctx context.Context, r *csipb.NodePublishVolu
 		return nil, status.Error(codes.InvalidArgument, "volume_capability is required")
 	case r.GetVolumeCapability().GetMount() == nil:
 		return nil, status.Error(codes.InvalidArgument, "only mount volumes are supported, not block")
+	case !r.GetReadonly():
+		return nil, status.Error(codes.InvalidArgument, "the volume must be read-only: set readOnly: true on the pod's csi volume (the daemon writes its files; the pod only reads them)")
+	case multiNodeWriter(r.GetVolumeCapability().GetAccessMode().GetMode()):
+		return nil, status.Error(codes.InvalidArgument, "a multi-node writer access mode is not supported: the volume is node-local and read-only")
 	}
 	gid := -1
 	if g := r.GetVolumeCapability().GetMount().GetVolumeMountGroup(); g != "" {
@@ -122,6 +126,14 @@ func (s *Server) NodePublishVolume(ctx context.Context, r *csipb.NodePublishVolu
 		return nil, toStatus(err)
 	}
 	return &csipb.NodePublishVolumeResponse{}, nil
+}
+
+// multiNodeWriter reports whether m lets several nodes write. The single-node writer modes are
+// not refused: kubelet sends SINGLE_NODE_WRITER for every inline volume whatever its readOnly
+// says (pkg/volume/csi/csi_mounter.go), so readonly is the request's signal, and the mount
+// is read-only for the pod in any case.
+func multiNodeWriter(m csipb.VolumeCapability_AccessMode_Mode) bool {
+	return m == csipb.VolumeCapability_AccessMode_MULTI_NODE_SINGLE_WRITER || m == csipb.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER
 }
 
 // NodeUnpublishVolume implements csi.NodeServer.

@@ -222,7 +222,25 @@ func (d *Driver) Recover() error {
 			_ = d.volumes.Delete(r.VolumeID)
 			continue
 		}
-		aw, err := NewAtomicWriter(r.Target, r.GID, d.cfg.Clock.Now)
+		root, err := d.cfg.Mounter.Open(r.Target)
+		if errors.Is(err, ErrNotMounted) {
+			// The node rebooted, or someone unmounted it: its files are gone, and writing
+			// them again into the bare directory would put secrets on the kubelet's disk.
+			log.Warn("recorded volume is no longer mounted; record dropped")
+			_ = d.volumes.Delete(r.VolumeID)
+			continue
+		}
+		if err != nil {
+			log.Error("recorded volume cannot be opened", slog.Any("error", err))
+			continue
+		}
+		if !ownsTarget(r.Target, r.VolumeID) {
+			// A volume published before volumes carried their marker.
+			if err := markVolume(root, r.VolumeID); err != nil {
+				log.Warn("volume marker not written", slog.Any("error", err))
+			}
+		}
+		aw, err := NewAtomicWriter(root, r.GID, d.cfg.Clock.Now)
 		if err != nil {
 			log.Error("recorded volume cannot be opened", slog.Any("error", err))
 			continue

@@ -51,7 +51,7 @@ func TestNewGRPCServer_panicBecomesInternal(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	mount := &csipb.VolumeCapability{AccessType: &csipb.VolumeCapability_Mount{Mount: &csipb.VolumeCapability_MountVolume{}}}
-	_, err := node.NodePublishVolume(ctx, &csipb.NodePublishVolumeRequest{VolumeId: "vol-p1", TargetPath: e.target(uid, "secrets"),
+	_, err := node.NodePublishVolume(ctx, &csipb.NodePublishVolumeRequest{VolumeId: "vol-p1", TargetPath: e.target(uid, "secrets"), Readonly: true,
 		VolumeCapability: mount, VolumeContext: volumeContext("p1", uid, tok, map[string]string{AttrSecrets: "db"})})
 	st, _ := status.FromError(err)
 	if st.Code() != codes.Internal || st.Message() != "internal error" {
@@ -79,7 +79,7 @@ func TestNewGRPCServer_logsWithoutRequest(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	mount := &csipb.VolumeCapability{AccessType: &csipb.VolumeCapability_Mount{Mount: &csipb.VolumeCapability_MountVolume{}}}
-	_, err := node.NodePublishVolume(ctx, &csipb.NodePublishVolumeRequest{VolumeId: "vol-p1", TargetPath: e.target(uid, "secrets"),
+	_, err := node.NodePublishVolume(ctx, &csipb.NodePublishVolumeRequest{VolumeId: "vol-p1", TargetPath: e.target(uid, "secrets"), Readonly: true,
 		VolumeCapability: mount, VolumeContext: volumeContext("p1", uid, tok, map[string]string{AttrSecrets: "db", "bogus": "x"})})
 	if status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("publish: %v", err)

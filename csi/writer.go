@@ -18,6 +18,8 @@ import (
 const (
 	dataLink    = "..data"
 	dataLinkTmp = "..data_tmp"
+	// volumeMarker holds the volume ID of the driver's own volume (see Driver.Unpublish).
+	volumeMarker = "..volume"
 )
 
 // File is one file of a volume payload.
@@ -39,14 +41,11 @@ type AtomicWriter struct {
 	now func() time.Time
 }
 
-// NewAtomicWriter opens dir as a volume root. gid < 0 leaves the group alone. It removes what an
-// interrupted write left behind (a stale "..data_tmp", data directories "..data" does not point
-// to), so a crash in the middle of a write leaves the old or the new set, never both.
-func NewAtomicWriter(dir string, gid int, now func() time.Time) (*AtomicWriter, error) {
-	root, err := os.OpenRoot(dir)
-	if err != nil {
-		return nil, fmt.Errorf("open volume: %w", err)
-	}
+// NewAtomicWriter writes the volume whose root is root, and closes root when it is closed (also
+// when it fails). gid < 0 leaves the group alone. It removes what an interrupted write left
+// behind (a stale "..data_tmp", data directories "..data" does not point to), so a crash in the
+// middle of a write leaves the old or the new set, never both.
+func NewAtomicWriter(root *os.Root, gid int, now func() time.Time) (*AtomicWriter, error) {
 	w := &AtomicWriter{root: root, gid: gid, now: now}
 	if err := w.cleanup(); err != nil {
 		_ = root.Close()
@@ -293,7 +292,7 @@ func (w *AtomicWriter) Clear() error {
 	}
 	_ = w.root.Remove(dataLink)
 	for _, e := range entries {
-		if n := e.Name(); strings.HasPrefix(n, "..") && n != dataLink {
+		if n := e.Name(); strings.HasPrefix(n, "..") && n != dataLink && n != volumeMarker {
 			errs = append(errs, w.root.RemoveAll(n))
 		}
 	}

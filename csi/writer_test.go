@@ -14,13 +14,23 @@ import (
 	"time"
 )
 
-func newWriter(t testing.TB) (*AtomicWriter, string) {
+func openWriter(t testing.TB, dir string) *AtomicWriter {
 	t.Helper()
-	dir := t.TempDir()
-	w, err := NewAtomicWriter(dir, -1, time.Now)
+	root, err := os.OpenRoot(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
+	w, err := NewAtomicWriter(root, -1, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+func newWriter(t testing.TB) (*AtomicWriter, string) {
+	t.Helper()
+	dir := t.TempDir()
+	w := openWriter(t, dir)
 	t.Cleanup(func() { _ = w.Close() })
 	return w, dir
 }
@@ -114,10 +124,7 @@ func TestNewAtomicWriter_removesInterruptedWrite(t *testing.T) {
 	if err := os.Symlink("..2099_01_01_half", filepath.Join(dir, dataLinkTmp)); err != nil {
 		t.Fatal(err)
 	}
-	w2, err := NewAtomicWriter(dir, -1, time.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w2 := openWriter(t, dir)
 	defer w2.Close()
 	for _, n := range []string{"..2099_01_01_half", dataLinkTmp} {
 		if _, err := os.Lstat(filepath.Join(dir, n)); !errors.Is(err, os.ErrNotExist) {

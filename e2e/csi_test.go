@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -162,6 +163,21 @@ func TestCSI_pods(t *testing.T) {
 		if err != nil || fi.Mode().Perm() != 0o400 {
 			t.Fatalf("file mode = %v, %v; want 0400", fi.Mode(), err)
 		}
+		// The pod's view is read-only, even for root in the pod.
+		if err := os.WriteFile(filepath.Join(target, "planted"), []byte("x"), 0o600); os.Geteuid() == 0 && !errors.Is(err, syscall.EROFS) {
+			t.Fatalf("write into the volume as root: %v; want EROFS", err)
+		}
+	}
+	// A pod spec without readOnly: true on its csi volume: refused, nothing mounted.
+	wp := kl.CreatePod(t, e.ns, "app")
+	wt := kl.TargetPath(wp, "secrets")
+	_, err := kl.CSI().Publish(ctx(t), framework.PublishRequest{Pod: framework.PodInfoOf(wp),
+		Tokens: map[string]framework.Token{framework.DefaultAudience: kl.PodToken(t, wp, framework.DefaultAudience)}, Attributes: attrs, TargetPath: wt, Writable: true})
+	if st, _ := status.FromError(err); st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), "set readOnly: true on the pod's csi volume") {
+		t.Fatalf("writable publish: %v; want InvalidArgument asking for readOnly: true", err)
+	}
+	if _, err := os.Lstat(wt); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a refused writable publish left its target: %v", err)
 	}
 	// Idempotent republish.
 	if _, _, err := kl.Publish(ctx(t), pods[0], "secrets", attrs); err != nil {

@@ -92,7 +92,11 @@ func (d *daemon) setupCSI(log *slog.Logger, pods *identity.PodIndex) error {
 	if err != nil {
 		return err
 	}
-	var mounter csi.Mounter = csi.NewTmpfsMounter(d.cfg.CSI.TmpfsBytes)
+	tmpfs := csi.NewTmpfsMounter(d.cfg.CSI.TmpfsBytes)
+	var mounter csi.Mounter = tmpfs
+	if os.Geteuid() == 0 && !tmpfs.ReadOnlyView() {
+		log.Warn("this kernel has no mount_setattr (Linux < 5.12): pods see their secrets volumes read-write; set readOnly: true on their volumeMounts")
+	}
 	if os.Geteuid() != 0 {
 		// Secret files must never reach the node's disk: without tmpfs, refuse unless a
 		// test explicitly asked for plain directories.

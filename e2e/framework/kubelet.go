@@ -137,7 +137,9 @@ type PublishRequest struct {
 	Driver string
 	// TargetPath is where the driver must mount; required.
 	TargetPath string
-	ReadOnly   bool
+	// Writable sends readonly=false, which a pod spec without readOnly: true on its csi
+	// volume makes kubelet send; the driver refuses it.
+	Writable bool
 }
 
 // VolumeID is the ID kubelet derives for an ephemeral inline volume:
@@ -171,7 +173,7 @@ func (c *CSINodeClient) Publish(ctx context.Context, r PublishRequest) (string, 
 			AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
 			AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
 		},
-		Readonly:      r.ReadOnly,
+		Readonly:      !r.Writable,
 		VolumeContext: vc,
 	})
 	return id, err
