@@ -32,20 +32,20 @@ type Limits struct {
 	MaxWatches int
 }
 
-// Defaults of the watch stream caps.
+// Defaults of the watch stream caps (Limits.MaxWatchesPerWorkload, Limits.MaxWatches).
 const (
-	defaultMaxWatchesPerWorkload = 16
-	defaultMaxWatches            = 2048
+	DefaultMaxWatchesPerWorkload = 16
+	DefaultMaxWatches            = 2048
 )
 
 // watchCaps returns the watch stream caps with defaults applied.
 func (l Limits) watchCaps() (perWorkload, total int) {
 	perWorkload, total = l.MaxWatchesPerWorkload, l.MaxWatches
 	if perWorkload <= 0 {
-		perWorkload = defaultMaxWatchesPerWorkload
+		perWorkload = DefaultMaxWatchesPerWorkload
 	}
 	if total <= 0 {
-		total = defaultMaxWatches
+		total = DefaultMaxWatches
 	}
 	return perWorkload, total
 }
