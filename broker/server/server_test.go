@@ -93,6 +93,8 @@ type stack struct {
 	broker *broker.Broker
 	logs   *testlog.Buffer
 	reg    *prometheus.Registry
+	engine *rotate.Engine
+	bs     *base
 }
 
 // newStack runs the real broker, store, local source and both gRPC servers over Unix sockets.
@@ -133,7 +135,7 @@ func newStackLimits(t testing.TB, limits server.Limits) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := &stack{dev: bs.dev, local: bs.loc, src: src, broker: b, logs: bs.logs, reg: reg}
+	st := &stack{dev: bs.dev, local: bs.loc, src: src, broker: b, logs: bs.logs, reg: reg, engine: eng, bs: bs}
 	st.socket, st.admin = serveStack(t, bs.dir, ws, as, eng.Run)
 	return st
 }
