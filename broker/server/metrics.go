@@ -16,6 +16,9 @@ import (
 type Metrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	// The watch stream caps (watches.go): a limit label of fixed values, never an identity.
+	watchesOpen    prometheus.Gauge
+	watchesRefused *prometheus.CounterVec
 }
 
 // NewMetrics registers the server metrics with reg.
@@ -30,6 +33,14 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help:    "gRPC call duration by method (streams: lifetime).",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5, 30, 300},
 		}, []string{"method"}),
+		watchesOpen: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "keywarden", Subsystem: "grpc", Name: "watch_streams",
+			Help: "WatchSecrets streams open now (limits.maxWatches caps them).",
+		}),
+		watchesRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "keywarden", Subsystem: "grpc", Name: "watch_streams_refused_total",
+			Help: "WatchSecrets streams refused by a cap, by limit (per_workload or total).",
+		}, []string{"limit"}),
 	}
 	// Every method's OK series and histogram exist from the start, so rates and ratios are
 	// defined before the first call (other codes appear when they first happen).
@@ -37,7 +48,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		m.requests.WithLabelValues(method, codes.OK.String())
 		m.duration.WithLabelValues(method)
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration} {
+	for _, l := range []string{limitPerWorkload, limitTotal} {
+		m.watchesRefused.WithLabelValues(l)
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.watchesOpen, m.watchesRefused} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -55,6 +69,22 @@ func (m *Metrics) Observe(method string, code codes.Code, d time.Duration) {
 	}
 	m.requests.WithLabelValues(method, code.String()).Inc()
 	m.duration.WithLabelValues(method).Observe(d.Seconds())
+}
+
+// refuseWatch records a WatchSecrets stream refused by limit (limitPerWorkload, limitTotal).
+func (m *Metrics) refuseWatch(limit string) {
+	if m == nil {
+		return
+	}
+	m.watchesRefused.WithLabelValues(limit).Inc()
+}
+
+// addWatches adds delta to the open WatchSecrets streams.
+func (m *Metrics) addWatches(delta float64) {
+	if m == nil {
+		return
+	}
+	m.watchesOpen.Add(delta)
 }
 
 // fullMethods lists the services' methods as interceptors see them ("/pkg.Service/Method").

@@ -26,10 +26,13 @@ func TestMetrics_NewMetrics_everyMethodHasSeries(t *testing.T) {
 		return out
 	}
 	before := series()
-	for _, name := range []string{"keywarden_grpc_requests_total", "keywarden_grpc_request_duration_seconds"} {
+	for _, name := range []string{"keywarden_grpc_requests_total", "keywarden_grpc_request_duration_seconds", "keywarden_grpc_watch_streams"} {
 		if before[name] == 0 {
 			t.Errorf("%s: no series before the first call", name)
 		}
+	}
+	if n := before["keywarden_grpc_watch_streams_refused_total"]; n != 2 {
+		t.Errorf("keywarden_grpc_watch_streams_refused_total: %d series before the first refusal, want 2 (per_workload, total)", n)
 	}
 	m.Observe("/keywarden.v1.SecretService/GetSecret", codes.OK, time.Millisecond)
 	if after := series(); after["keywarden_grpc_requests_total"] != before["keywarden_grpc_requests_total"] {

@@ -92,12 +92,18 @@ type stack struct {
 	src    *countingSource
 	broker *broker.Broker
 	logs   *testlog.Buffer
+	reg    *prometheus.Registry
+	engine *rotate.Engine
+	bs     *base
 }
 
 // newStack runs the real broker, store, local source and both gRPC servers over Unix sockets.
 func newStack(t *testing.T) *stack { return newStackTB(t) }
 
-func newStackTB(t testing.TB) *stack {
+func newStackTB(t testing.TB) *stack { return newStackLimits(t, server.Limits{}) }
+
+// newStackLimits is newStack whose workload server has the given limits.
+func newStackLimits(t testing.TB, limits server.Limits) *stack {
 	t.Helper()
 	bs := newBase(t)
 	cached, err := identity.NewCachingVerifier(identity.CacheConfig{Verifier: bs.ver})
@@ -116,11 +122,12 @@ func newStackTB(t testing.TB) *stack {
 	if err := b.UpdateGrantSource("file", demoGrants(t)); err != nil {
 		t.Fatal(err)
 	}
-	m, err := server.NewMetrics(prometheus.NewRegistry())
+	reg := prometheus.NewRegistry()
+	m, err := server.NewMetrics(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ws, err := server.NewWorkloadServer(server.WorkloadConfig{Broker: b, Logger: bs.log, Metrics: m})
+	ws, err := server.NewWorkloadServer(server.WorkloadConfig{Broker: b, Logger: bs.log, Metrics: m, Limits: limits})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +135,7 @@ func newStackTB(t testing.TB) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := &stack{dev: bs.dev, local: bs.loc, src: src, broker: b, logs: bs.logs}
+	st := &stack{dev: bs.dev, local: bs.loc, src: src, broker: b, logs: bs.logs, reg: reg, engine: eng, bs: bs}
 	st.socket, st.admin = serveStack(t, bs.dir, ws, as, eng.Run)
 	return st
 }
@@ -481,7 +488,8 @@ func TestRecoverUnary_panicBecomesInternal(t *testing.T) {
 // the server allows: the extra stream waits (its deadline expires) while another client on
 // its own connection is served normally (CVE-2023-44487 class).
 func TestSecretService_streamCapPerConnection(t *testing.T) {
-	s := newStack(t)
+	// The per-workload watch cap is raised above the connection's, which is the one tested.
+	s := newStackLimits(t, server.Limits{MaxWatchesPerWorkload: 100})
 	tok := s.token(t, "demo", "app")
 	conn, err := grpc.NewClient(client.Target(s.socket), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

@@ -30,7 +30,8 @@ var _ SecretBroker = (*broker.Broker)(nil)
 // SecretService implements keywarden.v1.SecretService.
 type SecretService struct {
 	keywardenv1.UnimplementedSecretServiceServer
-	b SecretBroker
+	b       SecretBroker
+	watches *watchSlots
 }
 
 var _ keywardenv1.SecretServiceServer = (*SecretService)(nil)
@@ -55,7 +56,14 @@ func (s *SecretService) WatchSecrets(req *keywardenv1.WatchSecretsRequest, strea
 	if !ok {
 		return status.Error(codes.Unauthenticated, "unauthenticated")
 	}
-	err := s.b.Watch(ctx, w, req.GetNames(), grant.DeliveryGRPC, func(name string, sec *source.Secret) error {
+	// Counted from here until the handler returns, however the stream ends (client cancel,
+	// revocation, server stop): the deferred release runs on every path, panics included.
+	release, err := s.watches.acquire(w)
+	if err != nil {
+		return grpcx.ToStatus(err)
+	}
+	defer release()
+	err = s.b.Watch(ctx, w, req.GetNames(), grant.DeliveryGRPC, func(name string, sec *source.Secret) error {
 		return stream.Send(&keywardenv1.WatchSecretsResponse{Secret: toProto(name, sec)})
 	})
 	if errors.Is(err, broker.ErrCanceled) && ctx.Err() != nil {
@@ -86,7 +94,8 @@ type WorkloadConfig struct {
 	Logger *slog.Logger
 	// Metrics records calls; nil disables them.
 	Metrics *Metrics
-	// Limits bound what one client can make the server do. Zero fields take defaults.
+	// Limits bound what one client can make the server do, including the watch stream caps.
+	// Zero fields take defaults.
 	Limits Limits
 }
 
@@ -104,6 +113,6 @@ func NewWorkloadServer(cfg WorkloadConfig) (*grpc.Server, error) {
 		grpc.ChainStreamInterceptor(grpcx.LogStream(cfg.Logger, cfg.Metrics), grpcx.RecoverStream(cfg.Logger), AuthStream(cfg.Broker)),
 	)
 	srv := grpc.NewServer(opts...)
-	keywardenv1.RegisterSecretServiceServer(srv, &SecretService{b: cfg.Broker})
+	keywardenv1.RegisterSecretServiceServer(srv, &SecretService{b: cfg.Broker, watches: newWatchSlots(cfg.Limits, cfg.Metrics)})
 	return srv, nil
 }

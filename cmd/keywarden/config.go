@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -14,6 +15,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/keywarden/keywarden/broker/identity"
+	"github.com/keywarden/keywarden/broker/server"
 	"github.com/keywarden/keywarden/broker/source/vault"
 	"github.com/keywarden/keywarden/crypto"
 )
@@ -89,8 +91,10 @@ type rawLog struct {
 }
 
 type rawLimits struct {
-	MaxRecvMsgBytes      int    `json:"maxRecvMsgBytes"`
-	MaxConcurrentStreams uint32 `json:"maxConcurrentStreams"`
+	MaxRecvMsgBytes       int    `json:"maxRecvMsgBytes"`
+	MaxConcurrentStreams  uint32 `json:"maxConcurrentStreams"`
+	MaxWatchesPerWorkload int    `json:"maxWatchesPerWorkload"`
+	MaxWatches            int    `json:"maxWatches"`
 }
 
 type rawStore struct {
@@ -159,8 +163,10 @@ type rotationConfig struct {
 }
 
 type limitsConfig struct {
-	MaxRecvMsgSize       int
-	MaxConcurrentStreams uint32
+	MaxRecvMsgSize        int
+	MaxConcurrentStreams  uint32
+	MaxWatchesPerWorkload int // 0: the server's default
+	MaxWatches            int // 0: the server's default
 }
 
 type logConfig struct {
@@ -221,8 +227,9 @@ func (r rawConfig) typed() (config, error) {
 		Grants:      grantsConfig{File: r.Grants.File},
 		KEK:         kekConfig{File: r.KEK.LocalKeysetFile},
 		Sources:     sourcesConfig{Local: r.Sources.Local.Enabled != nil && *r.Sources.Local.Enabled},
-		Limits:      limitsConfig{MaxRecvMsgSize: r.Limits.MaxRecvMsgBytes, MaxConcurrentStreams: r.Limits.MaxConcurrentStreams},
-		Log:         logConfig{Level: or(r.Log.Level, "info"), Format: or(r.Log.Format, "json")},
+		Limits: limitsConfig{MaxRecvMsgSize: r.Limits.MaxRecvMsgBytes, MaxConcurrentStreams: r.Limits.MaxConcurrentStreams,
+			MaxWatchesPerWorkload: r.Limits.MaxWatchesPerWorkload, MaxWatches: r.Limits.MaxWatches},
+		Log: logConfig{Level: or(r.Log.Level, "info"), Format: or(r.Log.Format, "json")},
 	}
 	var errs []error
 	fail := func(field, format string, args ...any) {
@@ -290,6 +297,16 @@ func (r rawConfig) typed() (config, error) {
 	}
 	if c.Limits.MaxRecvMsgSize < 0 || c.Limits.MaxRecvMsgSize > 16<<20 {
 		fail("limits.maxRecvMsgBytes", "want 0 (default) to 16777216; got %d", c.Limits.MaxRecvMsgSize)
+	}
+	if c.Limits.MaxWatchesPerWorkload < 0 {
+		fail("limits.maxWatchesPerWorkload", "want 0 (default %d) or a positive number of streams; got %d", server.DefaultMaxWatchesPerWorkload, c.Limits.MaxWatchesPerWorkload)
+	}
+	if c.Limits.MaxWatches < 0 {
+		fail("limits.maxWatches", "want 0 (default %d) or a positive number of streams; got %d", server.DefaultMaxWatches, c.Limits.MaxWatches)
+	}
+	// A per-workload cap above the total would let one workload take every stream.
+	if total := cmp.Or(c.Limits.MaxWatches, server.DefaultMaxWatches); c.Limits.MaxWatchesPerWorkload > total {
+		fail("limits.maxWatchesPerWorkload", "at most limits.maxWatches (%d); got %d: lower it or raise limits.maxWatches", total, c.Limits.MaxWatchesPerWorkload)
 	}
 	r.typedKubernetes(&c, fail)
 	r.typedAudit(&c, fail)

@@ -28,6 +28,32 @@ func TestParseConfig_defaults(t *testing.T) {
 	}
 }
 
+func TestParseConfig_watchLimits(t *testing.T) {
+	tests := []struct {
+		name, doc          string
+		perWorkload, total int
+	}{
+		{"unset takes the server's defaults", minimalConfig, 0, 0},
+		{"zero takes the server's defaults", minimalConfig + "limits: {maxWatchesPerWorkload: 0, maxWatches: 0}\n", 0, 0},
+		{"set", minimalConfig + "limits: {maxWatchesPerWorkload: 4, maxWatches: 100}\n", 4, 100},
+		{"per workload alone", minimalConfig + "limits: {maxWatchesPerWorkload: 64}\n", 64, 0},
+		{"per workload at a raised total", minimalConfig + "limits: {maxWatchesPerWorkload: 4096, maxWatches: 8192}\n", 4096, 8192},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := parseConfig([]byte(tc.doc))
+			if err != nil {
+				t.Fatal(err)
+			}
+			// What the workload server gets, so a key that is parsed but not wired fails here.
+			l := c.Limits.workload()
+			if l.MaxWatchesPerWorkload != tc.perWorkload || l.MaxWatches != tc.total {
+				t.Fatalf("workload server limits: per workload %d, total %d; want %d, %d", l.MaxWatchesPerWorkload, l.MaxWatches, tc.perWorkload, tc.total)
+			}
+		})
+	}
+}
+
 func TestParseConfig_nodeNameFromCommandLine(t *testing.T) {
 	// A ConfigMap shared by every node has no nodeName; the DaemonSet passes --node-name.
 	doc := strings.Replace(minimalConfig, "nodeName: node-1\n", "", 1) + "csi: {socket: /csi.sock}\n"
@@ -84,6 +110,11 @@ func TestParseConfig_badInput(t *testing.T) {
 		{"bad trust domain", "identity: {issuer: x, jwksFile: /a, trustDomain: \"Bad Domain\"}\nsources: {local: {enabled: true}}\n", "identity.trustDomain"},
 		{"bad log level", minimalConfig + "log: {level: loud}\n", "log.level"},
 		{"huge limit", minimalConfig + "limits: {maxRecvMsgBytes: 99999999}\n", "limits.maxRecvMsgBytes"},
+		{"negative watches per workload", minimalConfig + "limits: {maxWatchesPerWorkload: -1}\n", "limits.maxWatchesPerWorkload: want 0 (default 16) or a positive number"},
+		{"negative watches", minimalConfig + "limits: {maxWatches: -1}\n", "limits.maxWatches: want 0 (default 2048) or a positive number"},
+		{"watches per workload above total", minimalConfig + "limits: {maxWatchesPerWorkload: 20, maxWatches: 10}\n", "limits.maxWatchesPerWorkload: at most limits.maxWatches (10); got 20"},
+		{"watches per workload above default total", minimalConfig + "limits: {maxWatchesPerWorkload: 4096}\n", "limits.maxWatchesPerWorkload: at most limits.maxWatches (2048); got 4096"},
+		{"fractional watches", minimalConfig + "limits: {maxWatches: 1.5}\n", "config:"},
 		{"too large", strings.Repeat("#", 1<<20+1), "larger than 1 MiB"},
 	}
 	for _, tc := range tests {

@@ -197,15 +197,20 @@ func (d *daemon) buildServers(version string) (servers, error) {
 	if err := registerBuildInfo(d.metrics, version); err != nil { // metrics.go
 		return servers{}, err
 	}
-	limits := server.Limits{MaxRecvMsgSize: d.cfg.Limits.MaxRecvMsgSize, MaxConcurrentStreams: d.cfg.Limits.MaxConcurrentStreams}
 	s := servers{adminCfg: d.adminAPIConfig(version, metrics)} // admin_api.go
-	if s.workload, err = server.NewWorkloadServer(server.WorkloadConfig{Broker: d.broker, Logger: d.log.With(slog.String("component", "workload-api")), Metrics: metrics, Limits: limits}); err != nil {
+	if s.workload, err = server.NewWorkloadServer(server.WorkloadConfig{Broker: d.broker, Logger: d.log.With(slog.String("component", "workload-api")), Metrics: metrics, Limits: d.cfg.Limits.workload()}); err != nil {
 		return servers{}, err
 	}
 	if s.admin, err = server.NewAdminServer(s.adminCfg); err != nil {
 		return servers{}, err
 	}
 	return s, nil
+}
+
+// workload returns the workload server's limits; zero fields take the server's defaults.
+func (l limitsConfig) workload() server.Limits {
+	return server.Limits{MaxRecvMsgSize: l.MaxRecvMsgSize, MaxConcurrentStreams: l.MaxConcurrentStreams,
+		MaxWatchesPerWorkload: l.MaxWatchesPerWorkload, MaxWatches: l.MaxWatches}
 }
 
 // listeners are the daemon's local sockets and its health port (nil when health.addr is off).

@@ -8,8 +8,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"slices"
-	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -84,54 +82,4 @@ func Serve(ctx context.Context, srv *grpc.Server, lis net.Listener, grace time.D
 		return err
 	}
 	return nil
-}
-
-// PeerFilter wraps a Unix listener so that only processes running as one of the allowed user
-// ids can connect (SO_PEERCRED): the admin socket's file mode is one guard, this is a second
-// that also holds when the socket is bind-mounted somewhere with other permissions. Refused
-// connections are closed at once and reported to onRefuse.
-func PeerFilter(lis net.Listener, allowed []uint32, onRefuse func(uid uint32)) net.Listener {
-	return &peerFilter{Listener: lis, allowed: allowed, onRefuse: onRefuse}
-}
-
-type peerFilter struct {
-	net.Listener
-	allowed  []uint32
-	onRefuse func(uid uint32)
-}
-
-func (p *peerFilter) Accept() (net.Conn, error) {
-	for {
-		c, err := p.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		uid, ok := peerUID(c)
-		if ok && slices.Contains(p.allowed, uid) {
-			return c, nil
-		}
-		_ = c.Close()
-		if p.onRefuse != nil {
-			p.onRefuse(uid)
-		}
-	}
-}
-
-func peerUID(c net.Conn) (uint32, bool) {
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		return 0, false
-	}
-	raw, err := uc.SyscallConn()
-	if err != nil {
-		return 0, false
-	}
-	var cred *syscall.Ucred
-	var cerr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
-	}); err != nil || cerr != nil {
-		return 0, false
-	}
-	return cred.Uid, true
 }

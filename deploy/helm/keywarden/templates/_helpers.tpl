@@ -93,6 +93,8 @@ app.kubernetes.io/part-of: keywarden
 {{- $limits := dict -}}
 {{- with $c.limits.maxRecvMsgBytes }}{{ $_ := set $limits "maxRecvMsgBytes" . }}{{ end -}}
 {{- with $c.limits.maxConcurrentStreams }}{{ $_ := set $limits "maxConcurrentStreams" . }}{{ end -}}
+{{- with $c.limits.maxWatchesPerWorkload }}{{ $_ := set $limits "maxWatchesPerWorkload" . }}{{ end -}}
+{{- with $c.limits.maxWatches }}{{ $_ := set $limits "maxWatches" . }}{{ end -}}
 {{- if $limits }}{{ $_ := set $cfg "limits" $limits }}{{ end -}}
 {{- if .Values.vault.enabled -}}
 {{- $v := .Values.vault -}}
