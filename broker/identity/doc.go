@@ -12,6 +12,12 @@
 // maximum lifetime, the kubernetes.io claims and their consistency with sub,
 // and the pod binding.
 //
+// BindingVerifier adds what a signature cannot tell, on every call: that the
+// token's pod still runs on this node (PodIndex) and that its service account
+// still exists with the UID in the token (ServiceAccountIndex), so a token
+// outlives neither a deleted pod nor a service account deleted and recreated
+// with the same name.
+//
 // Every rejection is a *VerifyError that matches ErrInvalidToken and carries
 // a short fixed reason. Reasons never contain token bytes or claim values, so
 // they are safe to log and to return to the caller. A KeySet that cannot be

@@ -37,6 +37,8 @@ type ServiceAccountIndex struct {
 	synced   atomic.Bool
 }
 
+var _ ServiceAccountLookup = (*ServiceAccountIndex)(nil)
+
 var serviceAccountsResource = schema.GroupVersionResource{Version: "v1", Resource: "serviceaccounts"}
 
 // NewServiceAccountIndex returns a ServiceAccountIndex; Run starts it.
@@ -79,10 +81,10 @@ func (s *ServiceAccountIndex) Run(ctx context.Context) error {
 	return nil
 }
 
-// Synced reports whether the index has loaded the service accounts at least once.
+// Synced implements ServiceAccountLookup.
 func (s *ServiceAccountIndex) Synced() bool { return s.synced.Load() }
 
-// ServiceAccountUID returns the UID of the service account namespace/name if it exists.
+// ServiceAccountUID implements ServiceAccountLookup.
 func (s *ServiceAccountIndex) ServiceAccountUID(namespace, name string) (string, bool) {
 	obj, found, err := s.informer.GetStore().GetByKey(namespace + "/" + name)
 	if err != nil || !found {
