@@ -33,14 +33,20 @@ import (
 	"github.com/keywarden/keywarden/e2e/framework"
 )
 
-// nodeReaderRole lets the daemon watch the pods of its node.
+// nodeReaderRole lets the daemon watch the pods of its node and the service accounts, as the
+// node binding does.
 const nodeReaderRole = "keywarden-e2e-pod-reader"
+
+var nodeReaderRules = []rbacv1.PolicyRule{
+	{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}},
+	{APIGroups: []string{""}, Resources: []string{"serviceaccounts"}, Verbs: []string{"list", "watch"}},
+}
 
 func createPodReaderRole(t *testing.T, kube *framework.Kube) {
 	t.Helper()
 	_, err := kube.Client.RbacV1().ClusterRoles().Create(ctx(t), &rbacv1.ClusterRole{
 		ObjectMeta: metav1.ObjectMeta{Name: nodeReaderRole},
-		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}}},
+		Rules:      nodeReaderRules,
 	}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
