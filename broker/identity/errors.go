@@ -35,6 +35,7 @@ const (
 	ReasonWrongAudience        = "wrong audience"
 	ReasonMissingExp           = "missing exp"
 	ReasonMissingIat           = "missing iat"
+	ReasonMissingNbf           = "missing nbf"
 	ReasonExpired              = "expired"
 	ReasonIssuedInFuture       = "issued in the future"
 	ReasonNotYetValid          = "not yet valid"
