@@ -130,7 +130,7 @@ func createPodReaderRoleTB(t testing.TB, kube *framework.Kube) {
 	defer cancel()
 	_, err := kube.Client.RbacV1().ClusterRoles().Create(c, &rbacv1.ClusterRole{
 		ObjectMeta: metav1.ObjectMeta{Name: nodeReaderRole},
-		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}}},
+		Rules:      nodeReaderRules,
 	}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)

@@ -26,21 +26,29 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/keywarden/keywarden/client"
 	"github.com/keywarden/keywarden/e2e/framework"
 )
 
-// nodeReaderRole lets the daemon watch the pods of its node.
+// nodeReaderRole lets the daemon watch the pods of its node and the service accounts, as the
+// node binding does.
 const nodeReaderRole = "keywarden-e2e-pod-reader"
+
+var nodeReaderRules = []rbacv1.PolicyRule{
+	{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}},
+	{APIGroups: []string{""}, Resources: []string{"serviceaccounts"}, Verbs: []string{"list", "watch"}},
+}
 
 func createPodReaderRole(t *testing.T, kube *framework.Kube) {
 	t.Helper()
 	_, err := kube.Client.RbacV1().ClusterRoles().Create(ctx(t), &rbacv1.ClusterRole{
 		ObjectMeta: metav1.ObjectMeta{Name: nodeReaderRole},
-		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}}},
+		Rules:      nodeReaderRules,
 	}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -357,4 +365,121 @@ func TestIdentity_apiserverOutage(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	_ = authenticationv1.TokenReview{}
+}
+
+// TestIdentity_recreatedObjects deletes a service account and a pod and recreates each with
+// the same name: the tokens issued for the old objects are refused (their signature and exp
+// are still good, and the names match), and fresh tokens for the new objects work. In
+// tokenreview mode the old token was verified and cached before, so it is the daemon's own
+// UID check, not the apiserver's, that refuses it.
+func TestIdentity_recreatedObjects(t *testing.T) {
+	kube := framework.StartKube(t, framework.KubeOptions{})
+	createPodReaderRole(t, kube)
+	here := framework.NewKubelet(t, kube, framework.KubeletOptions{})
+
+	for _, mode := range []string{"jwt", "tokenreview"} {
+		t.Run(mode, func(t *testing.T) {
+			ns := kube.CreateNamespace(t, "recreate-"+mode)
+			d := identityDaemon(t, kube, here.NodeName, ns, mode)
+			pod := here.CreatePod(t, ns, "app")
+			used := here.PodToken(t, pod, framework.DefaultAudience).Token
+			unused := here.PodToken(t, pod, framework.DefaultAudience).Token
+			if err := getSecret(t, d, used); err != nil {
+				t.Fatalf("token of the first service account: %v", err)
+			}
+			oldSA, err := kube.Client.CoreV1().ServiceAccounts(ns).Get(ctx(t), "app", metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			if err := kube.Client.CoreV1().ServiceAccounts(ns).Delete(ctx(t), "app", metav1.DeleteOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			newSA := kube.CreateServiceAccount(t, ns, "app")
+			if newSA.UID == oldSA.UID {
+				t.Fatal("the recreated service account kept its UID")
+			}
+			const recreated = "invalid token: service account was deleted or recreated"
+			waitRefused(t, d, used, recreated)
+			// A token the daemon never saw goes through verification again: in tokenreview
+			// mode the apiserver itself refuses it.
+			if mode == "tokenreview" {
+				expectCode(t, getSecret(t, d, unused), codes.Unauthenticated, "invalid token: rejected by TokenReview")
+			} else {
+				expectCode(t, getSecret(t, d, unused), codes.Unauthenticated, recreated)
+			}
+			fresh := here.PodToken(t, pod, framework.DefaultAudience).Token
+			waitAccepted(t, d, fresh)
+
+			// The pod: same name, new UID. The token bound to the old pod (verified and
+			// cached above) is refused.
+			here.DeletePod(t, pod)
+			again := recreatePod(t, kube, pod)
+			if again.Name != pod.Name || again.UID == pod.UID {
+				t.Fatalf("recreated pod %s/%s, want the name %s and a new UID", again.Name, again.UID, pod.Name)
+			}
+			waitRefused(t, d, fresh, "invalid token: pod is not running on this node")
+			waitAccepted(t, d, here.PodToken(t, again, framework.DefaultAudience).Token)
+
+			logs := d.Process.Log()
+			for _, tok := range []string{used, unused, fresh} {
+				if strings.Contains(logs, tok) {
+					t.Fatal("a token reached the daemon's log")
+				}
+			}
+		})
+	}
+}
+
+// recreatePod creates a pod with the name and spec of a deleted one; it gets a new UID.
+func recreatePod(t *testing.T, kube *framework.Kube, old *corev1.Pod) *corev1.Pod {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		p, err := kube.Client.CoreV1().Pods(old.Namespace).Create(ctx(t), &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: old.Name},
+			Spec:       old.Spec,
+		}, metav1.CreateOptions{})
+		if err == nil {
+			return p
+		}
+		if !apierrors.IsAlreadyExists(err) || time.Now().After(deadline) {
+			t.Fatalf("recreate pod: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// waitRefused waits until the daemon refuses token as Unauthenticated, then checks the message.
+// The daemon learns of deletions through its informers, within moments.
+func waitRefused(t *testing.T, d *framework.Daemon, token, msg string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := getSecret(t, d, token)
+		if status.Code(err) == codes.Unauthenticated {
+			expectCode(t, err, codes.Unauthenticated, msg)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("token still accepted: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// waitAccepted waits until the daemon accepts token (its informers have seen the new object).
+func waitAccepted(t *testing.T, d *framework.Daemon, token string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := getSecret(t, d, token)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("fresh token refused: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }

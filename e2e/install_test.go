@@ -199,15 +199,16 @@ func TestInstall_chartLintTemplateAndSchema(t *testing.T) {
 			return toTyped[rbacv1.ClusterRole](t, findObject(t, objs, "ClusterRole", "")).Rules
 		}
 		pods := rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"list", "watch"}}
+		sas := rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"serviceaccounts"}, Verbs: []string{"list", "watch"}}
 		grants := rbacv1.PolicyRule{APIGroups: []string{"keywarden.io"}, Resources: []string{"accessgrants"}, Verbs: []string{"list", "watch"}}
 		reviews := rbacv1.PolicyRule{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}}
 		for _, tc := range []struct {
 			set  []string
 			want []rbacv1.PolicyRule
 		}{
-			{nil, []rbacv1.PolicyRule{pods, grants}},
-			{[]string{"config.identity.mode=tokenreview"}, []rbacv1.PolicyRule{pods, grants, reviews}},
-			{[]string{"config.grants.kubernetes=false", "config.grants.file=/etc/keywarden/grants/grants.yaml"}, []rbacv1.PolicyRule{pods}},
+			{nil, []rbacv1.PolicyRule{pods, sas, grants}},
+			{[]string{"config.identity.mode=tokenreview"}, []rbacv1.PolicyRule{pods, sas, grants, reviews}},
+			{[]string{"config.grants.kubernetes=false", "config.grants.file=/etc/keywarden/grants/grants.yaml"}, []rbacv1.PolicyRule{pods, sas}},
 		} {
 			got := rules(tc.set...)
 			if fmt.Sprint(got) != fmt.Sprint(tc.want) {
@@ -581,6 +582,10 @@ func assertServiceAccountRefused(t *testing.T, kube *framework.Kube, sa string) 
 	for name, call := range map[string]func() error{
 		"list pods":         func() error { _, err := cs.CoreV1().Pods("").List(c, metav1.ListOptions{Limit: 1}); return err },
 		"list accessgrants": func() error { _, err := grants.List(c, metav1.ListOptions{Limit: 1}); return err },
+		"list serviceaccounts": func() error {
+			_, err := cs.CoreV1().ServiceAccounts("").List(c, metav1.ListOptions{Limit: 1})
+			return err
+		},
 		"watch pods": func() error {
 			w, err := cs.CoreV1().Pods("").Watch(c, metav1.ListOptions{})
 			if err == nil {
@@ -616,8 +621,11 @@ func assertServiceAccountRefused(t *testing.T, kube *framework.Kube, sa string) 
 			_, err := cs.CoreV1().ConfigMaps(chartNamespace).List(c, metav1.ListOptions{})
 			return err
 		},
-		"list nodes":           func() error { _, err := cs.CoreV1().Nodes().List(c, metav1.ListOptions{}); return err },
-		"list serviceaccounts": func() error { _, err := cs.CoreV1().ServiceAccounts("").List(c, metav1.ListOptions{}); return err },
+		"list nodes": func() error { _, err := cs.CoreV1().Nodes().List(c, metav1.ListOptions{}); return err },
+		"get a serviceaccount": func() error {
+			_, err := cs.CoreV1().ServiceAccounts("kube-system").Get(c, "default", metav1.GetOptions{})
+			return err
+		},
 		"request a token for another account": func() error {
 			_, err := cs.CoreV1().ServiceAccounts("kube-system").CreateToken(c, "vault-token-reviewer", nil, metav1.CreateOptions{})
 			return err

@@ -19,12 +19,22 @@ type PodLookup interface {
 	Synced() bool
 }
 
+// ServiceAccountLookup finds live service accounts.
+type ServiceAccountLookup interface {
+	// ServiceAccountUID returns the UID of the service account namespace/name if it exists.
+	ServiceAccountUID(namespace, name string) (uid string, ok bool)
+	// Synced reports whether the lookup has loaded the service accounts at least once.
+	Synced() bool
+}
+
 // BindingConfig configures a BindingVerifier.
 type BindingConfig struct {
 	// Verifier verifies the token itself (signature, claims). Required.
 	Verifier TokenVerifier
 	// Pods knows the pods on this node. Required.
 	Pods PodLookup
+	// ServiceAccounts knows the service accounts of the cluster. Required.
+	ServiceAccounts ServiceAccountLookup
 	// NodeName is this daemon's node. Required.
 	NodeName string
 	// Logger receives binding failures (reasons only). Required.
@@ -32,9 +42,13 @@ type BindingConfig struct {
 }
 
 // BindingVerifier accepts a token only when the pod it is bound to exists now and runs on this
-// daemon's node: a token stolen from a pod on another node, or kept after its pod was deleted,
-// is refused even while its signature and exp are still good. The check runs on every call,
-// after the (cacheable) token verification, because pods come and go within a token's life.
+// daemon's node, and the service account it names is still the one it was issued to: a token
+// stolen from a pod on another node, kept after its pod was deleted, or issued to a service
+// account since deleted (grants name accounts, so a new account with the same name would
+// otherwise inherit every token of the old one) is refused even while its signature and exp
+// are still good.
+// The check runs on every call, after the (cacheable) token verification, because pods and
+// service accounts come and go within a token's life.
 type BindingVerifier struct {
 	cfg BindingConfig
 }
@@ -48,6 +62,8 @@ func NewBindingVerifier(cfg BindingConfig) (*BindingVerifier, error) {
 		return nil, errors.New("node binding: verifier is required")
 	case cfg.Pods == nil:
 		return nil, errors.New("node binding: pod lookup is required")
+	case cfg.ServiceAccounts == nil:
+		return nil, errors.New("node binding: service account lookup is required")
 	case cfg.NodeName == "":
 		return nil, errors.New("node binding: node name is required")
 	case cfg.Logger == nil:
@@ -68,8 +84,9 @@ func (b *BindingVerifier) Verify(ctx context.Context, tok Token) (Workload, erro
 	return w, nil
 }
 
-// Check reports whether w's pod still exists on this node. Long-lived streams call it again
-// during their life: a token is checked once, but its pod can go away long before its exp.
+// Check reports whether w's pod still exists on this node and w's service account still exists
+// with the UID in the token. Long-lived streams call it again during their life: a token is
+// checked once, but its pod or service account can go away long before its exp.
 func (b *BindingVerifier) Check(w Workload) error {
 	if w.PodUID == "" {
 		return invalid(ReasonNoPodBinding)
@@ -89,6 +106,26 @@ func (b *BindingVerifier) Check(w Workload) error {
 	}
 	if pod.Namespace != w.Namespace || pod.Name != w.PodName || (pod.ServiceAccount != "" && pod.ServiceAccount != w.ServiceAccount) {
 		return invalid(ReasonPodMismatch)
+	}
+	return b.checkServiceAccount(w)
+}
+
+// checkServiceAccount compares the token's service-account UID with the live account's. The
+// apiserver puts the UID in every token it issues (and TokenReview answers with it), so a
+// workload without one is refused rather than let through unchecked.
+func (b *BindingVerifier) checkServiceAccount(w Workload) error {
+	if w.ServiceAccountUID == "" {
+		return invalid(ReasonInvalidSA)
+	}
+	uid, ok := b.cfg.ServiceAccounts.ServiceAccountUID(w.Namespace, w.ServiceAccount)
+	if !ok {
+		if !b.cfg.ServiceAccounts.Synced() {
+			return errors.Join(ErrUnavailable, errors.New("service accounts not loaded yet"))
+		}
+		return invalid(ReasonServiceAccountRecreated)
+	}
+	if uid != w.ServiceAccountUID {
+		return invalid(ReasonServiceAccountRecreated)
 	}
 	return nil
 }

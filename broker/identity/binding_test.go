@@ -20,13 +20,26 @@ type fakePods struct {
 func (f fakePods) PodByUID(uid string) (Pod, bool) { p, ok := f.pods[uid]; return p, ok }
 func (f fakePods) Synced() bool                    { return f.synced }
 
+type fakeServiceAccounts struct {
+	uids   map[string]string // namespace/name → UID
+	synced bool
+}
+
+func (f fakeServiceAccounts) ServiceAccountUID(namespace, name string) (string, bool) {
+	uid, ok := f.uids[namespace+"/"+name]
+	return uid, ok
+}
+func (f fakeServiceAccounts) Synced() bool { return f.synced }
+
 func TestBindingVerifier_Verify(t *testing.T) {
-	base := Workload{Namespace: "demo", ServiceAccount: "app", PodName: "p", PodUID: "u1", NodeName: "node-1"}
+	base := Workload{Namespace: "demo", ServiceAccount: "app", ServiceAccountUID: "sa-1", PodName: "p", PodUID: "u1", NodeName: "node-1"}
 	pod := Pod{Namespace: "demo", Name: "p", UID: "u1", NodeName: "node-1", ServiceAccount: "app"}
+	liveSA := fakeServiceAccounts{uids: map[string]string{"demo/app": "sa-1"}, synced: true}
 	tests := []struct {
 		name    string
 		w       func(*Workload)
 		pods    fakePods
+		sas     *fakeServiceAccounts // nil: liveSA
 		reason  string
 		unavail bool
 	}{
@@ -39,6 +52,18 @@ func TestBindingVerifier_Verify(t *testing.T) {
 		{name: "pod of another service account", w: func(w *Workload) { w.ServiceAccount = "other" }, pods: fakePods{pods: map[string]Pod{"u1": pod}, synced: true}, reason: ReasonPodMismatch},
 		{name: "no pod binding", w: func(w *Workload) { w.PodUID = "" }, pods: fakePods{synced: true}, reason: ReasonNoPodBinding},
 		{name: "pods not loaded yet", pods: fakePods{}, unavail: true},
+		{name: "service account recreated with the same name", pods: fakePods{pods: map[string]Pod{"u1": pod}, synced: true},
+			sas: &fakeServiceAccounts{uids: map[string]string{"demo/app": "sa-2"}, synced: true}, reason: ReasonServiceAccountRecreated},
+		{name: "service account deleted", pods: fakePods{pods: map[string]Pod{"u1": pod}, synced: true},
+			sas: &fakeServiceAccounts{uids: map[string]string{}, synced: true}, reason: ReasonServiceAccountRecreated},
+		{name: "same UID in another namespace is not the account", w: func(w *Workload) { w.Namespace = "other" },
+			pods:   fakePods{pods: map[string]Pod{"u1": {Namespace: "other", Name: "p", UID: "u1", NodeName: "node-1", ServiceAccount: "app"}}, synced: true},
+			reason: ReasonServiceAccountRecreated},
+		{name: "no service account UID", w: func(w *Workload) { w.ServiceAccountUID = "" }, pods: fakePods{pods: map[string]Pod{"u1": pod}, synced: true}, reason: ReasonInvalidSA},
+		{name: "service accounts not loaded yet", pods: fakePods{pods: map[string]Pod{"u1": pod}, synced: true},
+			sas: &fakeServiceAccounts{}, unavail: true},
+		{name: "service accounts loading, account known", pods: fakePods{pods: map[string]Pod{"u1": pod}, synced: true},
+			sas: &fakeServiceAccounts{uids: map[string]string{"demo/app": "sa-1"}}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -46,7 +71,11 @@ func TestBindingVerifier_Verify(t *testing.T) {
 			if tc.w != nil {
 				tc.w(&w)
 			}
-			b, err := NewBindingVerifier(BindingConfig{Verifier: &countingVerifier{w: w}, Pods: tc.pods, NodeName: "node-1", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			sas := liveSA
+			if tc.sas != nil {
+				sas = *tc.sas
+			}
+			b, err := NewBindingVerifier(BindingConfig{Verifier: &countingVerifier{w: w}, Pods: tc.pods, ServiceAccounts: sas, NodeName: "node-1", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -120,7 +149,9 @@ func TestTokenReviewVerifier_Verify(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if w.PodUID != "u1" || w.NodeName != "node-1" || w.ID.String() != "spiffe://td/ns/demo/sa/app" || w.ExpiresAt.IsZero() {
+				// The apiserver answers with the service account's UID, which the node
+				// binding compares with the live account.
+				if w.PodUID != "u1" || w.NodeName != "node-1" || w.ServiceAccountUID != "sa-uid" || w.ID.String() != "spiffe://td/ns/demo/sa/app" || w.ExpiresAt.IsZero() {
 					t.Fatalf("workload %+v", w)
 				}
 				if tc.r.sent == nil || len(tc.r.sent.Spec.Audiences) != 1 || tc.r.sent.Spec.Audiences[0] != "keywarden" {

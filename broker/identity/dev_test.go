@@ -126,7 +126,8 @@ func TestDevIssuer_Issue_verifies(t *testing.T) {
 	}
 	if w.ID.String() != "spiffe://keywarden.dev/ns/demo/sa/app" || w.PodName != "app-dev" || w.NodeName != "dev-node" ||
 		w.PodUID == "" || w.NodeUID == "" || w.ServiceAccountUID == "" || w.Issuer != devIssuerURL ||
-		!w.ExpiresAt.Equal(testNow.Add(DefaultDevTTL).Truncate(time.Second)) || len(w.Audiences) != 1 || w.Audiences[0] != "keywarden" {
+		!w.ExpiresAt.Equal(testNow.Add(DefaultDevTTL).Truncate(time.Second)) || !w.NotBefore.Equal(testNow.Truncate(time.Second)) ||
+		len(w.Audiences) != 1 || w.Audiences[0] != "keywarden" {
 		t.Fatalf("workload = %+v", w)
 	}
 

@@ -8,9 +8,15 @@
 // accept a token without exp. The order of the checks is fixed: size (before
 // any parsing), compact shape and canonical base64, header (algorithm
 // allowlist RS256/ES256, kid), key lookup, signature, duplicate JSON keys,
-// legacy secret-based tokens, iss, aud, exp/iat/nbf with a bounded leeway,
-// maximum lifetime, the kubernetes.io claims and their consistency with sub,
-// and the pod binding.
+// legacy secret-based tokens, iss, aud, exp/iat/nbf (all three required)
+// with a bounded leeway, maximum lifetime, the kubernetes.io claims and their
+// consistency with sub, and the pod binding.
+//
+// BindingVerifier adds what a signature cannot tell, on every call: that the
+// token's pod still runs on this node (PodIndex) and that its service account
+// still exists with the UID in the token (ServiceAccountIndex), so a token
+// outlives neither a deleted pod nor a service account deleted and recreated
+// with the same name.
 //
 // Every rejection is a *VerifyError that matches ErrInvalidToken and carries
 // a short fixed reason. Reasons never contain token bytes or claim values, so

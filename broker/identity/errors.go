@@ -35,6 +35,7 @@ const (
 	ReasonWrongAudience        = "wrong audience"
 	ReasonMissingExp           = "missing exp"
 	ReasonMissingIat           = "missing iat"
+	ReasonMissingNbf           = "missing nbf"
 	ReasonExpired              = "expired"
 	ReasonIssuedInFuture       = "issued in the future"
 	ReasonNotYetValid          = "not yet valid"
@@ -50,6 +51,10 @@ const (
 	ReasonPodNotOnNode         = "pod is not running on this node"
 	ReasonPodMismatch          = "pod does not match the token"
 	ReasonRejectedByReview     = "rejected by TokenReview"
+
+	// ReasonServiceAccountRecreated: the token's service account no longer exists, or
+	// exists under the same name with another UID.
+	ReasonServiceAccountRecreated = "service account was deleted or recreated"
 )
 
 // VerifyError is a token verification failure. It matches ErrInvalidToken.

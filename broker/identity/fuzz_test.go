@@ -21,6 +21,10 @@ func FuzzVerifier_Verify(f *testing.F) {
 		f.Add(parts[0] + "." + parts[1] + ".")
 		f.Add(parts[0] + "." + b64([]byte(`{"aud":"keywarden","aud":"x"}`)) + "." + parts[2])
 	}
+	// Validly signed but without nbf: must stay a reject.
+	noNbf := validClaims()
+	delete(noNbf, "nbf")
+	f.Add(signES(f, noNbf))
 	f.Add("")
 	f.Add("..")
 	f.Add("a.b.c")

@@ -309,9 +309,15 @@ func (v *Verifier) checkClaims(payload []byte) (Workload, error) {
 	if !present {
 		return Workload{}, invalid(ReasonMissingIat)
 	}
-	nbf, nbfPresent, ok := c.numericDate("nbf")
+	// Kubernetes sets nbf (= iat) on every token the TokenRequest API issues; only legacy
+	// secret-based tokens, refused above, lack it. A token without one did not come from the
+	// apiserver the way it should have, so nbf is required like exp and iat.
+	nbf, present, ok := c.numericDate("nbf")
 	if !ok {
 		return Workload{}, invalid(ReasonMalformed)
+	}
+	if !present {
+		return Workload{}, invalid(ReasonMissingNbf)
 	}
 	if !now.Before(exp.Add(v.leeway)) {
 		return Workload{}, invalid(ReasonExpired)
@@ -319,7 +325,7 @@ func (v *Verifier) checkClaims(payload []byte) (Workload, error) {
 	if iat.After(now.Add(v.leeway)) {
 		return Workload{}, invalid(ReasonIssuedInFuture)
 	}
-	if nbfPresent && nbf.After(now.Add(v.leeway)) {
+	if nbf.After(now.Add(v.leeway)) {
 		return Workload{}, invalid(ReasonNotYetValid)
 	}
 	if exp.Before(iat) {
@@ -328,10 +334,7 @@ func (v *Verifier) checkClaims(payload []byte) (Workload, error) {
 	if exp.Sub(iat) > v.maxLifetime {
 		return Workload{}, invalid(ReasonLifetimeTooLong)
 	}
-	w.ExpiresAt, w.IssuedAt = exp, iat
-	if nbfPresent {
-		w.NotBefore = nbf
-	}
+	w.ExpiresAt, w.IssuedAt, w.NotBefore = exp, iat, nbf
 
 	k8s, ok := c.obj("kubernetes.io")
 	if !ok {

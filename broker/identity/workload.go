@@ -25,7 +25,10 @@ type Workload struct {
 
 	Audiences []string // aud, as in the token
 
-	IssuedAt, NotBefore, ExpiresAt time.Time // NotBefore is zero when the token has no nbf
+	// IssuedAt, NotBefore and ExpiresAt are iat, nbf and exp. TokenReview answers carry no
+	// times: there they are read from the token the apiserver vouched for, and NotBefore is
+	// zero.
+	IssuedAt, NotBefore, ExpiresAt time.Time
 
 	// ID is spiffe://<trust-domain>/ns/<namespace>/sa/<service account>.
 	ID spiffeid.ID

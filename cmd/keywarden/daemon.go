@@ -92,7 +92,11 @@ func newDaemon(cfg config, log *slog.Logger) (_ *daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
-	vp, err := buildVerifier(cfg, log, kube, idMetrics)
+	meta, err := d.kubeMetadataClient()
+	if err != nil {
+		return nil, err
+	}
+	vp, err := buildVerifier(cfg, log, kubeAPI{typed: kube, meta: meta}, idMetrics)
 	if err != nil {
 		return nil, err
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
 
 	"github.com/keywarden/keywarden/broker"
 	"github.com/keywarden/keywarden/broker/identity"
@@ -117,10 +118,18 @@ type verifierParts struct {
 	pods    *identity.PodIndex // nil without node binding; the CSI driver checks pods with it
 }
 
+// kubeAPI are the apiserver clients buildVerifier needs; both nil without the kubernetes section.
+type kubeAPI struct {
+	typed kubernetes.Interface
+	meta  metadata.Interface
+}
+
 // buildVerifier composes token verification: key source (dev issuer, JWKS file, remote JWKS)
-// or TokenReview, then the verification cache, then the node binding (never cached: pods come
-// and go), then metrics. kube may be nil unless TokenReview or node binding is on.
-func buildVerifier(cfg config, log *slog.Logger, kube kubernetes.Interface, m *identity.Metrics) (*verifierParts, error) {
+// or TokenReview, then the verification cache, then the node binding (never cached: pods and
+// service accounts come and go), then metrics. The clients may be nil unless TokenReview or
+// node binding is on.
+func buildVerifier(cfg config, log *slog.Logger, api kubeAPI, m *identity.Metrics) (*verifierParts, error) {
+	kube := api.typed
 	out := &verifierParts{}
 	var base identity.TokenVerifier
 	if cfg.Identity.Mode == identityModeTokenReview {
@@ -183,19 +192,25 @@ func buildVerifier(cfg config, log *slog.Logger, kube kubernetes.Interface, m *i
 	}
 	out.verifier = cached
 	if cfg.Identity.NodeBinding {
-		if kube == nil {
-			return nil, errors.New("identity.nodeBinding needs a Kubernetes client to watch this node's pods: configure kubernetes, or set identity.nodeBinding: false")
+		if kube == nil || api.meta == nil {
+			return nil, errors.New("identity.nodeBinding needs a Kubernetes client to watch this node's pods and the service accounts: configure kubernetes, or set identity.nodeBinding: false")
 		}
 		pods, err := identity.NewPodIndex(identity.PodIndexConfig{Client: kube, NodeName: cfg.NodeName, Logger: log.With(slog.String("component", "pod-index")), Metrics: m})
 		if err != nil {
 			return nil, err
 		}
-		bound, err := identity.NewBindingVerifier(identity.BindingConfig{Verifier: cached, Pods: pods, NodeName: cfg.NodeName, Logger: log})
+		// Tokens name their service account by UID too: a recreated account with the same
+		// name must not inherit the old one's tokens.
+		sas, err := identity.NewServiceAccountIndex(identity.ServiceAccountIndexConfig{Client: api.meta, Logger: log.With(slog.String("component", "serviceaccount-index"))})
+		if err != nil {
+			return nil, err
+		}
+		bound, err := identity.NewBindingVerifier(identity.BindingConfig{Verifier: cached, Pods: pods, ServiceAccounts: sas, NodeName: cfg.NodeName, Logger: log})
 		if err != nil {
 			return nil, err
 		}
 		out.verifier, out.binding = bound, bound
-		out.runners = append(out.runners, pods.Run)
+		out.runners = append(out.runners, pods.Run, sas.Run)
 		out.pods = pods
 	}
 	out.verifier = identity.Measured(out.verifier, m)

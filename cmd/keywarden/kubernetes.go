@@ -1,7 +1,7 @@
 package main
 
-// The apiserver clients, shared by identity (TokenReview, pod lookups) and the AccessGrant
-// informer. Both are built once, on first use; nil when the kubernetes section is absent.
+// The apiserver clients, shared by identity (TokenReview, pod and service-account lookups) and
+// the AccessGrant informer. Both are built once, on first use; nil when the kubernetes section is absent.
 
 import (
 	"fmt"
@@ -9,6 +9,7 @@ import (
 
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -42,6 +43,7 @@ func (r rawConfig) typedKubernetes(c *config, fail func(field, format string, ar
 type kubeClients struct {
 	rest  *rest.Config
 	typed kubernetes.Interface
+	meta  metadata.Interface
 }
 
 // restConfig builds the apiserver client config once; nil when kubernetes is not configured.
@@ -84,6 +86,24 @@ func (d *daemon) kubeClient() (kubernetes.Interface, error) {
 	}
 	d.kube.typed = kc
 	return kc, nil
+}
+
+// kubeMetadataClient is the metadata-only apiserver client, or nil when kubernetes is not
+// configured.
+func (d *daemon) kubeMetadataClient() (metadata.Interface, error) {
+	if d.kube.meta != nil {
+		return d.kube.meta, nil
+	}
+	rc, err := d.restConfig()
+	if err != nil || rc == nil {
+		return nil, err
+	}
+	mc, err := metadata.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes metadata client: %w", err)
+	}
+	d.kube.meta = mc
+	return mc, nil
 }
 
 // setupGrantInformer adds the AccessGrant informer (grants.kubernetes) to the runners; it
