@@ -18,7 +18,10 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/keywarden/keywarden/crypto"
 	keywardenv1 "github.com/keywarden/keywarden/proto/keywarden/v1"
 )
 
@@ -56,6 +59,7 @@ type options struct {
 	dialOpts   []grpc.DialOption
 	minBackoff time.Duration
 	maxBackoff time.Duration
+	plain      bool
 }
 
 // Option configures a Client.
@@ -82,6 +86,12 @@ func WithTokenSource(f TokenSource) Option { return func(o *options) { o.token =
 func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(o *options) { o.dialOpts = append(o.dialOpts, opts...) }
 }
+
+// WithoutSealing asks for responses in clear. By default the client sends a reply key with
+// every request and the daemon seals each secret to it (HPKE), so a socket sniffer, a proxy or
+// a dump of the daemon's memory after the fact sees only ciphertext; a grant may require it
+// (delivery GRPCSealed). Use this only with a daemon older than sealed responses.
+func WithoutSealing() Option { return func(o *options) { o.plain = true } }
 
 // WithBackoff sets the reconnect backoff bounds of Watch (defaults 200ms and 30s).
 func WithBackoff(minDelay, maxDelay time.Duration) Option {
@@ -113,7 +123,12 @@ type Client struct {
 	conn *grpc.ClientConn
 	api  keywardenv1.SecretServiceClient
 	opts options
+	key  *crypto.ReplyKey // nil with WithoutSealing; made once per client, kept in memory only
 }
+
+// ErrNotSealed is a response that should have been sealed and was not, or whose sealed payload
+// does not open for this request. Its value is never returned.
+var ErrNotSealed = errors.New("client: the response is not sealed to this request")
 
 // New returns a client for the daemon listening on socket. It does not connect until the
 // first call.
@@ -129,11 +144,20 @@ func New(socket string, opts ...Option) (*Client, error) {
 		socket = DefaultSocket
 	}
 	dial := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, o.dialOpts...)
+	c := &Client{opts: o}
+	if !o.plain {
+		k, err := crypto.NewReplyKey()
+		if err != nil {
+			return nil, fmt.Errorf("client: %w", err)
+		}
+		c.key = k
+	}
 	conn, err := grpc.NewClient(Target(socket), dial...)
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}
-	return &Client{conn: conn, api: keywardenv1.NewSecretServiceClient(conn), opts: o}, nil
+	c.conn, c.api = conn, keywardenv1.NewSecretServiceClient(conn)
+	return c, nil
 }
 
 // Target is the gRPC dial target of a Unix socket path, relative or absolute.
@@ -162,16 +186,18 @@ func (c *Client) Get(ctx context.Context, name string) (*Secret, error) {
 	if err != nil {
 		return nil, err
 	}
-	resp, err := c.api.GetSecret(ctx, &keywardenv1.GetSecretRequest{Name: name})
+	rk := c.replyKey()
+	resp, err := c.api.GetSecret(ctx, &keywardenv1.GetSecretRequest{Name: name, ReplyKey: rk})
 	if err != nil {
 		return nil, err
 	}
-	return fromProto(resp.GetSecret()), nil
+	return c.open(resp.GetSecret(), rk, 1)
 }
 
 // Watch calls fn with the current value of every named secret and then with every new value,
-// until ctx is done (it returns ctx.Err()), fn returns an error (returned as is), or the daemon
-// refuses permanently (InvalidArgument, PermissionDenied, NotFound). Transient failures,
+// until ctx is done (it returns ctx.Err()), fn returns an error (returned as is), the daemon
+// refuses permanently (InvalidArgument, PermissionDenied, NotFound), or a message does not
+// open as sealed to this stream (ErrNotSealed; the message is not passed to fn). Transient failures,
 // including the daemon restarting and the token expiring, reconnect with jittered backoff and a
 // freshly read token.
 func (c *Client) Watch(ctx context.Context, names []string, fn func(*Secret) error) error {
@@ -184,7 +210,9 @@ func (c *Client) Watch(ctx context.Context, names []string, fn func(*Secret) err
 			return fnErr.err
 		case ctx.Err() != nil:
 			return ctx.Err()
-		case permanent(err):
+		case permanent(err), errors.Is(err, ErrNotSealed):
+			// A daemon that does not seal will not start on a reconnect; a tampered
+			// stream is not retried into acceptance.
 			return err
 		}
 		if received {
@@ -220,11 +248,13 @@ func (c *Client) watchOnce(ctx context.Context, names []string, fn func(*Secret)
 	}
 	actx, cancel := context.WithCancel(actx)
 	defer cancel()
-	stream, err := c.api.WatchSecrets(actx, &keywardenv1.WatchSecretsRequest{Names: names})
+	rk := c.replyKey()
+	stream, err := c.api.WatchSecrets(actx, &keywardenv1.WatchSecretsRequest{Names: names, ReplyKey: rk})
 	if err != nil {
 		return false, err
 	}
 	received := false
+	var seq uint64
 	for {
 		resp, err := stream.Recv()
 		if err != nil {
@@ -233,15 +263,59 @@ func (c *Client) watchOnce(ctx context.Context, names []string, fn func(*Secret)
 			}
 			return received, err
 		}
+		seq++
+		sec, err := c.open(resp.GetSecret(), rk, seq)
+		if err != nil {
+			return received, err // reconnects: the message is dropped, never delivered
+		}
 		received = true
-		if err := fn(fromProto(resp.GetSecret())); err != nil {
+		if err := fn(sec); err != nil {
 			return received, &callbackError{err: err}
 		}
 	}
 }
 
-func fromProto(p *keywardenv1.Secret) *Secret {
-	s := &Secret{Name: p.GetName(), Data: p.GetData(), Version: p.GetVersion()}
+// replyKey is the reply key of one request, with a fresh nonce; nil with WithoutSealing.
+func (c *Client) replyKey() *keywardenv1.ReplyKey {
+	if c.key == nil {
+		return nil
+	}
+	return &keywardenv1.ReplyKey{PublicKey: c.key.PublicKey(), Nonce: crypto.NewReplyNonce()}
+}
+
+// open checks and decrypts p, the seq-th message of the response to the request that sent rk.
+// A message that is not sealed, or does not open under this request's context, fails closed.
+func (c *Client) open(p *keywardenv1.Secret, rk *keywardenv1.ReplyKey, seq uint64) (*Secret, error) {
+	if rk == nil {
+		return fromProto(p, p.GetData()), nil
+	}
+	if len(p.GetSealed()) == 0 || len(p.GetData()) > 0 || p.GetSeq() != seq {
+		return nil, fmt.Errorf("%w: secret %q (the daemon may predate sealed responses: upgrade it, or use WithoutSealing)", ErrNotSealed, p.GetName())
+	}
+	rc := crypto.ReplyContext{For: p.GetSealedFor(), Name: p.GetName(), Version: p.GetVersion(),
+		ExpiresAt: unixNanos(p.GetExpiresAt()), RenewAfter: unixNanos(p.GetRenewAfter()), Nonce: rk.GetNonce(), Seq: seq}
+	pt, err := c.key.Open(p.GetSealed(), rc)
+	if err != nil {
+		return nil, fmt.Errorf("%w: secret %q", ErrNotSealed, p.GetName())
+	}
+	var d keywardenv1.SecretData
+	err = proto.Unmarshal(pt, &d)
+	clear(pt)
+	if err != nil {
+		return nil, fmt.Errorf("%w: secret %q: the payload does not decode", ErrNotSealed, p.GetName())
+	}
+	return fromProto(p, d.GetData()), nil
+}
+
+func unixNanos(ts *timestamppb.Timestamp) int64 {
+	if ts == nil {
+		return 0
+	}
+	return ts.AsTime().UnixNano()
+}
+
+func fromProto(p *keywardenv1.Secret, data map[string][]byte) *Secret {
+	s := &Secret{Name: p.GetName(), Data: data, Version: p.GetVersion()}
 	if s.Data == nil {
 		s.Data = map[string][]byte{}
 	}

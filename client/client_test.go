@@ -16,7 +16,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/keywarden/keywarden/crypto"
 	keywardenv1 "github.com/keywarden/keywarden/proto/keywarden/v1"
 )
 
@@ -28,6 +30,8 @@ type fakeServer struct {
 	watches int
 	// script[i] is what the i-th watch stream does: send versions, then end with err.
 	script []watchStep
+	plain  bool                      // answer in clear whatever the request asks, like an old daemon
+	tamper func(*keywardenv1.Secret) // applied to each sealed message
 }
 
 type watchStep struct {
@@ -44,7 +48,37 @@ func (f *fakeServer) token(ctx context.Context) {
 
 func (f *fakeServer) GetSecret(ctx context.Context, req *keywardenv1.GetSecretRequest) (*keywardenv1.GetSecretResponse, error) {
 	f.token(ctx)
-	return &keywardenv1.GetSecretResponse{Secret: &keywardenv1.Secret{Name: req.GetName(), Version: "1", Data: map[string][]byte{"k": []byte("v")}}}, nil
+	p := &keywardenv1.Secret{Name: req.GetName(), Version: "1", Data: map[string][]byte{"k": []byte("v")}}
+	if err := f.seal(req.GetReplyKey(), p, 1); err != nil {
+		return nil, err
+	}
+	return &keywardenv1.GetSecretResponse{Secret: p}, nil
+}
+
+// seal does what the daemon does with a reply key, unless the fake plays an old daemon;
+// tamper, when set, changes the message after sealing.
+func (f *fakeServer) seal(rk *keywardenv1.ReplyKey, p *keywardenv1.Secret, seq uint64) error {
+	f.mu.Lock()
+	plain, tamper := f.plain, f.tamper
+	f.mu.Unlock()
+	if rk == nil || plain {
+		return nil
+	}
+	s, err := crypto.NewReplySealer(rk.GetPublicKey(), rk.GetNonce())
+	if err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	p.SealedFor, p.Seq = "demo/app/uid-1", seq
+	payload, _ := proto.Marshal(&keywardenv1.SecretData{Data: p.GetData()})
+	ct, err := s.Seal(payload, crypto.ReplyContext{For: p.SealedFor, Name: p.Name, Version: p.Version, Nonce: rk.GetNonce(), Seq: seq})
+	if err != nil {
+		return err
+	}
+	p.Data, p.Sealed = nil, ct
+	if tamper != nil {
+		tamper(p)
+	}
+	return nil
 }
 
 func (f *fakeServer) WatchSecrets(req *keywardenv1.WatchSecretsRequest, stream grpc.ServerStreamingServer[keywardenv1.WatchSecretsResponse]) error {
@@ -57,8 +91,12 @@ func (f *fakeServer) WatchSecrets(req *keywardenv1.WatchSecretsRequest, stream g
 		<-stream.Context().Done()
 		return nil
 	}
-	for _, v := range f.script[i].versions {
-		if err := stream.Send(&keywardenv1.WatchSecretsResponse{Secret: &keywardenv1.Secret{Name: req.GetNames()[0], Version: v}}); err != nil {
+	for n, v := range f.script[i].versions {
+		p := &keywardenv1.Secret{Name: req.GetNames()[0], Version: v}
+		if err := f.seal(req.GetReplyKey(), p, uint64(n+1)); err != nil {
+			return err
+		}
+		if err := stream.Send(&keywardenv1.WatchSecretsResponse{Secret: p}); err != nil {
 			return err
 		}
 	}
@@ -171,5 +209,62 @@ func TestSecret_String_hidesData(t *testing.T) {
 		if strings.Contains(out, "hunter2-xyz") {
 			t.Fatalf("data printed: %s", out)
 		}
+	}
+}
+
+// By default every request carries a reply key and the value comes back sealed; an answer in
+// clear, or one whose sealed payload was moved, replayed or cut, is refused and its value never
+// returned.
+func TestClient_sealedResponses(t *testing.T) {
+	f := &fakeServer{script: []watchStep{{versions: []string{"1"}}}}
+	c, _ := New(serve(t, f), WithToken("t"))
+	defer c.Close()
+	s, err := c.Get(context.Background(), "db")
+	if err != nil || string(s.Data["k"]) != "v" {
+		t.Fatalf("sealed Get = %v, %v", s, err)
+	}
+	for _, tc := range []struct {
+		name   string
+		plain  bool
+		tamper func(*keywardenv1.Secret)
+	}{
+		{"answered in clear (an old daemon, or a proxy)", true, nil},
+		{"another secret's name", false, func(p *keywardenv1.Secret) { p.Name = "other" }},
+		{"another version", false, func(p *keywardenv1.Secret) { p.Version = "2" }},
+		{"another caller", false, func(p *keywardenv1.Secret) { p.SealedFor = "demo/other/uid-2" }},
+		{"out of sequence", false, func(p *keywardenv1.Secret) { p.Seq = 2 }},
+		{"truncated", false, func(p *keywardenv1.Secret) { p.Sealed = p.Sealed[:len(p.Sealed)-1] }},
+		{"clear data beside the sealed payload", false, func(p *keywardenv1.Secret) { p.Data = map[string][]byte{"k": []byte("planted")} }},
+		{"sealed to another key", false, func(p *keywardenv1.Secret) {
+			other, _ := crypto.NewReplyKey()
+			s, _ := crypto.NewReplySealer(other.PublicKey(), crypto.NewReplyNonce())
+			p.Sealed, _ = s.Seal([]byte("x"), crypto.ReplyContext{})
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f.mu.Lock()
+			f.plain, f.tamper = tc.plain, tc.tamper
+			f.mu.Unlock()
+			s, err := c.Get(context.Background(), "db")
+			if !errors.Is(err, ErrNotSealed) || s != nil {
+				t.Fatalf("Get = %v, %v; want ErrNotSealed and no value", s, err)
+			}
+			var got []string
+			err = c.Watch(context.Background(), []string{"db"}, func(s *Secret) error { got = append(got, s.Version); return nil })
+			if !errors.Is(err, ErrNotSealed) || len(got) != 0 {
+				t.Fatalf("Watch = %v after %v; want ErrNotSealed before any value", err, got)
+			}
+			f.mu.Lock()
+			f.watches = 0
+			f.mu.Unlock()
+		})
+	}
+	f.mu.Lock()
+	f.plain, f.tamper, f.script = true, nil, []watchStep{{versions: []string{"1"}}}
+	f.mu.Unlock()
+	plain, _ := New(serve(t, f), WithToken("t"), WithoutSealing())
+	defer plain.Close()
+	if s, err := plain.Get(context.Background(), "db"); err != nil || string(s.Data["k"]) != "v" {
+		t.Fatalf("WithoutSealing Get = %v, %v", s, err)
 	}
 }

@@ -225,7 +225,7 @@ func TestParse_rejects(t *testing.T) {
 		{"lower-case effect", grantDoc("g", specOf(`effect: deny`, `subjects: `+okSubjects, `secrets: `+okSecrets)),
 			[]string{`spec.effect: "deny" is not valid`}},
 		{"bad delivery", grantDoc("g", specOf(`subjects: `+okSubjects, `secrets: `+okSecrets, `delivery: [CSI, HTTP]`)),
-			[]string{`spec.delivery[1]: "HTTP" is not valid: use CSI or GRPC`}},
+			[]string{`spec.delivery[1]: "HTTP" is not valid: use CSI, GRPC or GRPCSealed`}},
 		{"duplicate delivery", grantDoc("g", specOf(`subjects: `+okSubjects, `secrets: `+okSecrets, `delivery: [CSI, CSI]`)),
 			[]string{`spec.delivery[1]: duplicate delivery "CSI"`}},
 		{"both local and vault", grantDoc("g", specOf(`subjects: `+okSubjects, `secrets: [{name: db, source: {local: {}, vault: {mount: secret, path: x}}}]`)),

@@ -250,10 +250,13 @@ func (c *compiled) matchSubject(r *Request, rid *requestID) int {
 }
 
 func (c *compiled) matchDelivery(d Delivery) bool {
-	if d != DeliveryCSI && d != DeliveryGRPC {
-		return false
+	switch d {
+	case DeliveryCSI, DeliveryGRPC:
+		return c.delivery == nil || c.delivery[d]
+	case DeliveryGRPCSealed: // sealed is gRPC too
+		return c.delivery == nil || c.delivery[d] || c.delivery[DeliveryGRPC]
 	}
-	return c.delivery == nil || c.delivery[d]
+	return false
 }
 
 // Evaluate decides r under the rule documented on Set. It never fails: a malformed request
@@ -314,6 +317,8 @@ func describeDelivery(d Delivery) string {
 	switch d {
 	case DeliveryCSI, DeliveryGRPC:
 		return string(d)
+	case DeliveryGRPCSealed:
+		return "GRPC with a sealed response"
 	case "":
 		return "an unspecified delivery"
 	default:

@@ -266,3 +266,40 @@ hint: Deny grant "web-deny" matches and a Deny always wins: remove secret "cert"
 		t.Errorf("nil Set Explain = %+v", e)
 	}
 }
+
+// GRPC covers sealed responses (for Allow and Deny alike); GRPCSealed alone requires them.
+func TestSet_Evaluate_sealedDelivery(t *testing.T) {
+	set := mustSet(t,
+		grantDoc("sealed-only", specOf(`subjects: [{namespace: demo, serviceAccount: app}]`, `secrets: [{name: db, source: {local: {}}}]`, `delivery: [GRPCSealed]`)),
+		grantDoc("grpc", specOf(`subjects: [{namespace: demo, serviceAccount: app}]`, `secrets: [{name: api, source: {local: {}}}]`, `delivery: [GRPC]`)),
+		grantDoc("every-channel", specOf(`subjects: [{namespace: demo, serviceAccount: app}]`, `secrets: [{name: cfg, source: {local: {}}}]`)),
+		grantDoc("allow-legacy", specOf(`subjects: [{namespace: legacy, serviceAccount: app}]`, `secrets: [{name: api, source: {local: {}}}]`)),
+		grantDoc("deny-legacy-grpc", specOf(`effect: Deny`, `subjects: [{namespace: legacy, serviceAccount: app}]`, `secrets: [{name: api, source: {local: {}}}]`, `delivery: [GRPC]`)),
+	)
+	req := func(ns, secret string, d Delivery) Request {
+		return Request{Namespace: ns, ServiceAccount: "app", Secret: secret, Delivery: d}
+	}
+	tests := []struct {
+		name    string
+		req     Request
+		allowed bool
+		reason  string
+	}{
+		{"sealed-only grant, sealed request", req("demo", "db", DeliveryGRPCSealed), true, `allowed by grant "sealed-only"`},
+		{"sealed-only grant, plain request", req("demo", "db", DeliveryGRPC), false, `no grant allows service account "demo/app" to receive secret "db" by GRPC`},
+		{"sealed-only grant, CSI", req("demo", "db", DeliveryCSI), false, ""},
+		{"GRPC grant allows sealed", req("demo", "api", DeliveryGRPCSealed), true, `allowed by grant "grpc"`},
+		{"every channel allows sealed", req("demo", "cfg", DeliveryGRPCSealed), true, ""},
+		{"a GRPC Deny denies sealed too", req("legacy", "api", DeliveryGRPCSealed), false, `grant "deny-legacy-grpc" denies service account "legacy/app"`},
+		{"no grant: the reason names the sealed channel", req("demo", "nope", DeliveryGRPCSealed), false,
+			`no grant allows service account "demo/app" to receive secret "nope" by GRPC with a sealed response`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := set.Evaluate(tt.req)
+			if d.Allowed != tt.allowed || (tt.reason != "" && !strings.Contains(d.Reason, tt.reason)) {
+				t.Fatalf("Evaluate = %v %q; want %v containing %q", d.Allowed, d.Reason, tt.allowed, tt.reason)
+			}
+		})
+	}
+}

@@ -53,14 +53,18 @@ const (
 )
 
 // Delivery is a channel through which a workload receives a secret.
-// +kubebuilder:validation:Enum=CSI;GRPC
+// +kubebuilder:validation:Enum=CSI;GRPC;GRPCSealed
 type Delivery string
 
 const (
 	// DeliveryCSI is files in the Keywarden CSI volume.
 	DeliveryCSI Delivery = "CSI"
-	// DeliveryGRPC is the workload gRPC API on the node socket.
+	// DeliveryGRPC is the workload gRPC API on the node socket, sealed or not: a grant that
+	// lists GRPC also allows GRPCSealed, and a Deny that lists it also denies GRPCSealed.
 	DeliveryGRPC Delivery = "GRPC"
+	// DeliveryGRPCSealed is the workload gRPC API with the response sealed to the caller's
+	// reply key (HPKE). A grant that lists it but not GRPC requires sealed responses.
+	DeliveryGRPCSealed Delivery = "GRPCSealed"
 )
 
 // ShareMode says which workloads share one dynamic (leased) credential.

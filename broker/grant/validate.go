@@ -145,13 +145,13 @@ func (v *validator) spec(s *AccessGrantSpec) {
 	for i, d := range s.Delivery {
 		f := fmt.Sprintf("spec.delivery[%d]", i)
 		switch d {
-		case DeliveryCSI, DeliveryGRPC:
+		case DeliveryCSI, DeliveryGRPC, DeliveryGRPCSealed:
 			if seenD[d] {
 				v.add(f, "duplicate delivery %s: list each channel once", quote(string(d)))
 			}
 			seenD[d] = true
 		default:
-			v.add(f, "%s is not valid: use CSI or GRPC (or omit delivery for both)", quote(string(d)))
+			v.add(f, "%s is not valid: use CSI, GRPC or GRPCSealed (or omit delivery for every channel)", quote(string(d)))
 		}
 	}
 }

@@ -222,8 +222,8 @@ func (a *AdminService) ExplainGrant(_ context.Context, req *keywardenv1.ExplainG
 	if d == "" {
 		d = grant.DeliveryGRPC
 	}
-	if d != grant.DeliveryGRPC && d != grant.DeliveryCSI {
-		return nil, invalid("delivery must be %s or %s", grant.DeliveryCSI, grant.DeliveryGRPC)
+	if d != grant.DeliveryGRPC && d != grant.DeliveryCSI && d != grant.DeliveryGRPCSealed {
+		return nil, invalid("delivery must be %s, %s or %s", grant.DeliveryCSI, grant.DeliveryGRPC, grant.DeliveryGRPCSealed)
 	}
 	if req.GetSecret() == "" {
 		return nil, invalid("secret is required")

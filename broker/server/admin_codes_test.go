@@ -158,7 +158,7 @@ func TestAdminService_errorCodes(t *testing.T) {
 		{"ExplainGrant bad delivery", nil, func(ctx context.Context, c keywardenv1.AdminServiceClient) error {
 			_, err := c.ExplainGrant(ctx, &keywardenv1.ExplainGrantRequest{Secret: "s", Namespace: "n", ServiceAccount: "a", Delivery: "smtp"})
 			return err
-		}, codes.InvalidArgument, "delivery must be CSI or GRPC"},
+		}, codes.InvalidArgument, "delivery must be CSI, GRPC or GRPCSealed"},
 		{"ExplainGrant without a secret", nil, func(ctx context.Context, c keywardenv1.AdminServiceClient) error {
 			_, err := c.ExplainGrant(ctx, &keywardenv1.ExplainGrantRequest{Namespace: "n", ServiceAccount: "a"})
 			return err

@@ -44,6 +44,16 @@ spec:
       source: {local: {}}
     - name: granted-missing
       source: {local: {}}
+---
+apiVersion: keywarden.io/v1alpha1
+kind: AccessGrant
+metadata: {name: sealed-only}
+spec:
+  subjects: [{namespace: demo, serviceAccount: sealer}]
+  secrets:
+    - name: demo-db
+      source: {local: {}}
+  delivery: [GRPCSealed]
 `
 )
 
@@ -426,7 +436,7 @@ func TestAdminService_explainAndPut(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ex.GetAllowed() || ex.GetHint() == "" || len(ex.GetChecks()) != 1 || ex.GetChecks()[0].GetSubjectMatched() {
+	if ex.GetAllowed() || ex.GetHint() == "" || len(ex.GetChecks()) != 2 || ex.GetChecks()[0].GetSubjectMatched() { // demo-app, then sealed-only
 		t.Fatalf("explain: %v", ex)
 	}
 	if ex.GetSpiffeId() != "spiffe://cluster.local/ns/demo/sa/other" {

@@ -42,11 +42,19 @@ func (s *SecretService) GetSecret(ctx context.Context, req *keywardenv1.GetSecre
 	if !ok {
 		return nil, status.Error(codes.Unauthenticated, "unauthenticated")
 	}
-	sec, err := s.b.GetSecret(ctx, w, req.GetName(), grant.DeliveryGRPC)
+	sealer, delivery, err := newReplySealer(w, req.GetReplyKey())
 	if err != nil {
 		return nil, grpcx.ToStatus(err)
 	}
-	return &keywardenv1.GetSecretResponse{Secret: toProto(req.GetName(), sec)}, nil
+	sec, err := s.b.GetSecret(ctx, w, req.GetName(), delivery)
+	if err != nil {
+		return nil, grpcx.ToStatus(err)
+	}
+	p := toProto(req.GetName(), sec)
+	if err := sealer.seal(p); err != nil {
+		return nil, grpcx.ToStatus(err)
+	}
+	return &keywardenv1.GetSecretResponse{Secret: p}, nil
 }
 
 // WatchSecrets implements keywardenv1.SecretServiceServer.
@@ -58,13 +66,21 @@ func (s *SecretService) WatchSecrets(req *keywardenv1.WatchSecretsRequest, strea
 	}
 	// Counted from here until the handler returns, however the stream ends (client cancel,
 	// revocation, server stop): the deferred release runs on every path, panics included.
+	sealer, delivery, err := newReplySealer(w, req.GetReplyKey())
+	if err != nil {
+		return grpcx.ToStatus(err)
+	}
 	release, err := s.watches.acquire(w)
 	if err != nil {
 		return grpcx.ToStatus(err)
 	}
 	defer release()
-	err = s.b.Watch(ctx, w, req.GetNames(), grant.DeliveryGRPC, func(name string, sec *source.Secret) error {
-		return stream.Send(&keywardenv1.WatchSecretsResponse{Secret: toProto(name, sec)})
+	err = s.b.Watch(ctx, w, req.GetNames(), delivery, func(name string, sec *source.Secret) error {
+		p := toProto(name, sec)
+		if err := sealer.seal(p); err != nil {
+			return err
+		}
+		return stream.Send(&keywardenv1.WatchSecretsResponse{Secret: p})
 	})
 	if errors.Is(err, broker.ErrCanceled) && ctx.Err() != nil {
 		return status.FromContextError(ctx.Err()).Err()

@@ -93,7 +93,11 @@ func newGrantExplainCommand(g *globals) *cobra.Command {
 			if req.Secret == "" || (req.SpiffeId == "" && (req.Namespace == "" || req.ServiceAccount == "")) {
 				return usagef("--secret and either --namespace with --service-account, or --spiffe-id, are required")
 			}
-			req.Delivery = strings.ToUpper(req.Delivery)
+			if strings.EqualFold(req.Delivery, "GRPCSealed") {
+				req.Delivery = "GRPCSealed"
+			} else {
+				req.Delivery = strings.ToUpper(req.Delivery)
+			}
 			return g.adminCall(cmd.Context(), func(ctx context.Context, c keywardenv1.AdminServiceClient) error {
 				resp, err := c.ExplainGrant(ctx, &req)
 				if err != nil {
@@ -112,7 +116,7 @@ func newGrantExplainCommand(g *globals) *cobra.Command {
 	f.StringVar(&req.ServiceAccount, "service-account", "", "service account of the workload")
 	f.StringVar(&req.SpiffeId, "spiffe-id", "", "SPIFFE ID of the workload (default from namespace and service account)")
 	f.StringVar(&req.Secret, "secret", "", "secret name (required)")
-	f.StringVar(&req.Delivery, "delivery", "GRPC", "delivery channel: GRPC or CSI")
+	f.StringVar(&req.Delivery, "delivery", "GRPC", "delivery channel: GRPC, GRPCSealed or CSI")
 	addOutputFlag(cmd, g)
 	return cmd
 }

@@ -34,7 +34,18 @@ type Secret struct {
 	// expires_at is when the value stops being valid; unset for secrets that do not expire.
 	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
 	// renew_after is when a client that caches the value should ask again.
-	RenewAfter    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=renew_after,json=renewAfter,proto3" json:"renew_after,omitempty"`
+	RenewAfter *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=renew_after,json=renewAfter,proto3" json:"renew_after,omitempty"`
+	// sealed is set, and data empty, when the request carried a reply key: the HPKE ciphertext
+	// (DHKEM-X25519-HKDF-SHA256, HKDF-SHA256, AES-256-GCM, base mode) of a SecretData message,
+	// sealed to that key. Its associated data binds sealed_for, name, version, expires_at,
+	// renew_after, the request's nonce and seq (see crypto.ReplyContext for the encoding).
+	Sealed []byte `protobuf:"bytes,6,opt,name=sealed,proto3" json:"sealed,omitempty"`
+	// sealed_for is the caller identity the daemon authenticated and bound into sealed: the
+	// SPIFFE ID, or namespace/serviceAccount/podUID without one.
+	SealedFor string `protobuf:"bytes,7,opt,name=sealed_for,json=sealedFor,proto3" json:"sealed_for,omitempty"`
+	// seq is the message's place in its response or stream, from 1; bound into sealed, so a
+	// replayed or reordered stream message does not open.
+	Seq           uint64 `protobuf:"varint,8,opt,name=seq,proto3" json:"seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -104,18 +115,143 @@ func (x *Secret) GetRenewAfter() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Secret) GetSealed() []byte {
+	if x != nil {
+		return x.Sealed
+	}
+	return nil
+}
+
+func (x *Secret) GetSealedFor() string {
+	if x != nil {
+		return x.SealedFor
+	}
+	return ""
+}
+
+func (x *Secret) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+// SecretData is the plaintext of Secret.sealed.
+type SecretData struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          map[string][]byte      `protobuf:"bytes,1,rep,name=data,proto3" json:"data,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecretData) Reset() {
+	*x = SecretData{}
+	mi := &file_keywarden_v1_workload_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecretData) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecretData) ProtoMessage() {}
+
+func (x *SecretData) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_v1_workload_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecretData.ProtoReflect.Descriptor instead.
+func (*SecretData) Descriptor() ([]byte, []int) {
+	return file_keywarden_v1_workload_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SecretData) GetData() map[string][]byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+// ReplyKey asks for a sealed response.
+type ReplyKey struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// public_key is a raw X25519 public key, 32 bytes. A client keeps the private key in memory
+	// only; the Go client makes one per process.
+	PublicKey []byte `protobuf:"bytes,1,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	// nonce is 16 to 64 random bytes, fresh for each request, bound into every sealed payload of
+	// the response.
+	Nonce         []byte `protobuf:"bytes,2,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplyKey) Reset() {
+	*x = ReplyKey{}
+	mi := &file_keywarden_v1_workload_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplyKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplyKey) ProtoMessage() {}
+
+func (x *ReplyKey) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_v1_workload_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplyKey.ProtoReflect.Descriptor instead.
+func (*ReplyKey) Descriptor() ([]byte, []int) {
+	return file_keywarden_v1_workload_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ReplyKey) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+func (x *ReplyKey) GetNonce() []byte {
+	if x != nil {
+		return x.Nonce
+	}
+	return nil
+}
+
 // GetSecretRequest names one secret.
 type GetSecretRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// name of the secret, as written in the caller's grant.
-	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// reply_key, when set, makes the response sealed. A grant may require it (delivery GRPCSealed).
+	ReplyKey      *ReplyKey `protobuf:"bytes,2,opt,name=reply_key,json=replyKey,proto3" json:"reply_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetSecretRequest) Reset() {
 	*x = GetSecretRequest{}
-	mi := &file_keywarden_v1_workload_proto_msgTypes[1]
+	mi := &file_keywarden_v1_workload_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -127,7 +263,7 @@ func (x *GetSecretRequest) String() string {
 func (*GetSecretRequest) ProtoMessage() {}
 
 func (x *GetSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_v1_workload_proto_msgTypes[1]
+	mi := &file_keywarden_v1_workload_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -140,7 +276,7 @@ func (x *GetSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSecretRequest.ProtoReflect.Descriptor instead.
 func (*GetSecretRequest) Descriptor() ([]byte, []int) {
-	return file_keywarden_v1_workload_proto_rawDescGZIP(), []int{1}
+	return file_keywarden_v1_workload_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *GetSecretRequest) GetName() string {
@@ -148,6 +284,13 @@ func (x *GetSecretRequest) GetName() string {
 		return x.Name
 	}
 	return ""
+}
+
+func (x *GetSecretRequest) GetReplyKey() *ReplyKey {
+	if x != nil {
+		return x.ReplyKey
+	}
+	return nil
 }
 
 // GetSecretResponse carries the secret.
@@ -160,7 +303,7 @@ type GetSecretResponse struct {
 
 func (x *GetSecretResponse) Reset() {
 	*x = GetSecretResponse{}
-	mi := &file_keywarden_v1_workload_proto_msgTypes[2]
+	mi := &file_keywarden_v1_workload_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -172,7 +315,7 @@ func (x *GetSecretResponse) String() string {
 func (*GetSecretResponse) ProtoMessage() {}
 
 func (x *GetSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_v1_workload_proto_msgTypes[2]
+	mi := &file_keywarden_v1_workload_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -185,7 +328,7 @@ func (x *GetSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSecretResponse.ProtoReflect.Descriptor instead.
 func (*GetSecretResponse) Descriptor() ([]byte, []int) {
-	return file_keywarden_v1_workload_proto_rawDescGZIP(), []int{2}
+	return file_keywarden_v1_workload_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GetSecretResponse) GetSecret() *Secret {
@@ -199,14 +342,16 @@ func (x *GetSecretResponse) GetSecret() *Secret {
 type WatchSecretsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// names of the secrets, as written in the caller's grants; 1 to 64 names.
-	Names         []string `protobuf:"bytes,1,rep,name=names,proto3" json:"names,omitempty"`
+	Names []string `protobuf:"bytes,1,rep,name=names,proto3" json:"names,omitempty"`
+	// reply_key, when set, makes every message of the stream sealed.
+	ReplyKey      *ReplyKey `protobuf:"bytes,2,opt,name=reply_key,json=replyKey,proto3" json:"reply_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WatchSecretsRequest) Reset() {
 	*x = WatchSecretsRequest{}
-	mi := &file_keywarden_v1_workload_proto_msgTypes[3]
+	mi := &file_keywarden_v1_workload_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -218,7 +363,7 @@ func (x *WatchSecretsRequest) String() string {
 func (*WatchSecretsRequest) ProtoMessage() {}
 
 func (x *WatchSecretsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_v1_workload_proto_msgTypes[3]
+	mi := &file_keywarden_v1_workload_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -231,12 +376,19 @@ func (x *WatchSecretsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchSecretsRequest.ProtoReflect.Descriptor instead.
 func (*WatchSecretsRequest) Descriptor() ([]byte, []int) {
-	return file_keywarden_v1_workload_proto_rawDescGZIP(), []int{3}
+	return file_keywarden_v1_workload_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *WatchSecretsRequest) GetNames() []string {
 	if x != nil {
 		return x.Names
+	}
+	return nil
+}
+
+func (x *WatchSecretsRequest) GetReplyKey() *ReplyKey {
+	if x != nil {
+		return x.ReplyKey
 	}
 	return nil
 }
@@ -251,7 +403,7 @@ type WatchSecretsResponse struct {
 
 func (x *WatchSecretsResponse) Reset() {
 	*x = WatchSecretsResponse{}
-	mi := &file_keywarden_v1_workload_proto_msgTypes[4]
+	mi := &file_keywarden_v1_workload_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -263,7 +415,7 @@ func (x *WatchSecretsResponse) String() string {
 func (*WatchSecretsResponse) ProtoMessage() {}
 
 func (x *WatchSecretsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_v1_workload_proto_msgTypes[4]
+	mi := &file_keywarden_v1_workload_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -276,7 +428,7 @@ func (x *WatchSecretsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchSecretsResponse.ProtoReflect.Descriptor instead.
 func (*WatchSecretsResponse) Descriptor() ([]byte, []int) {
-	return file_keywarden_v1_workload_proto_rawDescGZIP(), []int{4}
+	return file_keywarden_v1_workload_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *WatchSecretsResponse) GetSecret() *Secret {
@@ -290,7 +442,7 @@ var File_keywarden_v1_workload_proto protoreflect.FileDescriptor
 
 const file_keywarden_v1_workload_proto_rawDesc = "" +
 	"\n" +
-	"\x1bkeywarden/v1/workload.proto\x12\fkeywarden.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x02\n" +
+	"\x1bkeywarden/v1/workload.proto\x12\fkeywarden.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe4\x02\n" +
 	"\x06Secret\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x122\n" +
 	"\x04data\x18\x02 \x03(\v2\x1e.keywarden.v1.Secret.DataEntryR\x04data\x12\x18\n" +
@@ -298,16 +450,32 @@ const file_keywarden_v1_workload_proto_rawDesc = "" +
 	"\n" +
 	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12;\n" +
 	"\vrenew_after\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"renewAfter\x1a7\n" +
+	"renewAfter\x12\x16\n" +
+	"\x06sealed\x18\x06 \x01(\fR\x06sealed\x12\x1d\n" +
+	"\n" +
+	"sealed_for\x18\a \x01(\tR\tsealedFor\x12\x10\n" +
+	"\x03seq\x18\b \x01(\x04R\x03seq\x1a7\n" +
 	"\tDataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"&\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"}\n" +
+	"\n" +
+	"SecretData\x126\n" +
+	"\x04data\x18\x01 \x03(\v2\".keywarden.v1.SecretData.DataEntryR\x04data\x1a7\n" +
+	"\tDataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"?\n" +
+	"\bReplyKey\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x01 \x01(\fR\tpublicKey\x12\x14\n" +
+	"\x05nonce\x18\x02 \x01(\fR\x05nonce\"[\n" +
 	"\x10GetSecretRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"A\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x123\n" +
+	"\treply_key\x18\x02 \x01(\v2\x16.keywarden.v1.ReplyKeyR\breplyKey\"A\n" +
 	"\x11GetSecretResponse\x12,\n" +
-	"\x06secret\x18\x01 \x01(\v2\x14.keywarden.v1.SecretR\x06secret\"+\n" +
+	"\x06secret\x18\x01 \x01(\v2\x14.keywarden.v1.SecretR\x06secret\"`\n" +
 	"\x13WatchSecretsRequest\x12\x14\n" +
-	"\x05names\x18\x01 \x03(\tR\x05names\"D\n" +
+	"\x05names\x18\x01 \x03(\tR\x05names\x123\n" +
+	"\treply_key\x18\x02 \x01(\v2\x16.keywarden.v1.ReplyKeyR\breplyKey\"D\n" +
 	"\x14WatchSecretsResponse\x12,\n" +
 	"\x06secret\x18\x01 \x01(\v2\x14.keywarden.v1.SecretR\x06secret2\xb6\x01\n" +
 	"\rSecretService\x12L\n" +
@@ -326,31 +494,37 @@ func file_keywarden_v1_workload_proto_rawDescGZIP() []byte {
 	return file_keywarden_v1_workload_proto_rawDescData
 }
 
-var file_keywarden_v1_workload_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_keywarden_v1_workload_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_keywarden_v1_workload_proto_goTypes = []any{
 	(*Secret)(nil),                // 0: keywarden.v1.Secret
-	(*GetSecretRequest)(nil),      // 1: keywarden.v1.GetSecretRequest
-	(*GetSecretResponse)(nil),     // 2: keywarden.v1.GetSecretResponse
-	(*WatchSecretsRequest)(nil),   // 3: keywarden.v1.WatchSecretsRequest
-	(*WatchSecretsResponse)(nil),  // 4: keywarden.v1.WatchSecretsResponse
-	nil,                           // 5: keywarden.v1.Secret.DataEntry
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
+	(*SecretData)(nil),            // 1: keywarden.v1.SecretData
+	(*ReplyKey)(nil),              // 2: keywarden.v1.ReplyKey
+	(*GetSecretRequest)(nil),      // 3: keywarden.v1.GetSecretRequest
+	(*GetSecretResponse)(nil),     // 4: keywarden.v1.GetSecretResponse
+	(*WatchSecretsRequest)(nil),   // 5: keywarden.v1.WatchSecretsRequest
+	(*WatchSecretsResponse)(nil),  // 6: keywarden.v1.WatchSecretsResponse
+	nil,                           // 7: keywarden.v1.Secret.DataEntry
+	nil,                           // 8: keywarden.v1.SecretData.DataEntry
+	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
 }
 var file_keywarden_v1_workload_proto_depIdxs = []int32{
-	5, // 0: keywarden.v1.Secret.data:type_name -> keywarden.v1.Secret.DataEntry
-	6, // 1: keywarden.v1.Secret.expires_at:type_name -> google.protobuf.Timestamp
-	6, // 2: keywarden.v1.Secret.renew_after:type_name -> google.protobuf.Timestamp
-	0, // 3: keywarden.v1.GetSecretResponse.secret:type_name -> keywarden.v1.Secret
-	0, // 4: keywarden.v1.WatchSecretsResponse.secret:type_name -> keywarden.v1.Secret
-	1, // 5: keywarden.v1.SecretService.GetSecret:input_type -> keywarden.v1.GetSecretRequest
-	3, // 6: keywarden.v1.SecretService.WatchSecrets:input_type -> keywarden.v1.WatchSecretsRequest
-	2, // 7: keywarden.v1.SecretService.GetSecret:output_type -> keywarden.v1.GetSecretResponse
-	4, // 8: keywarden.v1.SecretService.WatchSecrets:output_type -> keywarden.v1.WatchSecretsResponse
-	7, // [7:9] is the sub-list for method output_type
-	5, // [5:7] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	7,  // 0: keywarden.v1.Secret.data:type_name -> keywarden.v1.Secret.DataEntry
+	9,  // 1: keywarden.v1.Secret.expires_at:type_name -> google.protobuf.Timestamp
+	9,  // 2: keywarden.v1.Secret.renew_after:type_name -> google.protobuf.Timestamp
+	8,  // 3: keywarden.v1.SecretData.data:type_name -> keywarden.v1.SecretData.DataEntry
+	2,  // 4: keywarden.v1.GetSecretRequest.reply_key:type_name -> keywarden.v1.ReplyKey
+	0,  // 5: keywarden.v1.GetSecretResponse.secret:type_name -> keywarden.v1.Secret
+	2,  // 6: keywarden.v1.WatchSecretsRequest.reply_key:type_name -> keywarden.v1.ReplyKey
+	0,  // 7: keywarden.v1.WatchSecretsResponse.secret:type_name -> keywarden.v1.Secret
+	3,  // 8: keywarden.v1.SecretService.GetSecret:input_type -> keywarden.v1.GetSecretRequest
+	5,  // 9: keywarden.v1.SecretService.WatchSecrets:input_type -> keywarden.v1.WatchSecretsRequest
+	4,  // 10: keywarden.v1.SecretService.GetSecret:output_type -> keywarden.v1.GetSecretResponse
+	6,  // 11: keywarden.v1.SecretService.WatchSecrets:output_type -> keywarden.v1.WatchSecretsResponse
+	10, // [10:12] is the sub-list for method output_type
+	8,  // [8:10] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_keywarden_v1_workload_proto_init() }
@@ -364,7 +538,7 @@ func file_keywarden_v1_workload_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keywarden_v1_workload_proto_rawDesc), len(file_keywarden_v1_workload_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
