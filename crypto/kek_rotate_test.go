@@ -158,10 +158,10 @@ func TestLocalKEKFile_Rotate_refusesAnInsecureFile(t *testing.T) {
 
 func TestWrappingKeyOf(t *testing.T) {
 	for in, want := range map[string]string{
-		"vault:v3:abcd":        "vault:v3",
-		"vault:v12:x":          "vault:v12",
-		"vault:v":              "",
-		"":                     "",
+		"vault:v3:abcd":         "vault:v3",
+		"vault:v12:x":           "vault:v12",
+		"vault:v":               "",
+		"":                      "",
 		"\x01\x00\x00\x00\x07x": "tink:7",
 		"\x00\x00\x00\x00\x07x": "",
 	} {
