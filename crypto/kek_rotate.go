@@ -156,3 +156,6 @@ func replaceFile(dir, path string, data []byte) (err error) {
 	}
 	return nil
 }
+
+// Current loads the file as it is now (LoadLocalKEK).
+func (f LocalKEKFile) Current() (tink.AEAD, error) { return LoadLocalKEK(f.Path) }
