@@ -65,7 +65,7 @@ func (errRevoker) Names() []string                             { return nil }
 type errKeys struct{ err error }
 
 func (k errKeys) Start(keyrot.Kinds) error { return k.err }
-func (errKeys) Status() keyrot.Status     { return keyrot.Status{} }
+func (errKeys) Status() keyrot.Status      { return keyrot.Status{} }
 
 type errAuditLog struct{ err error }
 
