@@ -59,9 +59,11 @@ func TestAdminService_RotateKeys_startsAuditsAndReports(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	keys.mu.Lock()
 	if len(keys.started) != 1 || keys.started[0] != (keyrot.Kinds{DEK: true, KEK: true}) {
 		t.Fatalf("started %v", keys.started)
 	}
+	keys.mu.Unlock()
 	st := resp.GetStatus()
 	if st.GetState() != "running" || st.GetWhat() != "dek+kek" || st.GetKekKeys() != 2 || !st.GetStartedAt().AsTime().Equal(started) || st.GetFinishedAt() != nil {
 		t.Fatalf("status %v", st)
