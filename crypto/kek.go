@@ -61,6 +61,15 @@ func newKEKAEAD(h *keyset.Handle) (tink.AEAD, error) {
 // (ErrInsecurePermissions). A file that is not a valid AEAD keyset (empty,
 // truncated, another primitive) is ErrInvalidKeyset.
 func LoadLocalKEK(path string) (tink.AEAD, error) {
+	h, err := readLocalKEK(path)
+	if err != nil {
+		return nil, err
+	}
+	return newKEKAEAD(h)
+}
+
+// readLocalKEK reads and checks the keyset file at path (see LoadLocalKEK).
+func readLocalKEK(path string) (*keyset.Handle, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -88,15 +97,23 @@ func LoadLocalKEK(path string) (tink.AEAD, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load local kek: %w", err)
 	}
-	a, err := parseLocalKEK(data)
+	h, err := parseLocalKEKHandle(data)
 	if err != nil {
 		return nil, fmt.Errorf("load local kek %s: %w", path, err)
 	}
-	return a, nil
+	return h, nil
 }
 
 // parseLocalKEK turns the bytes of a keyset file into an AEAD primitive.
 func parseLocalKEK(data []byte) (tink.AEAD, error) {
+	h, err := parseLocalKEKHandle(data)
+	if err != nil {
+		return nil, err
+	}
+	return newKEKAEAD(h)
+}
+
+func parseLocalKEKHandle(data []byte) (*keyset.Handle, error) {
 	if len(data) > maxLocalKEKSize {
 		return nil, fmt.Errorf("keyset file larger than %d bytes: %w", maxLocalKEKSize, ErrInvalidKeyset)
 	}
@@ -104,7 +121,7 @@ func parseLocalKEK(data []byte) (tink.AEAD, error) {
 	if err != nil {
 		return nil, fmt.Errorf("not a json tink keyset: %w", ErrInvalidKeyset)
 	}
-	return newKEKAEAD(h)
+	return h, nil
 }
 
 // LoadOrCreateLocalKEK is LoadLocalKEK, except that a missing file is created

@@ -296,3 +296,77 @@ func (c *ciphertextOnly) WriteEncrypted(ks *tinkpb.EncryptedKeyset) error {
 	c.ct = bytes.Clone(ks.GetEncryptedKeyset())
 	return nil
 }
+
+// KeyIDs returns the ids of every key in the keyset (the primary and the older keys kept for
+// Open), in keyset order.
+func (k *Keyring) KeyIDs() []uint32 { _, h, _ := k.current(); return keyIDs(h) }
+
+func keyIDs(h *keyset.Handle) []uint32 {
+	info := h.KeysetInfo().GetKeyInfo()
+	ids := make([]uint32, 0, len(info))
+	for _, ki := range info {
+		ids = append(ids, ki.GetKeyId())
+	}
+	return ids
+}
+
+// Pruned returns a new Keyring holding only the primary key, and its wrapped form; k itself is
+// unchanged. The older keys are deleted from the keyset, not merely disabled, so a copy of the
+// file taken later holds no key material for them. The caller must first have rewritten
+// every ciphertext made under an older key: they no longer open with the result.
+func (k *Keyring) Pruned() (*Keyring, []byte, error) {
+	_, h, primary := k.current()
+	m := keyset.NewManagerFromHandle(h)
+	for _, id := range keyIDs(h) {
+		if id == primary {
+			continue
+		}
+		if err := m.Delete(id); err != nil {
+			return nil, nil, fmt.Errorf("prune keyset: delete key: %w", ErrInvalidKeyset)
+		}
+	}
+	nh, err := m.Handle()
+	if err != nil {
+		return nil, nil, fmt.Errorf("prune keyset: %w", ErrInvalidKeyset)
+	}
+	return k.rebuilt(nh, k.kek, "prune keyset")
+}
+
+// Rewrapped returns a new Keyring with the same keys, wrapped by kek, and its wrapped form; k
+// itself is unchanged. Passing the current KEK again re-encrypts the keyset under the KEK's
+// current primary key (for Vault Transit: the latest key version).
+func (k *Keyring) Rewrapped(kek tink.AEAD) (*Keyring, []byte, error) {
+	if kek == nil {
+		return nil, nil, errors.New("rewrap keyset: kek is required")
+	}
+	_, h, _ := k.current()
+	return k.rebuilt(h, kek, "rewrap keyset")
+}
+
+func (k *Keyring) rebuilt(h *keyset.Handle, kek tink.AEAD, op string) (*Keyring, []byte, error) {
+	nk, err := newKeyring(kek, h)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", op, err)
+	}
+	wrapped, err := wrapKeyset(kek, h)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", op, err)
+	}
+	return nk, wrapped, nil
+}
+
+// WrappingKeyOf names the KEK key a wrapped keyset was encrypted under, from its cleartext
+// prefix, without decrypting anything: "vault:v<N>" for Vault Transit, "tink:<key id>" for a
+// local Tink keyset, "" when neither prefix is there.
+func WrappingKeyOf(wrapped []byte) string {
+	if bytes.HasPrefix(wrapped, []byte("vault:v")) {
+		if i := bytes.IndexByte(wrapped[len("vault:v"):], ':'); i > 0 {
+			return string(wrapped[:len("vault:v")+i])
+		}
+		return ""
+	}
+	if id, ok := keyIDOf(wrapped); ok {
+		return fmt.Sprintf("tink:%d", id)
+	}
+	return ""
+}

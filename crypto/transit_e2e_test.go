@@ -68,3 +68,40 @@ func TestTransitKEK_realVault(t *testing.T) {
 		t.Fatalf("non-derived key: err = %v", err)
 	}
 }
+
+// TestTransitKEK_rewrapAfterVaultRotation is the Transit side of `keywarden keys rotate
+// --kek`: an operator rotates the key in Vault, the keyset is re-wrapped under the latest
+// version, and once min_decryption_version is raised only the re-wrapped keyset opens.
+func TestTransitKEK_rewrapAfterVaultRotation(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	v := framework.StartVault(t)
+	v.Mount(t, "transit", "transit", nil)
+	v.Write(t, "transit/keys/kek", map[string]any{"type": "aes256-gcm96", "derived": true})
+	kek, err := crypto.NewTransitKEK(ctx, crypto.TransitKEKConfig{Client: v.Client, Key: "kek"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kr, wrapped1, err := crypto.NewKeyring(kek)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := crypto.WrappingKeyOf(wrapped1); got != "vault:v1" {
+		t.Fatalf("wrapped under %q, want vault:v1", got)
+	}
+	v.Write(t, "transit/keys/kek/rotate", nil)
+	_, wrapped2, err := kr.Rewrapped(kek)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := crypto.WrappingKeyOf(wrapped2); got != "vault:v2" {
+		t.Fatalf("re-wrapped under %q, want vault:v2", got)
+	}
+	v.Write(t, "transit/keys/kek/config", map[string]any{"min_decryption_version": 2})
+	if _, err := crypto.OpenKeyring(kek, wrapped2); err != nil {
+		t.Fatalf("re-wrapped keyset: %v", err)
+	}
+	if _, err := crypto.OpenKeyring(kek, wrapped1); !errors.Is(err, crypto.ErrDecrypt) {
+		t.Fatalf("keyset wrapped under a retired version: %v, want ErrDecrypt", err)
+	}
+}

@@ -79,6 +79,9 @@ type AdminConfig struct {
 	Rotator Rotator
 	// Revoker enforces revocations; nil makes Revoke answer FailedPrecondition.
 	Revoker Revoker
+	// Keys rotates the stores' DEK and KEK; nil makes RotateKeys and RotationStatus answer
+	// FailedPrecondition.
+	Keys KeyRotator
 }
 
 // AdminService implements keywarden.v1.AdminService. It is served only on the admin socket,

@@ -18,6 +18,7 @@ import (
 	"github.com/keywarden/keywarden/broker"
 	"github.com/keywarden/keywarden/broker/audit"
 	"github.com/keywarden/keywarden/broker/grant"
+	"github.com/keywarden/keywarden/broker/keyrot"
 	"github.com/keywarden/keywarden/broker/revoke"
 	"github.com/keywarden/keywarden/broker/rotate"
 	"github.com/keywarden/keywarden/broker/server"
@@ -60,6 +61,11 @@ type errRevoker struct{ revokeErr, liftErr error }
 func (r errRevoker) Revoke(revoke.Target) (string, int, error) { return "", 0, r.revokeErr }
 func (r errRevoker) Lift(revoke.Target) (string, error)        { return "", r.liftErr }
 func (errRevoker) Names() []string                             { return nil }
+
+type errKeys struct{ err error }
+
+func (k errKeys) Start(keyrot.Kinds) error { return k.err }
+func (errKeys) Status() keyrot.Status      { return keyrot.Status{} }
 
 type errAuditLog struct{ err error }
 
@@ -215,6 +221,26 @@ func TestAdminService_errorCodes(t *testing.T) {
 			_, err := c.Revoke(ctx, &keywardenv1.RevokeRequest{Secret: "s", Lift: true})
 			return err
 		}, codes.Internal, "lift revocation: internal error"},
+		{"RotateKeys without a key rotator", nil, func(ctx context.Context, c keywardenv1.AdminServiceClient) error {
+			_, err := c.RotateKeys(ctx, &keywardenv1.RotateKeysRequest{Dek: true})
+			return err
+		}, codes.FailedPrecondition, "this daemon cannot rotate its keys"},
+		{"RotateKeys names nothing", func(c *server.AdminConfig) { c.Keys = errKeys{err: keyrot.ErrNothingToRotate} }, func(ctx context.Context, c keywardenv1.AdminServiceClient) error {
+			_, err := c.RotateKeys(ctx, &keywardenv1.RotateKeysRequest{})
+			return err
+		}, codes.InvalidArgument, "name the keys to rotate: dek, kek or both"},
+		{"RotateKeys while one runs", func(c *server.AdminConfig) { c.Keys = errKeys{err: keyrot.ErrBusy} }, func(ctx context.Context, c keywardenv1.AdminServiceClient) error {
+			_, err := c.RotateKeys(ctx, &keywardenv1.RotateKeysRequest{Kek: true})
+			return err
+		}, codes.FailedPrecondition, "a key rotation is already running: follow it with the rotation status"},
+		{"RotateKeys fails", func(c *server.AdminConfig) { c.Keys = errKeys{err: storeFail} }, func(ctx context.Context, c keywardenv1.AdminServiceClient) error {
+			_, err := c.RotateKeys(ctx, &keywardenv1.RotateKeysRequest{Dek: true})
+			return err
+		}, codes.Internal, "rotate keys: internal error"},
+		{"RotationStatus without a key rotator", nil, func(ctx context.Context, c keywardenv1.AdminServiceClient) error {
+			_, err := c.RotationStatus(ctx, &keywardenv1.RotationStatusRequest{})
+			return err
+		}, codes.FailedPrecondition, "this daemon cannot rotate its keys"},
 		{"AuditTail without an audit log", nil, func(ctx context.Context, c keywardenv1.AdminServiceClient) error {
 			return streamErr(c.AuditTail(ctx, &keywardenv1.AuditTailRequest{}))
 		}, codes.FailedPrecondition, "this daemon keeps no audit log (audit records go to its log)"},

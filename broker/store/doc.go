@@ -12,6 +12,13 @@
 // daemon on the same data directory (a DaemonSet surge): it waits
 // Config.LockTimeout and then fails with ErrLocked.
 //
+// Keys rotate while the store serves: RotateDEK persists a new primary DEK key (and a pending
+// re-seal) before sealing with it; Reseal re-encrypts the records under older keys in bounded
+// batches, recording its progress in the meta bucket in each batch's transaction, and deletes
+// the older keys only in a transaction that has checked no record uses them; RewrapKeyset
+// re-wraps the keyset under another KEK. A crash between any two steps leaves every record
+// readable, and the next Reseal resumes (broker/keyrot drives these for the daemon).
+//
 // Consumers keep their records in a typed Bucket[T] (NewBucket): one JSON codec for every
 // bucket, Prefix for several record kinds in one bucket, Update/View for transactions. The
 // byte-level DB.Get/Put/Delete/List stay for this package's tests and for tests elsewhere that

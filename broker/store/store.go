@@ -77,6 +77,9 @@ type Config struct {
 	// transaction as a failed commit would (rolled back, nothing written, reported to OnCommit).
 	// It is the fault injection of tests and fault campaigns; the daemon never sets it.
 	FailCommit func() error
+	// ResealBatch is how many records one transaction of Reseal examines (default
+	// DefaultResealBatch). Negative is invalid.
+	ResealBatch int
 }
 
 func (c *Config) validate() error {
@@ -89,6 +92,11 @@ func (c *Config) validate() error {
 		return errors.New("logger is required")
 	case c.LockTimeout < 0:
 		return fmt.Errorf("lock timeout must not be negative, got %s", c.LockTimeout)
+	case c.ResealBatch < 0:
+		return fmt.Errorf("reseal batch must not be negative, got %d", c.ResealBatch)
+	}
+	if c.ResealBatch == 0 {
+		c.ResealBatch = DefaultResealBatch
 	}
 	if c.LockTimeout == 0 {
 		c.LockTimeout = DefaultLockTimeout
@@ -132,8 +140,14 @@ type DB struct {
 	// failCommit is Config.FailCommit.
 	failCommit func() error
 
-	kr       atomic.Pointer[crypto.Keyring]
+	kr atomic.Pointer[crypto.Keyring]
+	// rotateMu serialises every change of kr (RotateDEK, RewrapKeyset, the prune at the end
+	// of Reseal), so none is lost and the prune's check sees the keyring it prunes.
 	rotateMu sync.Mutex
+	// resealMu lets one Reseal walk at a time.
+	resealMu sync.Mutex
+	// resealBatchSize is Config.ResealBatch.
+	resealBatchSize int
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -169,7 +183,7 @@ func Open(cfg Config) (*DB, error) {
 	if err != nil {
 		return nil, err
 	}
-	db := &DB{path: cfg.Path, bdb: bdb, log: cfg.Logger, clock: cfg.Clock, onCommit: cfg.OnCommit, failCommit: cfg.FailCommit}
+	db := &DB{path: cfg.Path, bdb: bdb, log: cfg.Logger, clock: cfg.Clock, onCommit: cfg.OnCommit, failCommit: cfg.FailCommit, resealBatchSize: cfg.ResealBatch}
 	created, err := db.loadMeta(cfg.KEK)
 	if err != nil {
 		_ = bdb.Close()
@@ -509,36 +523,5 @@ func (db *DB) Check() (err error) {
 	if len(problems) > 0 {
 		return fmt.Errorf("check store %s: %d problems, first: %v: %w", db.path, len(problems), problems[0], ErrCorrupt)
 	}
-	return nil
-}
-
-// RotateDEK adds a new primary key to the DEK keyset and persists the wrapped
-// keyset before any record is sealed with it, so a crash can never leave
-// records under a key the file does not hold. Older records stay readable;
-// re-sealing them is the caller's (background) job.
-func (db *DB) RotateDEK() error {
-	db.rotateMu.Lock()
-	defer db.rotateMu.Unlock()
-	nk, wrapped, err := db.kr.Load().Rotated()
-	if err != nil {
-		return fmt.Errorf("rotate dek: %w", err)
-	}
-	err = db.Update(func(tx *Tx) error {
-		meta := tx.btx.Bucket([]byte(MetaBucket))
-		if meta == nil {
-			return fmt.Errorf("rotate dek: no meta bucket: %w", ErrCorrupt)
-		}
-		if err := meta.Put([]byte(metaKeysetKey), wrapped); err != nil {
-			return fmt.Errorf("rotate dek: %v", err)
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	// Swapped only after commit; a writer that began before still seals with
-	// the previous primary, which the new keyset also holds.
-	db.kr.Store(nk)
-	db.log.Info("store dek rotated", attrPath, db.path, attrKeyID, nk.PrimaryKeyID())
 	return nil
 }

@@ -99,6 +99,9 @@ func (d *daemon) adminAPIConfig(version string, metrics *server.Metrics) server.
 	if d.engine != nil {
 		cfg.Rotator = d.engine
 	}
+	if d.keys != nil {
+		cfg.Keys = d.keys
+	}
 	return cfg
 }
 

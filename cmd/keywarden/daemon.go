@@ -24,6 +24,7 @@ import (
 	"github.com/keywarden/keywarden/broker/audit"
 	"github.com/keywarden/keywarden/broker/grant"
 	"github.com/keywarden/keywarden/broker/identity"
+	"github.com/keywarden/keywarden/broker/keyrot"
 	"github.com/keywarden/keywarden/broker/revoke"
 	"github.com/keywarden/keywarden/broker/rotate"
 	"github.com/keywarden/keywarden/broker/server"
@@ -52,6 +53,7 @@ type daemon struct {
 	kube     kubeClients     // kubernetes.go
 	auditLog *audit.Log      // auditlog.go
 	revoker  *revoke.Manager // revocations.go
+	keys     *keyrot.Manager // keys.go
 	adminTCP net.Listener    // admin_api.go; nil unless admin.tcp is set
 	csi      *csiParts       // csi.go; nil when csi.socket is unset
 	ready    atomic.Bool
@@ -81,6 +83,9 @@ func newDaemon(cfg config, log *slog.Logger) (_ *daemon, err error) {
 		return nil, err
 	}
 	if err := d.openStores(kek, commits); err != nil { // stores.go
+		return nil, err
+	}
+	if err := d.newKeyRotation(kek); err != nil { // keys.go
 		return nil, err
 	}
 

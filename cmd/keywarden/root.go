@@ -66,7 +66,7 @@ Try it on one machine with no cluster and no Vault:
 		newSecretCommand(g),
 		newGrantCommand(g),
 		newStatusCommand(g),
-		newAuditCommand(g), newRotateCommand(g), newRevokeCommand(g),
+		newAuditCommand(g), newRotateCommand(g), newRevokeCommand(g), newKeysCommand(g),
 		newVersionCommand(g),
 	)
 	return root

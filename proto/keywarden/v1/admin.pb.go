@@ -1830,6 +1830,379 @@ func (x *AuditExportResponse) GetData() []byte {
 	return nil
 }
 
+// RotateKeysRequest names the keys to rotate; at least one must be set.
+type RotateKeysRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// dek rotates every store's DEK keyset: a new primary key, records re-encrypted under it,
+	// the old keys deleted once no record uses them.
+	Dek bool `protobuf:"varint,1,opt,name=dek,proto3" json:"dek,omitempty"`
+	// kek rotates the KEK: with a local keyset file, a new key is added, every DEK keyset is
+	// re-wrapped under it and the old key removed; with Vault Transit, every DEK keyset is
+	// re-wrapped under the Transit key's latest version (rotating the Transit key is Vault's).
+	Kek           bool `protobuf:"varint,2,opt,name=kek,proto3" json:"kek,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateKeysRequest) Reset() {
+	*x = RotateKeysRequest{}
+	mi := &file_keywarden_v1_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateKeysRequest) ProtoMessage() {}
+
+func (x *RotateKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_v1_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateKeysRequest.ProtoReflect.Descriptor instead.
+func (*RotateKeysRequest) Descriptor() ([]byte, []int) {
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *RotateKeysRequest) GetDek() bool {
+	if x != nil {
+		return x.Dek
+	}
+	return false
+}
+
+func (x *RotateKeysRequest) GetKek() bool {
+	if x != nil {
+		return x.Kek
+	}
+	return false
+}
+
+// RotateKeysResponse is the status right after the rotation was started.
+type RotateKeysResponse struct {
+	state         protoimpl.MessageState  `protogen:"open.v1"`
+	Status        *RotationStatusResponse `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateKeysResponse) Reset() {
+	*x = RotateKeysResponse{}
+	mi := &file_keywarden_v1_admin_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateKeysResponse) ProtoMessage() {}
+
+func (x *RotateKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_v1_admin_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateKeysResponse.ProtoReflect.Descriptor instead.
+func (*RotateKeysResponse) Descriptor() ([]byte, []int) {
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *RotateKeysResponse) GetStatus() *RotationStatusResponse {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+// RotationStatusRequest has no fields.
+type RotationStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotationStatusRequest) Reset() {
+	*x = RotationStatusRequest{}
+	mi := &file_keywarden_v1_admin_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotationStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotationStatusRequest) ProtoMessage() {}
+
+func (x *RotationStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_v1_admin_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotationStatusRequest.ProtoReflect.Descriptor instead.
+func (*RotationStatusRequest) Descriptor() ([]byte, []int) {
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{31}
+}
+
+// StoreKeys is one store's DEK keyset.
+type StoreKeys struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is "state" or "node".
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// primary_key_id is the DEK key new records are sealed under.
+	PrimaryKeyId uint32 `protobuf:"varint,2,opt,name=primary_key_id,json=primaryKeyId,proto3" json:"primary_key_id,omitempty"`
+	// key_ids are every key in the keyset, the primary included.
+	KeyIds []uint32 `protobuf:"varint,3,rep,packed,name=key_ids,json=keyIds,proto3" json:"key_ids,omitempty"`
+	// wrapped_by names the KEK key the keyset is wrapped under: "tink:<key id>" for the local
+	// keyset file, "vault:v<N>" for Vault Transit.
+	WrappedBy string `protobuf:"bytes,4,opt,name=wrapped_by,json=wrappedBy,proto3" json:"wrapped_by,omitempty"`
+	// records counts the store's records; stale_records those still under an older key.
+	Records      uint64 `protobuf:"varint,5,opt,name=records,proto3" json:"records,omitempty"`
+	StaleRecords uint64 `protobuf:"varint,6,opt,name=stale_records,json=staleRecords,proto3" json:"stale_records,omitempty"`
+	// reseal_pending is set while a DEK rotation of this store has not finished.
+	ResealPending bool `protobuf:"varint,7,opt,name=reseal_pending,json=resealPending,proto3" json:"reseal_pending,omitempty"`
+	// resealed counts the records re-encrypted so far by the pending rotation.
+	Resealed uint64 `protobuf:"varint,8,opt,name=resealed,proto3" json:"resealed,omitempty"`
+	// error is set when the store's keys could not be read.
+	Error         string `protobuf:"bytes,9,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StoreKeys) Reset() {
+	*x = StoreKeys{}
+	mi := &file_keywarden_v1_admin_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StoreKeys) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StoreKeys) ProtoMessage() {}
+
+func (x *StoreKeys) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_v1_admin_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StoreKeys.ProtoReflect.Descriptor instead.
+func (*StoreKeys) Descriptor() ([]byte, []int) {
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *StoreKeys) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *StoreKeys) GetPrimaryKeyId() uint32 {
+	if x != nil {
+		return x.PrimaryKeyId
+	}
+	return 0
+}
+
+func (x *StoreKeys) GetKeyIds() []uint32 {
+	if x != nil {
+		return x.KeyIds
+	}
+	return nil
+}
+
+func (x *StoreKeys) GetWrappedBy() string {
+	if x != nil {
+		return x.WrappedBy
+	}
+	return ""
+}
+
+func (x *StoreKeys) GetRecords() uint64 {
+	if x != nil {
+		return x.Records
+	}
+	return 0
+}
+
+func (x *StoreKeys) GetStaleRecords() uint64 {
+	if x != nil {
+		return x.StaleRecords
+	}
+	return 0
+}
+
+func (x *StoreKeys) GetResealPending() bool {
+	if x != nil {
+		return x.ResealPending
+	}
+	return false
+}
+
+func (x *StoreKeys) GetResealed() uint64 {
+	if x != nil {
+		return x.Resealed
+	}
+	return 0
+}
+
+func (x *StoreKeys) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+// RotationStatusResponse is the state of the last key rotation and each store's keys.
+type RotationStatusResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// state is "idle" (no rotation ran since the daemon started), "running", "done" or
+	// "failed" (see last_error; the next rotation or restart continues it).
+	State string `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	// what is "dek", "kek" or "dek+kek".
+	What string `protobuf:"bytes,2,opt,name=what,proto3" json:"what,omitempty"`
+	// resumed is set when the rotation finished one an earlier run of the daemon left.
+	Resumed    bool                   `protobuf:"varint,3,opt,name=resumed,proto3" json:"resumed,omitempty"`
+	StartedAt  *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	FinishedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
+	LastError  string                 `protobuf:"bytes,6,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	// kek_provider is "local" or "transit"; kek_keys the number of keys in the local keyset
+	// file (0 with Transit).
+	KekProvider   string       `protobuf:"bytes,7,opt,name=kek_provider,json=kekProvider,proto3" json:"kek_provider,omitempty"`
+	KekKeys       uint32       `protobuf:"varint,8,opt,name=kek_keys,json=kekKeys,proto3" json:"kek_keys,omitempty"`
+	Stores        []*StoreKeys `protobuf:"bytes,9,rep,name=stores,proto3" json:"stores,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotationStatusResponse) Reset() {
+	*x = RotationStatusResponse{}
+	mi := &file_keywarden_v1_admin_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotationStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotationStatusResponse) ProtoMessage() {}
+
+func (x *RotationStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_v1_admin_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotationStatusResponse.ProtoReflect.Descriptor instead.
+func (*RotationStatusResponse) Descriptor() ([]byte, []int) {
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *RotationStatusResponse) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *RotationStatusResponse) GetWhat() string {
+	if x != nil {
+		return x.What
+	}
+	return ""
+}
+
+func (x *RotationStatusResponse) GetResumed() bool {
+	if x != nil {
+		return x.Resumed
+	}
+	return false
+}
+
+func (x *RotationStatusResponse) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *RotationStatusResponse) GetFinishedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FinishedAt
+	}
+	return nil
+}
+
+func (x *RotationStatusResponse) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *RotationStatusResponse) GetKekProvider() string {
+	if x != nil {
+		return x.KekProvider
+	}
+	return ""
+}
+
+func (x *RotationStatusResponse) GetKekKeys() uint32 {
+	if x != nil {
+		return x.KekKeys
+	}
+	return 0
+}
+
+func (x *RotationStatusResponse) GetStores() []*StoreKeys {
+	if x != nil {
+		return x.Stores
+	}
+	return nil
+}
+
 var File_keywarden_v1_admin_proto protoreflect.FileDescriptor
 
 const file_keywarden_v1_admin_proto_rawDesc = "" +
@@ -1962,7 +2335,37 @@ const file_keywarden_v1_admin_proto_rawDesc = "" +
 	"\x12AuditExportRequest\x12\x19\n" +
 	"\bfrom_seq\x18\x01 \x01(\x04R\afromSeq\")\n" +
 	"\x13AuditExportResponse\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data2\x84\a\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"7\n" +
+	"\x11RotateKeysRequest\x12\x10\n" +
+	"\x03dek\x18\x01 \x01(\bR\x03dek\x12\x10\n" +
+	"\x03kek\x18\x02 \x01(\bR\x03kek\"R\n" +
+	"\x12RotateKeysResponse\x12<\n" +
+	"\x06status\x18\x01 \x01(\v2$.keywarden.v1.RotationStatusResponseR\x06status\"\x17\n" +
+	"\x15RotationStatusRequest\"\x95\x02\n" +
+	"\tStoreKeys\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12$\n" +
+	"\x0eprimary_key_id\x18\x02 \x01(\rR\fprimaryKeyId\x12\x17\n" +
+	"\akey_ids\x18\x03 \x03(\rR\x06keyIds\x12\x1d\n" +
+	"\n" +
+	"wrapped_by\x18\x04 \x01(\tR\twrappedBy\x12\x18\n" +
+	"\arecords\x18\x05 \x01(\x04R\arecords\x12#\n" +
+	"\rstale_records\x18\x06 \x01(\x04R\fstaleRecords\x12%\n" +
+	"\x0ereseal_pending\x18\a \x01(\bR\rresealPending\x12\x1a\n" +
+	"\bresealed\x18\b \x01(\x04R\bresealed\x12\x14\n" +
+	"\x05error\x18\t \x01(\tR\x05error\"\xe2\x02\n" +
+	"\x16RotationStatusResponse\x12\x14\n" +
+	"\x05state\x18\x01 \x01(\tR\x05state\x12\x12\n" +
+	"\x04what\x18\x02 \x01(\tR\x04what\x12\x18\n" +
+	"\aresumed\x18\x03 \x01(\bR\aresumed\x129\n" +
+	"\n" +
+	"started_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12;\n" +
+	"\vfinished_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"finishedAt\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x06 \x01(\tR\tlastError\x12!\n" +
+	"\fkek_provider\x18\a \x01(\tR\vkekProvider\x12\x19\n" +
+	"\bkek_keys\x18\b \x01(\rR\akekKeys\x12/\n" +
+	"\x06stores\x18\t \x03(\v2\x17.keywarden.v1.StoreKeysR\x06stores2\xb2\b\n" +
 	"\fAdminService\x12O\n" +
 	"\n" +
 	"ListGrants\x12\x1f.keywarden.v1.ListGrantsRequest\x1a .keywarden.v1.ListGrantsResponse\x12O\n" +
@@ -1976,7 +2379,10 @@ const file_keywarden_v1_admin_proto_rawDesc = "" +
 	"\x06Revoke\x12\x1b.keywarden.v1.RevokeRequest\x1a\x1c.keywarden.v1.RevokeResponse\x12N\n" +
 	"\tAuditTail\x12\x1e.keywarden.v1.AuditTailRequest\x1a\x1f.keywarden.v1.AuditTailResponse0\x01\x12R\n" +
 	"\vAuditVerify\x12 .keywarden.v1.AuditVerifyRequest\x1a!.keywarden.v1.AuditVerifyResponse\x12T\n" +
-	"\vAuditExport\x12 .keywarden.v1.AuditExportRequest\x1a!.keywarden.v1.AuditExportResponse0\x01B?Z=github.com/keywarden/keywarden/proto/keywarden/v1;keywardenv1b\x06proto3"
+	"\vAuditExport\x12 .keywarden.v1.AuditExportRequest\x1a!.keywarden.v1.AuditExportResponse0\x01\x12O\n" +
+	"\n" +
+	"RotateKeys\x12\x1f.keywarden.v1.RotateKeysRequest\x1a .keywarden.v1.RotateKeysResponse\x12[\n" +
+	"\x0eRotationStatus\x12#.keywarden.v1.RotationStatusRequest\x1a$.keywarden.v1.RotationStatusResponseB?Z=github.com/keywarden/keywarden/proto/keywarden/v1;keywardenv1b\x06proto3"
 
 var (
 	file_keywarden_v1_admin_proto_rawDescOnce sync.Once
@@ -1990,80 +2396,93 @@ func file_keywarden_v1_admin_proto_rawDescGZIP() []byte {
 	return file_keywarden_v1_admin_proto_rawDescData
 }
 
-var file_keywarden_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_keywarden_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_keywarden_v1_admin_proto_goTypes = []any{
-	(*Grant)(nil),                 // 0: keywarden.v1.Grant
-	(*ListGrantsRequest)(nil),     // 1: keywarden.v1.ListGrantsRequest
-	(*ListGrantsResponse)(nil),    // 2: keywarden.v1.ListGrantsResponse
-	(*ApplyGrantRequest)(nil),     // 3: keywarden.v1.ApplyGrantRequest
-	(*ApplyGrantResponse)(nil),    // 4: keywarden.v1.ApplyGrantResponse
-	(*DeleteGrantRequest)(nil),    // 5: keywarden.v1.DeleteGrantRequest
-	(*DeleteGrantResponse)(nil),   // 6: keywarden.v1.DeleteGrantResponse
-	(*ExplainGrantRequest)(nil),   // 7: keywarden.v1.ExplainGrantRequest
-	(*GrantCheck)(nil),            // 8: keywarden.v1.GrantCheck
-	(*ExplainGrantResponse)(nil),  // 9: keywarden.v1.ExplainGrantResponse
-	(*GetStatusRequest)(nil),      // 10: keywarden.v1.GetStatusRequest
-	(*CachedSecret)(nil),          // 11: keywarden.v1.CachedSecret
-	(*GrantSourceStatus)(nil),     // 12: keywarden.v1.GrantSourceStatus
-	(*AuditStatus)(nil),           // 13: keywarden.v1.AuditStatus
-	(*GetStatusResponse)(nil),     // 14: keywarden.v1.GetStatusResponse
-	(*PutSecretRequest)(nil),      // 15: keywarden.v1.PutSecretRequest
-	(*PutSecretResponse)(nil),     // 16: keywarden.v1.PutSecretResponse
-	(*RotateNowRequest)(nil),      // 17: keywarden.v1.RotateNowRequest
-	(*RotatedSource)(nil),         // 18: keywarden.v1.RotatedSource
-	(*RotateNowResponse)(nil),     // 19: keywarden.v1.RotateNowResponse
-	(*RevokeRequest)(nil),         // 20: keywarden.v1.RevokeRequest
-	(*RevokeResponse)(nil),        // 21: keywarden.v1.RevokeResponse
-	(*AuditTailRequest)(nil),      // 22: keywarden.v1.AuditTailRequest
-	(*AuditTailResponse)(nil),     // 23: keywarden.v1.AuditTailResponse
-	(*AuditVerifyRequest)(nil),    // 24: keywarden.v1.AuditVerifyRequest
-	(*AuditProblem)(nil),          // 25: keywarden.v1.AuditProblem
-	(*AuditVerifyResponse)(nil),   // 26: keywarden.v1.AuditVerifyResponse
-	(*AuditExportRequest)(nil),    // 27: keywarden.v1.AuditExportRequest
-	(*AuditExportResponse)(nil),   // 28: keywarden.v1.AuditExportResponse
-	nil,                           // 29: keywarden.v1.PutSecretRequest.DataEntry
-	(*timestamppb.Timestamp)(nil), // 30: google.protobuf.Timestamp
+	(*Grant)(nil),                  // 0: keywarden.v1.Grant
+	(*ListGrantsRequest)(nil),      // 1: keywarden.v1.ListGrantsRequest
+	(*ListGrantsResponse)(nil),     // 2: keywarden.v1.ListGrantsResponse
+	(*ApplyGrantRequest)(nil),      // 3: keywarden.v1.ApplyGrantRequest
+	(*ApplyGrantResponse)(nil),     // 4: keywarden.v1.ApplyGrantResponse
+	(*DeleteGrantRequest)(nil),     // 5: keywarden.v1.DeleteGrantRequest
+	(*DeleteGrantResponse)(nil),    // 6: keywarden.v1.DeleteGrantResponse
+	(*ExplainGrantRequest)(nil),    // 7: keywarden.v1.ExplainGrantRequest
+	(*GrantCheck)(nil),             // 8: keywarden.v1.GrantCheck
+	(*ExplainGrantResponse)(nil),   // 9: keywarden.v1.ExplainGrantResponse
+	(*GetStatusRequest)(nil),       // 10: keywarden.v1.GetStatusRequest
+	(*CachedSecret)(nil),           // 11: keywarden.v1.CachedSecret
+	(*GrantSourceStatus)(nil),      // 12: keywarden.v1.GrantSourceStatus
+	(*AuditStatus)(nil),            // 13: keywarden.v1.AuditStatus
+	(*GetStatusResponse)(nil),      // 14: keywarden.v1.GetStatusResponse
+	(*PutSecretRequest)(nil),       // 15: keywarden.v1.PutSecretRequest
+	(*PutSecretResponse)(nil),      // 16: keywarden.v1.PutSecretResponse
+	(*RotateNowRequest)(nil),       // 17: keywarden.v1.RotateNowRequest
+	(*RotatedSource)(nil),          // 18: keywarden.v1.RotatedSource
+	(*RotateNowResponse)(nil),      // 19: keywarden.v1.RotateNowResponse
+	(*RevokeRequest)(nil),          // 20: keywarden.v1.RevokeRequest
+	(*RevokeResponse)(nil),         // 21: keywarden.v1.RevokeResponse
+	(*AuditTailRequest)(nil),       // 22: keywarden.v1.AuditTailRequest
+	(*AuditTailResponse)(nil),      // 23: keywarden.v1.AuditTailResponse
+	(*AuditVerifyRequest)(nil),     // 24: keywarden.v1.AuditVerifyRequest
+	(*AuditProblem)(nil),           // 25: keywarden.v1.AuditProblem
+	(*AuditVerifyResponse)(nil),    // 26: keywarden.v1.AuditVerifyResponse
+	(*AuditExportRequest)(nil),     // 27: keywarden.v1.AuditExportRequest
+	(*AuditExportResponse)(nil),    // 28: keywarden.v1.AuditExportResponse
+	(*RotateKeysRequest)(nil),      // 29: keywarden.v1.RotateKeysRequest
+	(*RotateKeysResponse)(nil),     // 30: keywarden.v1.RotateKeysResponse
+	(*RotationStatusRequest)(nil),  // 31: keywarden.v1.RotationStatusRequest
+	(*StoreKeys)(nil),              // 32: keywarden.v1.StoreKeys
+	(*RotationStatusResponse)(nil), // 33: keywarden.v1.RotationStatusResponse
+	nil,                            // 34: keywarden.v1.PutSecretRequest.DataEntry
+	(*timestamppb.Timestamp)(nil),  // 35: google.protobuf.Timestamp
 }
 var file_keywarden_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: keywarden.v1.ListGrantsResponse.grants:type_name -> keywarden.v1.Grant
 	8,  // 1: keywarden.v1.ExplainGrantResponse.checks:type_name -> keywarden.v1.GrantCheck
-	30, // 2: keywarden.v1.CachedSecret.fetched_at:type_name -> google.protobuf.Timestamp
-	30, // 3: keywarden.v1.CachedSecret.expires_at:type_name -> google.protobuf.Timestamp
-	30, // 4: keywarden.v1.GetStatusResponse.started_at:type_name -> google.protobuf.Timestamp
+	35, // 2: keywarden.v1.CachedSecret.fetched_at:type_name -> google.protobuf.Timestamp
+	35, // 3: keywarden.v1.CachedSecret.expires_at:type_name -> google.protobuf.Timestamp
+	35, // 4: keywarden.v1.GetStatusResponse.started_at:type_name -> google.protobuf.Timestamp
 	11, // 5: keywarden.v1.GetStatusResponse.secrets:type_name -> keywarden.v1.CachedSecret
 	13, // 6: keywarden.v1.GetStatusResponse.audit:type_name -> keywarden.v1.AuditStatus
 	12, // 7: keywarden.v1.GetStatusResponse.grant_sources:type_name -> keywarden.v1.GrantSourceStatus
-	29, // 8: keywarden.v1.PutSecretRequest.data:type_name -> keywarden.v1.PutSecretRequest.DataEntry
+	34, // 8: keywarden.v1.PutSecretRequest.data:type_name -> keywarden.v1.PutSecretRequest.DataEntry
 	18, // 9: keywarden.v1.RotateNowResponse.sources:type_name -> keywarden.v1.RotatedSource
-	30, // 10: keywarden.v1.AuditTailResponse.time:type_name -> google.protobuf.Timestamp
+	35, // 10: keywarden.v1.AuditTailResponse.time:type_name -> google.protobuf.Timestamp
 	25, // 11: keywarden.v1.AuditVerifyResponse.problems:type_name -> keywarden.v1.AuditProblem
-	1,  // 12: keywarden.v1.AdminService.ListGrants:input_type -> keywarden.v1.ListGrantsRequest
-	3,  // 13: keywarden.v1.AdminService.ApplyGrant:input_type -> keywarden.v1.ApplyGrantRequest
-	5,  // 14: keywarden.v1.AdminService.DeleteGrant:input_type -> keywarden.v1.DeleteGrantRequest
-	7,  // 15: keywarden.v1.AdminService.ExplainGrant:input_type -> keywarden.v1.ExplainGrantRequest
-	10, // 16: keywarden.v1.AdminService.GetStatus:input_type -> keywarden.v1.GetStatusRequest
-	15, // 17: keywarden.v1.AdminService.PutSecret:input_type -> keywarden.v1.PutSecretRequest
-	17, // 18: keywarden.v1.AdminService.RotateNow:input_type -> keywarden.v1.RotateNowRequest
-	20, // 19: keywarden.v1.AdminService.Revoke:input_type -> keywarden.v1.RevokeRequest
-	22, // 20: keywarden.v1.AdminService.AuditTail:input_type -> keywarden.v1.AuditTailRequest
-	24, // 21: keywarden.v1.AdminService.AuditVerify:input_type -> keywarden.v1.AuditVerifyRequest
-	27, // 22: keywarden.v1.AdminService.AuditExport:input_type -> keywarden.v1.AuditExportRequest
-	2,  // 23: keywarden.v1.AdminService.ListGrants:output_type -> keywarden.v1.ListGrantsResponse
-	4,  // 24: keywarden.v1.AdminService.ApplyGrant:output_type -> keywarden.v1.ApplyGrantResponse
-	6,  // 25: keywarden.v1.AdminService.DeleteGrant:output_type -> keywarden.v1.DeleteGrantResponse
-	9,  // 26: keywarden.v1.AdminService.ExplainGrant:output_type -> keywarden.v1.ExplainGrantResponse
-	14, // 27: keywarden.v1.AdminService.GetStatus:output_type -> keywarden.v1.GetStatusResponse
-	16, // 28: keywarden.v1.AdminService.PutSecret:output_type -> keywarden.v1.PutSecretResponse
-	19, // 29: keywarden.v1.AdminService.RotateNow:output_type -> keywarden.v1.RotateNowResponse
-	21, // 30: keywarden.v1.AdminService.Revoke:output_type -> keywarden.v1.RevokeResponse
-	23, // 31: keywarden.v1.AdminService.AuditTail:output_type -> keywarden.v1.AuditTailResponse
-	26, // 32: keywarden.v1.AdminService.AuditVerify:output_type -> keywarden.v1.AuditVerifyResponse
-	28, // 33: keywarden.v1.AdminService.AuditExport:output_type -> keywarden.v1.AuditExportResponse
-	23, // [23:34] is the sub-list for method output_type
-	12, // [12:23] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	33, // 12: keywarden.v1.RotateKeysResponse.status:type_name -> keywarden.v1.RotationStatusResponse
+	35, // 13: keywarden.v1.RotationStatusResponse.started_at:type_name -> google.protobuf.Timestamp
+	35, // 14: keywarden.v1.RotationStatusResponse.finished_at:type_name -> google.protobuf.Timestamp
+	32, // 15: keywarden.v1.RotationStatusResponse.stores:type_name -> keywarden.v1.StoreKeys
+	1,  // 16: keywarden.v1.AdminService.ListGrants:input_type -> keywarden.v1.ListGrantsRequest
+	3,  // 17: keywarden.v1.AdminService.ApplyGrant:input_type -> keywarden.v1.ApplyGrantRequest
+	5,  // 18: keywarden.v1.AdminService.DeleteGrant:input_type -> keywarden.v1.DeleteGrantRequest
+	7,  // 19: keywarden.v1.AdminService.ExplainGrant:input_type -> keywarden.v1.ExplainGrantRequest
+	10, // 20: keywarden.v1.AdminService.GetStatus:input_type -> keywarden.v1.GetStatusRequest
+	15, // 21: keywarden.v1.AdminService.PutSecret:input_type -> keywarden.v1.PutSecretRequest
+	17, // 22: keywarden.v1.AdminService.RotateNow:input_type -> keywarden.v1.RotateNowRequest
+	20, // 23: keywarden.v1.AdminService.Revoke:input_type -> keywarden.v1.RevokeRequest
+	22, // 24: keywarden.v1.AdminService.AuditTail:input_type -> keywarden.v1.AuditTailRequest
+	24, // 25: keywarden.v1.AdminService.AuditVerify:input_type -> keywarden.v1.AuditVerifyRequest
+	27, // 26: keywarden.v1.AdminService.AuditExport:input_type -> keywarden.v1.AuditExportRequest
+	29, // 27: keywarden.v1.AdminService.RotateKeys:input_type -> keywarden.v1.RotateKeysRequest
+	31, // 28: keywarden.v1.AdminService.RotationStatus:input_type -> keywarden.v1.RotationStatusRequest
+	2,  // 29: keywarden.v1.AdminService.ListGrants:output_type -> keywarden.v1.ListGrantsResponse
+	4,  // 30: keywarden.v1.AdminService.ApplyGrant:output_type -> keywarden.v1.ApplyGrantResponse
+	6,  // 31: keywarden.v1.AdminService.DeleteGrant:output_type -> keywarden.v1.DeleteGrantResponse
+	9,  // 32: keywarden.v1.AdminService.ExplainGrant:output_type -> keywarden.v1.ExplainGrantResponse
+	14, // 33: keywarden.v1.AdminService.GetStatus:output_type -> keywarden.v1.GetStatusResponse
+	16, // 34: keywarden.v1.AdminService.PutSecret:output_type -> keywarden.v1.PutSecretResponse
+	19, // 35: keywarden.v1.AdminService.RotateNow:output_type -> keywarden.v1.RotateNowResponse
+	21, // 36: keywarden.v1.AdminService.Revoke:output_type -> keywarden.v1.RevokeResponse
+	23, // 37: keywarden.v1.AdminService.AuditTail:output_type -> keywarden.v1.AuditTailResponse
+	26, // 38: keywarden.v1.AdminService.AuditVerify:output_type -> keywarden.v1.AuditVerifyResponse
+	28, // 39: keywarden.v1.AdminService.AuditExport:output_type -> keywarden.v1.AuditExportResponse
+	30, // 40: keywarden.v1.AdminService.RotateKeys:output_type -> keywarden.v1.RotateKeysResponse
+	33, // 41: keywarden.v1.AdminService.RotationStatus:output_type -> keywarden.v1.RotationStatusResponse
+	29, // [29:42] is the sub-list for method output_type
+	16, // [16:29] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_keywarden_v1_admin_proto_init() }
@@ -2077,7 +2496,7 @@ func file_keywarden_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keywarden_v1_admin_proto_rawDesc), len(file_keywarden_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   30,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

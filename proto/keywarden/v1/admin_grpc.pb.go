@@ -19,17 +19,19 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_ListGrants_FullMethodName   = "/keywarden.v1.AdminService/ListGrants"
-	AdminService_ApplyGrant_FullMethodName   = "/keywarden.v1.AdminService/ApplyGrant"
-	AdminService_DeleteGrant_FullMethodName  = "/keywarden.v1.AdminService/DeleteGrant"
-	AdminService_ExplainGrant_FullMethodName = "/keywarden.v1.AdminService/ExplainGrant"
-	AdminService_GetStatus_FullMethodName    = "/keywarden.v1.AdminService/GetStatus"
-	AdminService_PutSecret_FullMethodName    = "/keywarden.v1.AdminService/PutSecret"
-	AdminService_RotateNow_FullMethodName    = "/keywarden.v1.AdminService/RotateNow"
-	AdminService_Revoke_FullMethodName       = "/keywarden.v1.AdminService/Revoke"
-	AdminService_AuditTail_FullMethodName    = "/keywarden.v1.AdminService/AuditTail"
-	AdminService_AuditVerify_FullMethodName  = "/keywarden.v1.AdminService/AuditVerify"
-	AdminService_AuditExport_FullMethodName  = "/keywarden.v1.AdminService/AuditExport"
+	AdminService_ListGrants_FullMethodName     = "/keywarden.v1.AdminService/ListGrants"
+	AdminService_ApplyGrant_FullMethodName     = "/keywarden.v1.AdminService/ApplyGrant"
+	AdminService_DeleteGrant_FullMethodName    = "/keywarden.v1.AdminService/DeleteGrant"
+	AdminService_ExplainGrant_FullMethodName   = "/keywarden.v1.AdminService/ExplainGrant"
+	AdminService_GetStatus_FullMethodName      = "/keywarden.v1.AdminService/GetStatus"
+	AdminService_PutSecret_FullMethodName      = "/keywarden.v1.AdminService/PutSecret"
+	AdminService_RotateNow_FullMethodName      = "/keywarden.v1.AdminService/RotateNow"
+	AdminService_Revoke_FullMethodName         = "/keywarden.v1.AdminService/Revoke"
+	AdminService_AuditTail_FullMethodName      = "/keywarden.v1.AdminService/AuditTail"
+	AdminService_AuditVerify_FullMethodName    = "/keywarden.v1.AdminService/AuditVerify"
+	AdminService_AuditExport_FullMethodName    = "/keywarden.v1.AdminService/AuditExport"
+	AdminService_RotateKeys_FullMethodName     = "/keywarden.v1.AdminService/RotateKeys"
+	AdminService_RotationStatus_FullMethodName = "/keywarden.v1.AdminService/RotationStatus"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -63,6 +65,12 @@ type AdminServiceClient interface {
 	AuditVerify(ctx context.Context, in *AuditVerifyRequest, opts ...grpc.CallOption) (*AuditVerifyResponse, error)
 	// AuditExport streams the audit log as JSON lines.
 	AuditExport(ctx context.Context, in *AuditExportRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AuditExportResponse], error)
+	// RotateKeys starts a rotation of the stores' DEK keyset, of the KEK that wraps it, or of
+	// both, and returns at once; RotationStatus follows it. Records are re-encrypted in the
+	// background while the daemon serves.
+	RotateKeys(ctx context.Context, in *RotateKeysRequest, opts ...grpc.CallOption) (*RotateKeysResponse, error)
+	// RotationStatus reports each store's keys and the state of the last key rotation.
+	RotationStatus(ctx context.Context, in *RotationStatusRequest, opts ...grpc.CallOption) (*RotationStatusResponse, error)
 }
 
 type adminServiceClient struct {
@@ -201,6 +209,26 @@ func (c *adminServiceClient) AuditExport(ctx context.Context, in *AuditExportReq
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdminService_AuditExportClient = grpc.ServerStreamingClient[AuditExportResponse]
 
+func (c *adminServiceClient) RotateKeys(ctx context.Context, in *RotateKeysRequest, opts ...grpc.CallOption) (*RotateKeysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateKeysResponse)
+	err := c.cc.Invoke(ctx, AdminService_RotateKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RotationStatus(ctx context.Context, in *RotationStatusRequest, opts ...grpc.CallOption) (*RotationStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotationStatusResponse)
+	err := c.cc.Invoke(ctx, AdminService_RotationStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -232,6 +260,12 @@ type AdminServiceServer interface {
 	AuditVerify(context.Context, *AuditVerifyRequest) (*AuditVerifyResponse, error)
 	// AuditExport streams the audit log as JSON lines.
 	AuditExport(*AuditExportRequest, grpc.ServerStreamingServer[AuditExportResponse]) error
+	// RotateKeys starts a rotation of the stores' DEK keyset, of the KEK that wraps it, or of
+	// both, and returns at once; RotationStatus follows it. Records are re-encrypted in the
+	// background while the daemon serves.
+	RotateKeys(context.Context, *RotateKeysRequest) (*RotateKeysResponse, error)
+	// RotationStatus reports each store's keys and the state of the last key rotation.
+	RotationStatus(context.Context, *RotationStatusRequest) (*RotationStatusResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -274,6 +308,12 @@ func (UnimplementedAdminServiceServer) AuditVerify(context.Context, *AuditVerify
 }
 func (UnimplementedAdminServiceServer) AuditExport(*AuditExportRequest, grpc.ServerStreamingServer[AuditExportResponse]) error {
 	return status.Error(codes.Unimplemented, "method AuditExport not implemented")
+}
+func (UnimplementedAdminServiceServer) RotateKeys(context.Context, *RotateKeysRequest) (*RotateKeysResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateKeys not implemented")
+}
+func (UnimplementedAdminServiceServer) RotationStatus(context.Context, *RotationStatusRequest) (*RotationStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotationStatus not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -480,6 +520,42 @@ func _AdminService_AuditExport_Handler(srv interface{}, stream grpc.ServerStream
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdminService_AuditExportServer = grpc.ServerStreamingServer[AuditExportResponse]
 
+func _AdminService_RotateKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RotateKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RotateKeys_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RotateKeys(ctx, req.(*RotateKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RotationStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotationStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RotationStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RotationStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RotationStatus(ctx, req.(*RotationStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -522,6 +598,14 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "AuditVerify",
 			Handler:    _AdminService_AuditVerify_Handler,
+		},
+		{
+			MethodName: "RotateKeys",
+			Handler:    _AdminService_RotateKeys_Handler,
+		},
+		{
+			MethodName: "RotationStatus",
+			Handler:    _AdminService_RotationStatus_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
