@@ -165,36 +165,44 @@ func LoadOrCreateLocalKEK(path string) (tink.AEAD, error) {
 
 // publishFile atomically creates path (mode 0600) with data. It returns an
 // error matching fs.ErrExist when path already exists.
-func publishFile(dir, path string, data []byte) (err error) {
-	tmp, err := os.CreateTemp(dir, ".keywarden-kek-*.tmp") // created 0600
+func publishFile(dir, path string, data []byte) error {
+	tmpName, err := writeTemp(dir, data)
 	if err != nil {
 		return err
 	}
-	tmpName := tmp.Name()
-	defer func() {
-		// The temp name is always removed: after a successful link the key
-		// lives on under path; after a failure it must not linger.
-		_ = os.Remove(tmpName)
-	}()
-	if err := tmp.Chmod(localKEKMode); err != nil {
-		_ = tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		_ = tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		_ = tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
+	// The temp name is always removed: after a successful link the key lives
+	// on under path; after a failure it must not linger.
+	defer os.Remove(tmpName)
 	if err := os.Link(tmpName, path); err != nil {
 		return err
 	}
 	return syncDir(dir)
+}
+
+// writeTemp writes data to a new 0600 file in dir, synced, and returns its name.
+func writeTemp(dir string, data []byte) (name string, err error) {
+	tmp, err := os.CreateTemp(dir, ".keywarden-kek-*.tmp") // created 0600
+	if err != nil {
+		return "", err
+	}
+	defer func() {
+		if cerr := tmp.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			_ = os.Remove(tmp.Name())
+		}
+	}()
+	if err := tmp.Chmod(localKEKMode); err != nil {
+		return "", err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		return "", err
+	}
+	if err := tmp.Sync(); err != nil {
+		return "", err
+	}
+	return tmp.Name(), nil
 }
 
 func syncDir(dir string) error {

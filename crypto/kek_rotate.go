@@ -122,33 +122,13 @@ func (f LocalKEKFile) write(h *keyset.Handle) error {
 
 // replaceFile atomically replaces path (mode 0600) with data: a crash leaves either the old
 // or the new content, never a mix.
-func replaceFile(dir, path string, data []byte) (err error) {
-	tmp, err := os.CreateTemp(dir, ".keywarden-kek-*.tmp") // created 0600
+func replaceFile(dir, path string, data []byte) error {
+	tmpName, err := writeTemp(dir, data)
 	if err != nil {
 		return err
 	}
-	tmpName := tmp.Name()
-	defer func() {
-		if err != nil {
-			_ = os.Remove(tmpName)
-		}
-	}()
-	if err := tmp.Chmod(localKEKMode); err != nil {
-		_ = tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		_ = tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		_ = tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
 	if err := os.Rename(tmpName, path); err != nil {
+		_ = os.Remove(tmpName)
 		return err
 	}
 	if err := syncDir(dir); err != nil {
