@@ -175,7 +175,10 @@ func FuzzValidatePut(f *testing.F) {
 		if err == nil && (strings.ContainsAny(name, "/\x00") || name == ".." || strings.ContainsAny(key, "/\x00")) {
 			t.Fatalf("accepted %q / %q", name, key)
 		}
-		if err != nil && strings.Contains(err.Error(), string(value)) && len(value) > 8 {
+		// The error may name the secret and the key (they are not secret), never the value:
+		// a value that is also part of the name or key proves nothing.
+		v := string(value)
+		if err != nil && len(value) > 8 && strings.Contains(err.Error(), v) && !strings.Contains(name, v) && !strings.Contains(key, v) {
 			t.Fatal("error echoes the value")
 		}
 	})
