@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -239,13 +241,17 @@ func (a *Anchorer) Stats() AnchorStats {
 	return AnchorStats{Last: a.last, Failures: a.failures}
 }
 
-// ParseAnchorLine decodes one anchor from a line that is either an anchor record or a JSON
-// log record of LogSink (an object whose "anchor" is the record, as a string or an object).
+// ParseAnchorLine decodes one anchor from a line that is an anchor record or a log record of
+// LogSink: JSON (an object whose "anchor" is the record, as a string or an object) or slog's
+// text format.
 // ok is false for a line that is neither (another log record), so a daemon's whole log can
 // be fed in.
 func ParseAnchorLine(line []byte) (a Anchor, ok bool, err error) {
 	line = bytes.TrimSpace(line)
-	if len(line) == 0 || line[0] != '{' {
+	if len(line) > 0 && line[0] != '{' {
+		return parseTextAnchorLine(line)
+	}
+	if len(line) == 0 {
 		return Anchor{}, false, nil
 	}
 	var probe struct {
@@ -268,10 +274,37 @@ func ParseAnchorLine(line []byte) (a Anchor, ok bool, err error) {
 	case probe.V == nil:
 		return Anchor{}, false, nil
 	}
+	return decodeAnchor(raw)
+}
+
+func decodeAnchor(raw []byte) (Anchor, bool, error) {
+	var a Anchor
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&a); err != nil {
 		return Anchor{}, true, fmt.Errorf("anchor does not parse: %w", err)
 	}
 	return a, true, nil
+}
+
+// parseTextAnchorLine reads a LogSink record of slog's text format: msg="audit anchor" and
+// anchor="<quoted record>".
+func parseTextAnchorLine(line []byte) (Anchor, bool, error) {
+	s := string(line)
+	if !strings.Contains(s, `msg="audit anchor"`) {
+		return Anchor{}, false, nil
+	}
+	_, rest, ok := strings.Cut(s, " anchor=")
+	if !ok {
+		return Anchor{}, false, nil
+	}
+	q, err := strconv.QuotedPrefix(rest)
+	if err != nil {
+		return Anchor{}, true, fmt.Errorf("anchor does not parse: %w", err)
+	}
+	raw, err := strconv.Unquote(q)
+	if err != nil {
+		return Anchor{}, true, fmt.Errorf("anchor does not parse: %w", err)
+	}
+	return decodeAnchor([]byte(raw))
 }

@@ -294,6 +294,11 @@ func TestReadAnchors_recordsLogLinesAndEventLists(t *testing.T) {
 	_ = LogSink{Logger: lg}.PublishAnchor(context.Background(), a1)
 	_ = LogSink{Logger: lg}.PublishAnchor(context.Background(), a2)
 	logs.WriteString("plain text line\n")
+	var text bytes.Buffer
+	tl := slog.New(slog.NewTextHandler(&text, nil))
+	tl.Info("starting", slog.String("anchor", "not this one"))
+	_ = LogSink{Logger: tl.With(slog.String("component", "audit-anchor"))}.PublishAnchor(context.Background(), a1)
+	_ = LogSink{Logger: tl}.PublishAnchor(context.Background(), a2)
 
 	list, _ := json.Marshal(map[string]any{"kind": "EventList", "items": []any{
 		map[string]any{"metadata": map[string]any{"name": "a", "annotations": map[string]string{AnchorAnnotation: string(a1.Marshal())}}},
@@ -301,7 +306,7 @@ func TestReadAnchors_recordsLogLinesAndEventLists(t *testing.T) {
 		map[string]any{"metadata": map[string]any{"name": "b", "annotations": map[string]string{AnchorAnnotation: string(a2.Marshal())}}},
 	}})
 	records := string(a1.Marshal()) + "\n\n" + string(a2.Marshal()) + "\n"
-	for name, in := range map[string]string{"records": records, "daemon log": logs.String(), "event list": string(list)} {
+	for name, in := range map[string]string{"records": records, "daemon log": logs.String(), "daemon text log": text.String(), "event list": string(list)} {
 		got, err := ReadAnchors(strings.NewReader(in))
 		if err != nil {
 			t.Errorf("%s: %v", name, err)
