@@ -177,6 +177,18 @@ audit:
 		t.Fatalf("a cut export with anchors: %v\n%s", err, out)
 	}
 
+	// The metrics say anchors go out, and when the last one did.
+	ex := scrape(t, d.HealthAddr)
+	if v := ex.values[`keywarden_audit_anchors_total{result="ok"}`]; v < 2 {
+		t.Errorf(`keywarden_audit_anchors_total{result="ok"} = %v, want ≥ 2`, v)
+	}
+	if v := ex.values[`keywarden_audit_anchors_total{result="error"}`]; v != 0 {
+		t.Errorf(`keywarden_audit_anchors_total{result="error"} = %v, want 0`, v)
+	}
+	if v := ex.values["keywarden_audit_anchor_last_timestamp_seconds"]; time.Since(time.Unix(int64(v), 0)) > time.Minute {
+		t.Errorf("keywarden_audit_anchor_last_timestamp_seconds = %v, want within the last minute", v)
+	}
+
 	// Stopping the daemon anchors the final head.
 	before := len(anchors)
 	d.Process.Stop()

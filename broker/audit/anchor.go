@@ -151,9 +151,10 @@ type Anchorer struct {
 	cfg  AnchorerConfig
 	head headSource
 
-	mu       sync.Mutex
-	last     Anchor
-	failures uint64
+	mu        sync.Mutex
+	last      Anchor
+	published uint64
+	failures  uint64
 }
 
 // NewAnchorer checks cfg and applies its defaults.
@@ -214,6 +215,7 @@ func (a *Anchorer) Publish(ctx context.Context) error {
 	a.mu.Lock()
 	if failed == nil {
 		a.last = an
+		a.published++
 	}
 	a.mu.Unlock()
 	return failed
@@ -230,7 +232,9 @@ func (a *Anchorer) fail(sink string, err error) {
 type AnchorStats struct {
 	// Last is the last anchor every sink accepted (zero when none).
 	Last Anchor
-	// Failures counts publish attempts a sink or the signer refused.
+	// Published counts anchors every sink accepted.
+	Published uint64
+	// Failures counts refusals by a sink or the signer (one per sink and attempt).
 	Failures uint64
 }
 
@@ -238,7 +242,7 @@ type AnchorStats struct {
 func (a *Anchorer) Stats() AnchorStats {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return AnchorStats{Last: a.last, Failures: a.failures}
+	return AnchorStats{Last: a.last, Published: a.published, Failures: a.failures}
 }
 
 // ParseAnchorLine decodes one anchor from a line that is an anchor record or a log record of

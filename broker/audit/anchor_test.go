@@ -399,8 +399,8 @@ func TestAnchorer_Run_publishesAtStartEveryIntervalAndSurvivesFailures(t *testin
 	if err := an.Publish(ctx); err == nil {
 		t.Error("Publish with a failing sink returned nil")
 	}
-	if st := an.Stats(); st.Failures != 1 || st.Last.Seq != 5 {
-		t.Errorf("stats %+v, want 1 failure, last anchor 5", st)
+	if st := an.Stats(); st.Failures != 1 || st.Published != 2 || st.Last.Seq != 5 {
+		t.Errorf("stats %+v, want 1 failure, 2 published, last anchor 5", st)
 	}
 	if !strings.Contains(logs.String(), `"msg":"audit anchor not published","sink":"recording"`) {
 		t.Errorf("the failure was not logged:\n%s", logs)

@@ -165,6 +165,9 @@ func (d *daemon) setupAnchorer(log *slog.Logger) error {
 	// node when the node is first installed.
 	alog.Info("audit anchor key", slog.String("fingerprint", key.Fingerprint()), slog.String("key_file", ac.KeyFile),
 		slog.Duration("interval", ac.Interval))
+	if err := d.metrics.Register(newAnchorCollector(an)); err != nil { // metrics.go
+		return err
+	}
 	d.anchorer = an
 	d.runners = append(d.runners, an.Run)
 	return nil
