@@ -260,10 +260,14 @@ func ParseAnchorLine(line []byte) (a Anchor, ok bool, err error) {
 	}
 	var probe struct {
 		V      *int            `json:"v"`
+		Msg    *string         `json:"msg"`
 		Anchor json.RawMessage `json:"anchor"`
 	}
 	if json.Unmarshal(line, &probe) != nil {
 		return Anchor{}, false, nil
+	}
+	if probe.Msg != nil && *probe.Msg != "audit anchor" {
+		return Anchor{}, false, nil // another log record, whatever its attributes
 	}
 	raw := line
 	switch {

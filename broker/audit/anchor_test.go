@@ -290,7 +290,7 @@ func TestReadAnchors_recordsLogLinesAndEventLists(t *testing.T) {
 
 	var logs bytes.Buffer
 	lg := slog.New(slog.NewJSONHandler(&logs, nil))
-	lg.Info("something else", slog.String("anchor_like", "no"))
+	lg.Info("something else", slog.String("anchor", "not an anchor record"))
 	_ = LogSink{Logger: lg}.PublishAnchor(context.Background(), a1)
 	_ = LogSink{Logger: lg}.PublishAnchor(context.Background(), a2)
 	logs.WriteString("plain text line\n")
