@@ -21,3 +21,13 @@ var (
 	// exist. Errors carrying it also match fs.ErrNotExist.
 	ErrKEKNotFound = errors.New("kek keyset file not found")
 )
+
+var (
+	// ErrBadSignature is returned by VerifySignature when a signature does not verify under
+	// the given public keyset.
+	ErrBadSignature = errors.New("signature does not verify")
+
+	// ErrSigningKeyNotFound is returned by LoadSigningKey when the keyset file does not exist.
+	// Errors carrying it also match fs.ErrNotExist.
+	ErrSigningKeyNotFound = errors.New("signing keyset file not found")
+)

@@ -70,12 +70,19 @@ func LoadLocalKEK(path string) (tink.AEAD, error) {
 
 // readLocalKEK reads and checks the keyset file at path (see LoadLocalKEK).
 func readLocalKEK(path string) (*keyset.Handle, error) {
+	return readKeysetFile(path, "local kek", ErrKEKNotFound)
+}
+
+// readKeysetFile reads a cleartext JSON keyset file that must be a regular file private to its
+// owner; what names it in errors, and notFound is matched (with fs.ErrNotExist) when it is
+// missing.
+func readKeysetFile(path, what string, notFound error) (*keyset.Handle, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("load local kek %s: %w: %w", path, ErrKEKNotFound, fs.ErrNotExist)
+			return nil, fmt.Errorf("load %s %s: %w: %w", what, path, notFound, fs.ErrNotExist)
 		}
-		return nil, fmt.Errorf("load local kek: %w", err)
+		return nil, fmt.Errorf("load %s: %w", what, err)
 	}
 	defer f.Close()
 
@@ -83,23 +90,23 @@ func readLocalKEK(path string) (*keyset.Handle, error) {
 	// that is read (no swap between check and use).
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("load local kek: %w", err)
+		return nil, fmt.Errorf("load %s: %w", what, err)
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("load local kek %s: not a regular file: %w", path, ErrInvalidKeyset)
+		return nil, fmt.Errorf("load %s %s: not a regular file: %w", what, path, ErrInvalidKeyset)
 	}
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("load local kek: %s has mode %04o and is accessible by group or others; run `chmod 600 %s`: %w",
-			path, perm, path, ErrInsecurePermissions)
+		return nil, fmt.Errorf("load %s: %s has mode %04o and is accessible by group or others; run `chmod 600 %s`: %w",
+			what, path, perm, path, ErrInsecurePermissions)
 	}
 
 	data, err := io.ReadAll(io.LimitReader(f, maxLocalKEKSize+1))
 	if err != nil {
-		return nil, fmt.Errorf("load local kek: %w", err)
+		return nil, fmt.Errorf("load %s: %w", what, err)
 	}
 	h, err := parseLocalKEKHandle(data)
 	if err != nil {
-		return nil, fmt.Errorf("load local kek %s: %w", path, err)
+		return nil, fmt.Errorf("load %s %s: %w", what, path, err)
 	}
 	return h, nil
 }

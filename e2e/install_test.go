@@ -18,6 +18,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -25,6 +26,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -96,8 +98,8 @@ func TestInstall_chartLintTemplateAndSchema(t *testing.T) {
 		values []string
 		kinds  []string
 	}{
-		{"defaults", nil, []string{"CSIDriver", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "CustomResourceDefinition", "DaemonSet", "NetworkPolicy", "ServiceAccount"}},
-		{"every option on", []string{allValuesFile(t)}, []string{"CSIDriver", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "ConfigMap", "CustomResourceDefinition", "DaemonSet", "NetworkPolicy", "PrometheusRule", "Service", "ServiceAccount", "ServiceMonitor"}},
+		{"defaults", nil, []string{"CSIDriver", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "CustomResourceDefinition", "DaemonSet", "NetworkPolicy", "Role", "RoleBinding", "ServiceAccount"}},
+		{"every option on", []string{allValuesFile(t)}, []string{"CSIDriver", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "ConfigMap", "CustomResourceDefinition", "DaemonSet", "NetworkPolicy", "PrometheusRule", "Role", "RoleBinding", "Service", "ServiceAccount", "ServiceMonitor"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := []string{"lint", "--strict", chart}
@@ -213,6 +215,25 @@ func TestInstall_chartLintTemplateAndSchema(t *testing.T) {
 			got := rules(tc.set...)
 			if fmt.Sprint(got) != fmt.Sprint(tc.want) {
 				t.Errorf("--set %v: ClusterRole rules\n%v\nwant\n%v", tc.set, got, tc.want)
+			}
+		}
+	})
+
+	t.Run("audit anchors get create on events in the release namespace, nothing more", func(t *testing.T) {
+		objs := framework.RenderChart(t, framework.ChartOptions{Chart: chart})
+		role := toTyped[rbacv1.Role](t, findObject(t, objs, "Role", ""))
+		want := []rbacv1.PolicyRule{{APIGroups: []string{"events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create"}}}
+		if fmt.Sprint(role.Rules) != fmt.Sprint(want) {
+			t.Errorf("Role rules\n%v\nwant\n%v", role.Rules, want)
+		}
+		binding := toTyped[rbacv1.RoleBinding](t, findObject(t, objs, "RoleBinding", ""))
+		if binding.RoleRef.Name != role.Name || len(binding.Subjects) != 1 || binding.Subjects[0].Kind != "ServiceAccount" {
+			t.Errorf("RoleBinding %+v does not bind the Role to the chart's ServiceAccount", binding)
+		}
+		for _, set := range [][]string{{"config.audit.anchor.events=false"}, {"config.audit.anchor.enabled=false"}} {
+			objs := framework.RenderChart(t, framework.ChartOptions{Chart: chart, Set: set})
+			if kinds := kindsOf(objs); slices.Contains(kinds, "Role") || slices.Contains(kinds, "RoleBinding") {
+				t.Errorf("--set %v: rendered %v, want no Role", set, kinds)
 			}
 		}
 	})
@@ -414,7 +435,11 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	assertDaemonUsedExactlyItsRBAC(t, auditLog, cr.Rules)
+	anchorRole, err := kube.Client.RbacV1().Roles(chartNamespace).Get(ctx(t), chartRelease+"-audit-anchors", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertDaemonUsedExactlyItsRBAC(t, auditLog, append(cr.Rules, anchorRole.Rules...))
 	if logs := d.Logs(); strings.Contains(logs, "forbidden") {
 		t.Errorf("the daemon was refused something by the apiserver:\n%s", tailLines(logs, 40))
 	}
@@ -645,6 +670,31 @@ func assertServiceAccountRefused(t *testing.T, kube *framework.Kube, sa string) 
 			return err
 		},
 		"list events": func() error { _, err := cs.CoreV1().Events("").List(c, metav1.ListOptions{}); return err },
+		// Audit anchors: the daemon may create Events, never change or remove one.
+		"get an event": func() error {
+			_, err := cs.EventsV1().Events(chartNamespace).Get(c, "any", metav1.GetOptions{})
+			return err
+		},
+		"update an event": func() error {
+			_, err := cs.EventsV1().Events(chartNamespace).Update(c, &eventsv1.Event{ObjectMeta: metav1.ObjectMeta{Name: "any"}}, metav1.UpdateOptions{})
+			return err
+		},
+		"patch an event": func() error {
+			_, err := cs.EventsV1().Events(chartNamespace).Patch(c, "any", types.MergePatchType, []byte(`{"note":"x"}`), metav1.PatchOptions{})
+			return err
+		},
+		"delete an event": func() error { return cs.EventsV1().Events(chartNamespace).Delete(c, "any", metav1.DeleteOptions{}) },
+		"delete all events": func() error {
+			return cs.EventsV1().Events(chartNamespace).DeleteCollection(c, metav1.DeleteOptions{}, metav1.ListOptions{})
+		},
+		"create a core event (the other API)": func() error {
+			_, err := cs.CoreV1().Events(chartNamespace).Create(c, &corev1.Event{ObjectMeta: metav1.ObjectMeta{Name: "x"}}, metav1.CreateOptions{})
+			return err
+		},
+		"create an event in another namespace": func() error {
+			_, err := cs.EventsV1().Events("default").Create(c, &eventsv1.Event{ObjectMeta: metav1.ObjectMeta{Name: "x"}}, metav1.CreateOptions{})
+			return err
+		},
 	}
 	names := make([]string, 0, len(refused))
 	for name := range refused {

@@ -21,6 +21,12 @@
 // key-encryption key an attacker can only delete records, and every deletion (middle, start,
 // end, head record) is detected. A holder of the KEK who rewrites the chain consistently from
 // some entry to the end is detected only against a head recorded elsewhere: the running
-// daemon remembers the head it wrote last, and `keywarden audit verify` prints the head so an
-// operator can keep it off the node.
+// daemon remembers the head it wrote last, `keywarden audit verify` prints the head, and an
+// Anchorer publishes signed anchors of the head (Anchor) to sinks the node may write once but
+// not change afterwards (EventSink: Kubernetes Events with create-only RBAC; LogSink: the log
+// stream that log shipping keeps). VerifyAnchored then finds a rewrite of any entry at or
+// before an anchored one. The anchor key is a separate Ed25519 key on the same node, so an
+// attacker with root can sign new anchors for a rewritten log; what they cannot do is take
+// back the anchors already published, and two anchors that disagree are reported. Entries
+// after the latest anchor, and a node that stops publishing, are not covered.
 package audit

@@ -13,3 +13,6 @@ var (
 	// ErrLagging ends a Subscription whose reader fell too far behind.
 	ErrLagging = errors.New("audit subscriber fell behind")
 )
+
+// ErrNoAnchors is returned by the anchor checks when none of the anchors given is of the node.
+var ErrNoAnchors = errors.New("no audit anchors of the node")

@@ -127,6 +127,12 @@ func (c *checker) result(r Report) (Report, error) {
 // verifyRecords checks the records of the audit bucket; mem is the head this process last
 // wrote (nil when none is known).
 func verifyRecords(recs []store.Item[json.RawMessage], mem *Head) (Report, error) {
+	c, _, rep := checkRecords(recs, mem)
+	return c.result(rep)
+}
+
+// checkRecords is verifyRecords up to the result; the items are in position order.
+func checkRecords(recs []store.Item[json.RawMessage], mem *Head) (*checker, []item, Report) {
 	c := &checker{}
 	var (
 		items   []item
@@ -169,7 +175,7 @@ func verifyRecords(recs []store.Item[json.RawMessage], mem *Head) (Report, error
 	if head != nil {
 		rep.Head = *head
 	}
-	return c.result(rep)
+	return c, items, rep
 }
 
 // head compares the last item with a recorded head.
@@ -288,6 +294,15 @@ const MaxExportLine = 64 << 10
 // from its end are found only by comparing Report.Head with a head recorded elsewhere (for
 // example the one `keywarden audit export` prints).
 func VerifyExport(r io.Reader) (Report, error) {
+	c, _, rep, err := checkExport(r)
+	if err != nil {
+		return Report{}, err
+	}
+	return c.result(rep)
+}
+
+// checkExport reads and checks an export; the items are in line order, positions fixed up.
+func checkExport(r io.Reader) (*checker, []item, Report, error) {
 	c := &checker{}
 	var items []item
 	sc := bufio.NewScanner(r)
@@ -316,7 +331,7 @@ func VerifyExport(r io.Reader) (Report, error) {
 		items = append(items, it)
 	}
 	if err := sc.Err(); err != nil {
-		return Report{}, fmt.Errorf("read export: %w", err)
+		return nil, nil, Report{}, fmt.Errorf("read export: %w", err)
 	}
 	// Items out of order are reported above; chain them in line order.
 	fixed := make([]item, len(items))
@@ -327,7 +342,7 @@ func VerifyExport(r io.Reader) (Report, error) {
 		}
 	}
 	rep := c.chain(fixed)
-	return c.result(rep)
+	return c, fixed, rep, nil
 }
 
 // Export writes the stored entries with Seq ≥ from as JSON lines, in order.

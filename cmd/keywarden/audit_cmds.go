@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -117,32 +118,56 @@ func printEntryRow(w io.Writer, e *audit.Entry) {
 }
 
 func newAuditVerifyCommand(g *globals) *cobra.Command {
-	var file string
+	var (
+		file string
+		av   anchorVerify
+	)
 	cmd := &cobra.Command{
-		Use:   "verify [--file EXPORT.jsonl]",
+		Use:   "verify [--file EXPORT.jsonl] [--anchor ANCHORS [--anchor-key FINGERPRINT] [--node NAME]]",
 		Short: "Check the audit log's hash chain; exit 1 naming the first tampered entry",
 		Long: `Check every entry's hash, the chain from entry to entry, the sequence numbers, the
 retention checkpoint and the head record. Without --file the daemon checks its log; with
 --file an export written by 'keywarden audit export' is checked offline (an export has no head
-record: compare the printed head with the one recorded at export time).`,
+record: compare the printed head with the one recorded at export time).
+
+With --anchor the log is also checked against anchors the daemon published (audit.anchor):
+JSON lines of anchor records or of the daemon's JSON log, or the output of
+'kubectl get events.events.k8s.io -n NAMESPACE -l keywarden.io/audit-anchor -o json'. Every
+anchored entry must still be in the log with the anchored hash, so a rewrite of the log by
+someone holding the KEK is found if it touches an entry at or before one anchored before the
+rewrite. Pin the node's anchor key with --anchor-key (the fingerprint the daemon logs at
+start, "audit anchor key"); without it the key the anchors carry is trusted as found.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkOutput(g.output); err != nil {
 				return err
 			}
+			if av.file == "" && (av.key != "" || av.node != "") {
+				return errors.New("--anchor-key and --node need --anchor")
+			}
+			if av.file == "-" && file == "-" {
+				return errors.New("--file and --anchor cannot both read standard input")
+			}
+			if av.file != "" {
+				anchors, err := g.readAnchors(av.file)
+				if err != nil {
+					return err
+				}
+				av.anchors = anchors
+			}
 			if file != "" {
-				return g.verifyFile(file)
+				return g.verifyFile(file, &av)
 			}
 			return g.adminCall(cmd.Context(), func(ctx context.Context, c keywardenv1.AdminServiceClient) error {
 				r, err := c.AuditVerify(ctx, &keywardenv1.AuditVerifyRequest{})
 				if err != nil {
 					return err
 				}
-				if g.output == "json" {
+				if g.output == "json" && (av.file == "" || !r.GetOk()) {
 					if err := printProtoJSON(g.stdout, r); err != nil {
 						return err
 					}
-				} else {
+				} else if g.output != "json" {
 					problems := make([]audit.Problem, 0, len(r.GetProblems()))
 					for _, p := range r.GetProblems() {
 						problems = append(problems, audit.Problem{Seq: p.GetSeq(), Kind: audit.ProblemKind(p.GetKind()), Detail: p.GetDetail()})
@@ -155,16 +180,62 @@ record: compare the printed head with the one recorded at export time).`,
 				if !r.GetOk() {
 					return errVerifyFailed
 				}
-				return nil
+				if av.file == "" {
+					return nil
+				}
+				// The anchors are checked here, not by the daemon: against the entries it
+				// exports. (For a node that may be compromised, check an export off the node.)
+				var export bytes.Buffer
+				st, err := c.AuditExport(ctx, &keywardenv1.AuditExportRequest{})
+				if err != nil {
+					return err
+				}
+				for {
+					m, err := st.Recv()
+					if errors.Is(err, io.EOF) {
+						break
+					}
+					if err != nil {
+						return err
+					}
+					export.Write(m.GetData())
+				}
+				return g.verifyExport(&export, &av, false)
 			})
 		},
 	}
 	cmd.Flags().StringVar(&file, "file", "", "verify a JSON-lines export instead of the daemon's log (- for standard input)")
+	cmd.Flags().StringVar(&av.file, "anchor", "", "also check against published anchors read from this file (- for standard input)")
+	cmd.Flags().StringVar(&av.key, "anchor-key", "", "fingerprint of the node's anchor key, as the daemon logged it at start")
+	cmd.Flags().StringVar(&av.node, "node", "", "the node whose log this is (needed when the anchors are of several nodes)")
 	addOutputFlag(cmd, g)
 	return cmd
 }
 
-func (g *globals) verifyFile(file string) error {
+// anchorVerify is the --anchor part of `audit verify`.
+type anchorVerify struct {
+	file, key, node string
+	anchors         []audit.Anchor
+}
+
+func (g *globals) readAnchors(file string) ([]audit.Anchor, error) {
+	var r io.Reader = g.stdin
+	if file != "-" {
+		f, err := os.Open(file)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		r = f
+	}
+	anchors, err := audit.ReadAnchors(r)
+	if err != nil {
+		return nil, fmt.Errorf("--anchor %s: %w", file, err)
+	}
+	return anchors, nil
+}
+
+func (g *globals) verifyFile(file string, av *anchorVerify) error {
 	var r io.Reader = g.stdin
 	if file != "-" {
 		f, err := os.Open(file)
@@ -174,7 +245,24 @@ func (g *globals) verifyFile(file string) error {
 		defer f.Close()
 		r = f
 	}
-	rep, err := audit.VerifyExport(r)
+	return g.verifyExport(r, av, true)
+}
+
+// verifyExport checks an export, and the anchors when av has a file.
+// printChain: print the chain's report too (the daemon's was printed already otherwise).
+func (g *globals) verifyExport(r io.Reader, av *anchorVerify, printChain bool) error {
+	var (
+		rep  audit.Report
+		arep *audit.AnchorReport
+		err  error
+	)
+	if av.file != "" {
+		var ar audit.AnchorReport
+		rep, ar, err = audit.VerifyExportAnchored(r, av.anchors, audit.AnchorOptions{Node: av.node, KeyFingerprint: av.key})
+		arep = &ar
+	} else {
+		rep, err = audit.VerifyExport(r)
+	}
 	var ve *audit.VerifyError
 	switch {
 	case errors.As(err, &ve):
@@ -189,12 +277,46 @@ func (g *globals) verifyFile(file string) error {
 		return err
 	}
 	if g.output == "json" {
-		b, _ := json.Marshal(map[string]any{"ok": true, "report": rep})
+		out := map[string]any{"ok": true, "report": rep}
+		if arep != nil {
+			out["anchors"] = arep
+		}
+		b, _ := json.Marshal(out)
 		_, err := fmt.Fprintln(g.stdout, string(b))
 		return err
 	}
-	printVerify(g.stdout, true, rep, nil, 0)
+	if printChain {
+		printVerify(g.stdout, true, rep, nil, 0)
+	}
+	if arep != nil {
+		printAnchorReport(g.stdout, rep, arep)
+	}
 	return nil
+}
+
+func printAnchorReport(w io.Writer, rep audit.Report, a *audit.AnchorReport) {
+	fmt.Fprintf(w, "anchors: OK, %d of node %s checked: %d matched", a.Anchors, a.Node, a.Matched)
+	if a.Retained > 0 {
+		fmt.Fprintf(w, ", %d matched through a retention checkpoint", a.Retained)
+	}
+	if a.Uncovered > 0 {
+		fmt.Fprintf(w, ", %d of entries dropped by retention (not checkable)", a.Uncovered)
+	}
+	if a.Other > 0 {
+		fmt.Fprintf(w, "; %d of other nodes ignored", a.Other)
+	}
+	fmt.Fprintln(w)
+	if a.Pinned {
+		fmt.Fprintf(w, "anchor key: %s (pinned)\n", a.Key)
+	} else {
+		fmt.Fprintf(w, "anchor key: %s (NOT pinned: compare it with the fingerprint recorded when the node was installed, and pass --anchor-key)\n", a.Key)
+	}
+	l := a.Latest
+	fmt.Fprintf(w, "latest anchor: entry %d at %s", l.Seq, l.Time.Local().Format(time.RFC3339))
+	if rep.Last > l.Seq {
+		fmt.Fprintf(w, "; entries %d..%d are after it and not covered by any anchor", l.Seq+1, rep.Last)
+	}
+	fmt.Fprintln(w)
 }
 
 func printVerify(w io.Writer, ok bool, rep audit.Report, problems []audit.Problem, more int) {

@@ -52,6 +52,7 @@ type daemon struct {
 	runners  []func(context.Context) error
 	kube     kubeClients     // kubernetes.go
 	auditLog *audit.Log      // auditlog.go
+	anchorer *audit.Anchorer // auditlog.go; nil without audit.anchor
 	revoker  *revoke.Manager // revocations.go
 	keys     *keyrot.Manager // keys.go
 	adminTCP net.Listener    // admin_api.go; nil unless admin.tcp is set

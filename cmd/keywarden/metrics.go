@@ -147,6 +147,46 @@ func (c *auditCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.GaugeValue, float64(st.Dropped))
 }
 
+// anchorStats is the part of the Anchorer the anchor metrics read.
+type anchorStats interface {
+	Stats() audit.AnchorStats
+}
+
+var _ anchorStats = (*audit.Anchorer)(nil)
+
+// anchorCollector exports how audit anchors are published. A node whose last anchor gets old
+// stopped publishing (or was stopped): the one failure anchors cannot detect by themselves.
+type anchorCollector struct {
+	src           anchorStats
+	anchors, last *prometheus.Desc
+}
+
+func newAnchorCollector(src anchorStats) *anchorCollector {
+	return &anchorCollector{
+		src: src,
+		anchors: prometheus.NewDesc("keywarden_audit_anchors_total",
+			"Audit anchors by result: ok (every sink took it) or error (one per sink that refused, or the signer).", []string{"result"}, nil),
+		last: prometheus.NewDesc("keywarden_audit_anchor_last_timestamp_seconds",
+			"Unix time of the last audit anchor every sink took (0: none yet).", nil, nil),
+	}
+}
+
+func (c *anchorCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.anchors
+	ch <- c.last
+}
+
+func (c *anchorCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.src.Stats()
+	var last float64
+	if !st.Last.Time.IsZero() {
+		last = float64(st.Last.Time.UnixNano()) / 1e9
+	}
+	ch <- prometheus.MustNewConstMetric(c.anchors, prometheus.CounterValue, float64(st.Published), "ok")
+	ch <- prometheus.MustNewConstMetric(c.anchors, prometheus.CounterValue, float64(st.Failures), "error")
+	ch <- prometheus.MustNewConstMetric(c.last, prometheus.GaugeValue, last)
+}
+
 // registerBuildInfo exports keywarden_build_info{version,goversion} = 1.
 func registerBuildInfo(reg prometheus.Registerer, version string) error {
 	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{

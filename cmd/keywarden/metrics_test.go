@@ -20,6 +20,10 @@ func (f fakeFreshness) Freshness() rotate.Freshness { return rotate.Freshness(f)
 
 type fakeAuditStats audit.Stats
 
+type fakeAnchorStats audit.AnchorStats
+
+func (f fakeAnchorStats) Stats() audit.AnchorStats { return audit.AnchorStats(f) }
+
 func (f fakeAuditStats) Stats() audit.Stats { return audit.Stats(f) }
 
 // values gathers reg as "name{v1,v2}" → value.
@@ -81,6 +85,16 @@ func TestMetrics_collectors(t *testing.T) {
 			"keywarden_audit_flushes_total{ok}":    5,
 			"keywarden_audit_flushes_total{error}": 2,
 			"keywarden_audit_dropped_pending{}":    1,
+		}},
+		{"audit anchors", newAnchorCollector(fakeAnchorStats{Published: 4, Failures: 1, Last: audit.Anchor{Time: time.Unix(1700000000, 0)}}), map[string]float64{
+			"keywarden_audit_anchors_total{ok}":               4,
+			"keywarden_audit_anchors_total{error}":            1,
+			"keywarden_audit_anchor_last_timestamp_seconds{}": 1700000000,
+		}},
+		{"audit anchors, none yet", newAnchorCollector(fakeAnchorStats{}), map[string]float64{
+			"keywarden_audit_anchors_total{ok}":               0,
+			"keywarden_audit_anchors_total{error}":            0,
+			"keywarden_audit_anchor_last_timestamp_seconds{}": 0,
 		}},
 	}
 	for _, tt := range tests {

@@ -86,7 +86,7 @@ app.kubernetes.io/part-of: keywarden
   "identity" $id
   "grants" $grants
   "rotation" (dict "pollInterval" $c.rotation.pollInterval)
-  "audit" (dict "maxEntries" $c.audit.maxEntries "flushInterval" $c.audit.flushInterval)
+  "audit" (include "keywarden.auditConfig" . | fromYaml)
   "csi" (dict "socket" (printf "%s/csi.sock" (include "keywarden.pluginDir" .)) "kubeletRoot" (trimSuffix "/" .Values.kubeletRoot) "driverName" .Values.driverName "tmpfsSize" $c.csi.tmpfsSize)
   "log" (dict "level" $c.log.level "format" $c.log.format)
 -}}
@@ -114,4 +114,16 @@ app.kubernetes.io/part-of: keywarden
 {{- $_ := set $cfg "vault" $vault -}}
 {{- end -}}
 {{- toYaml (mustMergeOverwrite $cfg (deepCopy .Values.extraConfig)) -}}
+{{- end -}}
+
+{{/* The audit section of the daemon's config. */}}
+{{- define "keywarden.auditConfig" -}}
+{{- $a := .Values.config.audit -}}
+{{- $audit := dict "maxEntries" $a.maxEntries "flushInterval" $a.flushInterval -}}
+{{- if $a.anchor.enabled -}}
+{{- $anchor := dict "enabled" true "interval" $a.anchor.interval "log" $a.anchor.log -}}
+{{- if $a.anchor.events }}{{ $_ := set $anchor "events" (dict "namespace" .Release.Namespace) }}{{ end -}}
+{{- $_ := set $audit "anchor" $anchor -}}
+{{- end -}}
+{{- toYaml $audit -}}
 {{- end -}}
