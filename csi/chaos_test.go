@@ -415,7 +415,17 @@ func TestDriver_killDashNineCampaign(t *testing.T) {
 		}
 		for _, target := range chaosTargets(t, root) {
 			leftovers++
-			t.Errorf("trial %d (%s): unpublish left %s", trial, mode, target)
+			id := chaosVolumeID(target)
+			_, wasLive := live[id]
+			_, wasUntried := untried[id]
+			entries, _ := os.ReadDir(target)
+			var names []string
+			for _, en := range entries {
+				names = append(names, en.Name())
+			}
+			mi, _ := os.ReadFile("/proc/self/mountinfo")
+			t.Errorf("trial %d (%s): unpublish left %s (acknowledged %v, unpublish in flight %v, mounted %v, marker %v, entries %v)",
+				trial, mode, target, wasLive && !wasUntried, wasUntried, strings.Contains(string(mi), " "+target+" "), ownsTarget(target, id), names)
 		}
 		if n := e.d.Volumes(); n != 0 {
 			t.Errorf("trial %d (%s): %d volumes still managed after unpublishing all", trial, mode, n)
