@@ -174,3 +174,114 @@ func TestChaos_vaultDown(t *testing.T) {
 		Notes: fmt.Sprintf("%d file checks, %d GetSecret (%d cached, %d Unavailable), %d stream reconnects; new value in files %v, streams %v after the write (poll %v)",
 			fileChecks, gets, served, unavailable, repeats, slowestFile.Round(time.Millisecond), slowestWatch.Round(time.Millisecond), poll)})
 }
+
+// TestChaos_apiserverDown stops etcd and the apiserver while pods use the daemon, in both
+// identity modes, for 5 s (or 11 minutes with KEYWARDEN_CHAOS_LONG=1, longer than the pods'
+// 10-minute tokens). Identities verified before the outage are served until their token's
+// exp and refused after it; a token the daemon has not verified gets Unavailable in
+// tokenreview mode (JWT mode verifies it offline with the cached keys, for a pod its informer
+// knows); tokens that must be refused (a service account without a grant, a pod on another
+// node) are never allowed.
+func TestChaos_apiserverDown(t *testing.T) {
+	pods, outage := 5, 5*time.Second
+	if chaos.Long() {
+		pods, outage = 25, 11*time.Minute
+	}
+	const skew = 30 * time.Second // the verifier's allowance on exp
+	kube := framework.StartKube(t, framework.KubeOptions{})
+	createPodReaderRole(t, kube)
+	here := framework.NewKubelet(t, kube, framework.KubeletOptions{})
+	there := framework.NewKubelet(t, kube, framework.KubeletOptions{})
+	ns := kube.CreateNamespace(t, "chaos-api")
+	modes := []string{"jwt", "tokenreview"}
+	daemons := map[string]*framework.Daemon{}
+	for _, m := range modes {
+		daemons[m] = identityDaemon(t, kube, here.NodeName, ns, m)
+	}
+	type tok struct {
+		token string
+		exp   time.Time
+	}
+	used := map[string][]tok{}
+	fresh := map[string]tok{} // per mode: a token of a known pod, never presented before the outage
+	var refused []string      // tokens every answer must refuse
+	for range pods {
+		pod := here.CreatePod(t, ns, "app")
+		for _, m := range modes {
+			tk := here.PodToken(t, pod, framework.DefaultAudience)
+			used[m] = append(used[m], tok{tk.Token, tk.ExpirationTimestamp})
+		}
+	}
+	p0 := here.CreatePod(t, ns, "app")
+	for _, m := range modes {
+		tk := here.PodToken(t, p0, framework.DefaultAudience)
+		fresh[m] = tok{tk.Token, tk.ExpirationTimestamp}
+	}
+	refused = append(refused, here.PodToken(t, here.CreatePod(t, ns, "other"), framework.DefaultAudience).Token,
+		there.PodToken(t, there.CreatePod(t, ns, "app"), framework.DefaultAudience).Token)
+	for _, m := range modes {
+		for _, tk := range used[m] {
+			waitAccepted(t, daemons[m], tk.token)
+		}
+		for _, tk := range refused {
+			if err := getSecret(t, daemons[m], tk); err == nil {
+				t.Fatalf("%s: a token that must be refused was allowed before the outage", m)
+			}
+		}
+	}
+
+	kube.APIServer.Stop()
+	kube.Etcd.Stop()
+	stoppedAt := time.Now()
+	var rounds, served, servedFresh, unavailable, expiredRefused, lost, wrongAllows int
+	for time.Since(stoppedAt) < outage {
+		rounds++
+		for _, m := range modes {
+			d := daemons[m]
+			for _, tk := range used[m] {
+				err := getSecret(t, d, tk.token)
+				now := time.Now()
+				switch {
+				case err == nil && now.After(tk.exp.Add(skew)):
+					wrongAllows++
+					t.Errorf("%s: a token expired at %v was served at %v", m, tk.exp, now)
+				case err == nil:
+					served++
+				case now.Before(tk.exp):
+					lost++
+					t.Errorf("%s: an identity verified before the outage, token valid until %v: %v", m, tk.exp, err)
+				default:
+					expiredRefused++
+				}
+			}
+			err := getSecret(t, d, fresh[m].token)
+			switch code := status.Code(err); {
+			case err == nil && m == "jwt" && time.Now().Before(fresh[m].exp.Add(skew)):
+				servedFresh++
+			case err == nil:
+				wrongAllows++
+				t.Errorf("%s: a token never verified was allowed with the apiserver down", m)
+			case code == codes.Unavailable:
+				unavailable++
+			case time.Now().After(fresh[m].exp):
+				expiredRefused++
+			default:
+				t.Errorf("%s: a token never verified: %v, want Unavailable", m, err)
+			}
+			for _, tk := range refused {
+				if err := getSecret(t, d, tk); err == nil {
+					wrongAllows++
+					t.Errorf("%s: a token that must be refused was allowed during the outage", m)
+				}
+			}
+		}
+		time.Sleep(time.Second)
+	}
+	t.Logf("apiserver and etcd down %v, %d pods, jwt and tokenreview daemons: %d rounds; cached identities served %d times, "+
+		"%d lost; %d answers refused an expired token; tokens never verified: %d served offline (jwt), %d Unavailable; %d wrong allows",
+		outage, pods, rounds, served, lost, expiredRefused, servedFresh, unavailable, wrongAllows)
+	chaos.Report(t, chaos.Result{Campaign: fmt.Sprintf("apiserver+etcd down %v, %d pods (e2e)", outage, pods), Trials: pods, Faults: 1,
+		Losses: lost, WrongAllows: wrongAllows,
+		Notes: fmt.Sprintf("cached identities served %d times; %d expired refused; never-verified tokens: %d served offline (jwt), %d Unavailable (tokenreview)",
+			served, expiredRefused, servedFresh, unavailable)})
+}
