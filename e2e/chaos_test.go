@@ -65,7 +65,9 @@ func TestChaos_vaultDown(t *testing.T) {
 	if chaos.Long() {
 		pods, outage = 25, 10*time.Minute
 	}
-	e := startCSIVault(t, csiVaultOptions{pollInterval: poll, logLevel: "info"})
+	// Tokens of an hour (kubelet's default for CSI token requests): the 10-minute minimum
+	// would expire during the long outage and pause the volumes' rotation until a republish.
+	e := startCSIVault(t, csiVaultOptions{pollInterval: poll, logLevel: "info", tokenTTL: time.Hour})
 	e.putKV(t, "app/api", map[string]any{"token": "outage-kv-value-1"})
 	podList, targets := e.publishPods(t, pods, map[string]string{"secrets": "api"})
 	for _, target := range targets {
