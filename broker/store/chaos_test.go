@@ -112,8 +112,9 @@ func chaosCompare(tb testing.TB, db *DB, want map[string]string) (losses, ghosts
 func TestDB_FailCommit_campaign(t *testing.T) {
 	trials := chaos.Trials(t, chaosDefaultTrials)
 	cfg, _ := testConfig(t)
-	var faults, losses, ghosts, wrongErrs, acked int
+	var ran, faults, losses, ghosts, wrongErrs, acked int
 	for trial := range trials {
+		ran++
 		k := 1 + trial%chaosWrites
 		cfg.Path = filepath.Join(t.TempDir(), "store.db")
 		var armed atomic.Bool
@@ -165,9 +166,9 @@ func TestDB_FailCommit_campaign(t *testing.T) {
 		}
 	}
 	t.Logf("commit-failure campaign: %d trials, %d injected failures each reported to its caller, %d wrong results, "+
-		"%d acknowledged commits checked after reopen, %d losses, %d failed writes visible", trials, faults, wrongErrs, acked, losses, ghosts)
-	chaos.Report(t, chaos.Result{Campaign: "failed commit at every index (store.FailCommit)", Trials: trials, Faults: faults, Losses: losses,
-		WrongAllows: ghosts + wrongErrs, Notes: fmt.Sprintf("%d-commit workload; %d acked commits checked after reopen", chaosWrites, acked)})
+		"%d acknowledged commits whose result was compared key by key after reopen, %d losses, %d failed writes visible", ran, faults, wrongErrs, acked, losses, ghosts)
+	chaos.Report(t, chaos.Result{Campaign: "failed commit at every index (store.FailCommit)", Trials: ran, Faults: faults, Losses: losses,
+		WrongAllows: ghosts + wrongErrs, Notes: fmt.Sprintf("%d-commit workload; %d acked commits compared after reopen", chaosWrites, acked)})
 }
 
 // TestDB_diskFull_campaign fills a small tmpfs until 0 or 4 KiB are free just before commit k
@@ -192,8 +193,9 @@ func TestDB_diskFull_campaign(t *testing.T) {
 	rng := rand.New(rand.NewPCG(uint64(os.Getpid()), 12))
 	cfg, _ := testConfig(t)
 	filler := filepath.Join(mnt, "filler")
-	var faults, succeeded, losses, ghosts, corrupt, acked int
+	var ran, faults, succeeded, losses, ghosts, corrupt, acked int
 	for trial := range trials {
+		ran++
 		k := 1 + trial%chaosWrites
 		cfg.Path = filepath.Join(mnt, "store.db")
 		_ = os.Remove(cfg.Path)
@@ -243,10 +245,10 @@ func TestDB_diskFull_campaign(t *testing.T) {
 		}
 	}
 	t.Logf("disk-full campaign: %d trials, %d commits failed with ENOSPC and reported, %d fitted in the space left, "+
-		"%d reported as corruption, %d acknowledged commits checked after reopen, %d losses, %d failed writes visible",
-		trials, faults, succeeded, corrupt, acked, losses, ghosts)
-	chaos.Report(t, chaos.Result{Campaign: "disk full at every commit index (tmpfs)", Trials: trials, Faults: faults, Losses: losses,
-		WrongAllows: ghosts + corrupt, Notes: fmt.Sprintf("%d commits fitted in the space left; %d acked commits checked after reopen", succeeded, acked)})
+		"%d reported as corruption, %d acknowledged commits whose result was compared key by key after reopen, %d losses, %d failed writes visible",
+		ran, faults, succeeded, corrupt, acked, losses, ghosts)
+	chaos.Report(t, chaos.Result{Campaign: "disk full at every commit index (tmpfs)", Trials: ran, Faults: faults, Losses: losses,
+		WrongAllows: ghosts + corrupt, Notes: fmt.Sprintf("%d commits fitted in the space left; %d acked commits compared after reopen", succeeded, acked)})
 }
 
 // fillTo fills the file system at mnt with the file filler until at most free bytes are left.
