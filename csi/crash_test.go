@@ -21,6 +21,10 @@ func TestMain(m *testing.M) {
 		crashChild(dir)
 		return
 	}
+	if dir := os.Getenv(publishChaosEnv); dir != "" {
+		runPublishChaosChild(dir)
+		return
+	}
 	os.Exit(m.Run())
 }
 

@@ -536,9 +536,11 @@ func (d *Driver) save(v *volume) error {
 // Unpublish removes the volume's files, mount and record. It acts only on what this driver
 // made: the volume it recorded under volumeID at target or, when it has no record of volumeID
 // (a crash between mount and record, a lost node store), a volume at target whose marker names
-// volumeID. Anything else at target — another volume of this driver, another driver's mount, a
-// plain directory — is left alone, and the call succeeds as the CSI spec asks of an unknown
-// volume: kubelet then finds the target still in use, and nothing of another volume is lost.
+// volumeID, or an empty directory (what an unpublish killed after its unmount leaves).
+// Anything else at target — another volume of this driver, another driver's mount, a plain
+// directory with entries — is left alone, and the call succeeds as the CSI spec asks of an
+// unknown volume: kubelet then finds the target still in use, and nothing of another volume
+// is lost.
 func (d *Driver) Unpublish(_ context.Context, volumeID, target string) error {
 	unlock := d.lock(volumeID)
 	defer unlock()
@@ -555,6 +557,12 @@ func (d *Driver) Unpublish(_ context.Context, volumeID, target string) error {
 				return fmt.Errorf("remove volume: %w", err)
 			}
 			log.Info("unrecorded volume removed")
+		case d.confined(target) && emptyDir(target):
+			// What an unpublish killed after the unmount leaves behind. rmdir removes
+			// neither a mount point nor a directory with entries, so nothing is lost.
+			if err := os.Remove(target); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				log.Warn("empty target not removed", slog.Any("error", err))
+			}
 		}
 		return nil
 	}
@@ -609,6 +617,16 @@ func ownsTarget(target, id string) bool {
 	}
 	b, err := root.ReadFile(volumeMarker)
 	return err == nil && string(b) == id
+}
+
+// emptyDir reports whether target is a directory (not a symlink) with no entries.
+func emptyDir(target string) bool {
+	fi, err := os.Lstat(target)
+	if err != nil || !fi.IsDir() {
+		return false
+	}
+	entries, err := os.ReadDir(target)
+	return err == nil && len(entries) == 0
 }
 
 // confined reports whether target has the shape of a kubelet CSI volume path under the root.

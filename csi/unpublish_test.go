@@ -106,3 +106,31 @@ func TestDriver_Unpublish_killedBeforeRecord(t *testing.T) {
 		t.Fatalf("unpublish left the unrecorded volume: %v", err)
 	}
 }
+
+// An unpublish killed after the unmount and before the directory was removed leaves an empty
+// directory and, after a restart, no record (the recorded volume is no longer mounted).
+// kubelet's retry of the unpublish removes the directory; one with entries stays.
+func TestDriver_Unpublish_emptyTargetRemoved(t *testing.T) {
+	e := newEnv(t)
+	empty := e.target("uid-p1", "secrets")
+	full := e.target("uid-p2", "secrets")
+	for _, dir := range []string{empty, full} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(full, "data"), []byte("not ours"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for id, target := range map[string]string{"vol-p1-secrets": empty, "vol-p2-secrets": full} {
+		if err := e.d.Unpublish(context.Background(), id, target); err != nil {
+			t.Fatalf("unpublish %s: %v", id, err)
+		}
+	}
+	if _, err := os.Lstat(empty); !os.IsNotExist(err) {
+		t.Fatalf("the empty target is still there: %v", err)
+	}
+	if got := readFile(t, filepath.Join(full, "data")); got != "not ours" {
+		t.Fatalf("a target with entries was touched: %q", got)
+	}
+}

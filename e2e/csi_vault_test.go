@@ -45,6 +45,7 @@ type csiVaultOptions struct {
 	dbTTL, dbMaxTTL time.Duration
 	pollInterval    time.Duration // KV metadata polls; default 1s
 	logLevel        string        // default debug
+	tokenTTL        time.Duration // of pod tokens; default the framework's (10m, the minimum)
 	// extraGrants returns more grant documents (each starting with "---") for namespace ns,
 	// appended to the grants file.
 	extraGrants func(ns string) string
@@ -93,7 +94,7 @@ func startCSIVault(t testing.TB, o csiVaultOptions) *csiVaultEnv {
 		extra = o.extraGrants(e.ns)
 	}
 	writeFile(t, e.grants, csiVaultGrant(e.ns)+extra)
-	e.kl = framework.NewKubelet(t, e.kube, framework.KubeletOptions{NodeName: e.node, Socket: e.csiSock, PodsDir: filepath.Join(e.kubeletRoot, "pods")})
+	e.kl = framework.NewKubelet(t, e.kube, framework.KubeletOptions{NodeName: e.node, Socket: e.csiSock, PodsDir: filepath.Join(e.kubeletRoot, "pods"), TokenTTL: o.tokenTTL})
 	if o.pollInterval == 0 {
 		o.pollInterval = time.Second
 	}

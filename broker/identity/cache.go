@@ -27,7 +27,8 @@ type CacheConfig struct {
 	// Verifier does the real verification. Required.
 	Verifier TokenVerifier
 	// TTL bounds how long a success is reused; a result never outlives the token's exp.
-	// Default 1m.
+	// Default 1m. After it, a success still answers for its token, until the token's exp, when
+	// the verifier is unavailable (ErrUnavailable).
 	TTL time.Duration
 	// NegativeTTL is how long a rejection is reused, so a flood of one bad token costs one
 	// verification. Default 5s. Unavailable results are never cached.
@@ -56,6 +57,9 @@ type cacheEntry struct {
 	w       Workload
 	err     error
 	expires time.Time
+	// until is how long a success may stand in for a verification that cannot be done (the
+	// apiserver unreachable in TokenReview mode): the token's exp.
+	until time.Time
 }
 
 // NewCachingVerifier returns a CachingVerifier.
@@ -119,6 +123,13 @@ func (c *CachingVerifier) Verify(ctx context.Context, tok Token) (Workload, erro
 		return Workload{}, errors.Join(ErrUnavailable, ctx.Err())
 	case r := <-ch:
 		w, _ := r.Val.(Workload)
+		if r.Err != nil && errors.Is(r.Err, ErrUnavailable) && ok && e.err == nil && c.cfg.Clock.Now().Before(e.until) {
+			// Nothing can be checked while the verifier is unreachable, and an identity
+			// verified before stays valid until its token's exp, as it does with cached keys
+			// in JWT mode. It is verified again on the first call that can reach it.
+			c.cfg.Metrics.cacheHit()
+			return copyWorkload(e.w), nil
+		}
 		return copyWorkload(w), r.Err
 	}
 }
@@ -131,9 +142,12 @@ func (c *CachingVerifier) store(d [sha256.Size]byte, w Workload, err error) {
 	var e cacheEntry
 	switch {
 	case err == nil:
-		e = cacheEntry{w: w, expires: now.Add(c.cfg.TTL)}
+		e = cacheEntry{w: w, expires: now.Add(c.cfg.TTL), until: w.ExpiresAt}
 		if !w.ExpiresAt.IsZero() && w.ExpiresAt.Before(e.expires) {
 			e.expires = w.ExpiresAt
+		}
+		if e.until.Before(e.expires) {
+			e.until = e.expires
 		}
 	case errors.Is(err, ErrInvalidToken):
 		e = cacheEntry{err: err, expires: now.Add(c.cfg.NegativeTTL)}
@@ -144,7 +158,7 @@ func (c *CachingVerifier) store(d [sha256.Size]byte, w Workload, err error) {
 	defer c.mu.Unlock()
 	if len(c.entries) >= c.cfg.MaxEntries {
 		for k, old := range c.entries {
-			if !now.Before(old.expires) {
+			if !now.Before(old.expires) && !now.Before(old.until) {
 				delete(c.entries, k)
 			}
 		}

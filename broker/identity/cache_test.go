@@ -191,3 +191,44 @@ func mustTD(t testing.TB) spiffeid.TrustDomain {
 	t.Helper()
 	return spiffeid.RequireTrustDomainFromString("td")
 }
+
+// With the verifier unavailable (the apiserver down in TokenReview mode), a success verified
+// before answers past the cache TTL until the token's exp, and never after it; a token never
+// verified gets the unavailable error, and a rejection is not turned into a success.
+func TestCachingVerifier_Verify_unavailableServesCachedUntilExp(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Now())
+	inner := &countingVerifier{w: Workload{Namespace: "demo", ExpiresAt: clk.Now().Add(10 * time.Minute)}}
+	c, err := NewCachingVerifier(CacheConfig{Verifier: inner, TTL: time.Minute, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := NewToken("a.b.c")
+	if _, err := c.Verify(context.Background(), tok); err != nil {
+		t.Fatal(err)
+	}
+	inner.w, inner.err = Workload{}, &unavailableError{cause: errors.New("apiserver unreachable")}
+	clk.Step(5 * time.Minute) // past the TTL, before exp
+	if w, err := c.Verify(context.Background(), tok); err != nil || w.Namespace != "demo" {
+		t.Fatalf("verified identity during the outage: %v %v", w, err)
+	}
+	if inner.n.Load() != 2 {
+		t.Fatalf("verified %d times, want 2: the verifier is asked first", inner.n.Load())
+	}
+	if _, err := c.Verify(context.Background(), NewToken("never-seen")); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("a token never verified during the outage: %v, want ErrUnavailable", err)
+	}
+	clk.Step(5 * time.Minute) // the token's exp
+	if _, err := c.Verify(context.Background(), tok); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("after exp: %v, want ErrUnavailable", err)
+	}
+
+	// A rejection while the verifier works is not a success that could later stand in.
+	bad := NewToken("bad")
+	inner.err = &VerifyError{Reason: ReasonExpired}
+	_, _ = c.Verify(context.Background(), bad)
+	inner.err = &unavailableError{cause: errors.New("apiserver unreachable")}
+	clk.Step(time.Minute)
+	if _, err := c.Verify(context.Background(), bad); err == nil {
+		t.Fatal("a rejected token was allowed during the outage")
+	}
+}

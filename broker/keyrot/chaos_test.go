@@ -17,13 +17,11 @@ import (
 
 	"github.com/keywarden/keywarden/broker/store"
 	"github.com/keywarden/keywarden/crypto"
+	"github.com/keywarden/keywarden/internal/chaos"
 )
 
 // Environment of the kill -9 campaign.
 const (
-	// chaosTrialsEnv sets the number of trials (default chaosDefaultTrials); a long campaign
-	// runs e.g. KEYWARDEN_CHAOS_TRIALS=1000.
-	chaosTrialsEnv = "KEYWARDEN_CHAOS_TRIALS"
 	// chaosChildEnv turns the test binary into the rotating child; its value is the data dir.
 	chaosChildEnv = "KEYWARDEN_KEYROT_CHAOS_CHILD_DIR"
 	// chaosKillAtEnv makes the child SIGKILL itself just before its Nth commit ("0": the
@@ -113,14 +111,7 @@ func TestManager_killDashNineCampaign(t *testing.T) {
 	if testing.Short() {
 		t.Skip("spawns child processes")
 	}
-	trials := chaosDefaultTrials
-	if v := os.Getenv(chaosTrialsEnv); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			t.Fatalf("%s=%q: want a positive number", chaosTrialsEnv, v)
-		}
-		trials = n
-	}
+	trials := chaos.Trials(t, chaosDefaultTrials)
 	dir := t.TempDir()
 	seed(t, dir, chaosRecords)
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 42))
@@ -186,4 +177,6 @@ func TestManager_killDashNineCampaign(t *testing.T) {
 	t.Logf("kill -9 campaign: %d trials, %d kills (%d before a random commit, %d after a random delay), %d completed rotations, "+
 		"%d kills left a DEK rotation unfinished, %d a KEK rotation unfinished, %d records checked, 0 losses",
 		trials, kills, byCommit, byDelay, rounds, midDEK, midKEK, checked)
+	chaos.Report(t, chaos.Result{Campaign: "kill -9 during DEK+KEK rotation", Trials: trials, Faults: kills,
+		Notes: fmt.Sprintf("%d records checked; %d kills mid-DEK, %d mid-KEK rotation", checked, midDEK, midKEK)})
 }

@@ -179,6 +179,7 @@ func (p *Process) Stop() {
 	p.stop.Do(func() {
 		pgid := p.cmd.Process.Pid
 		_ = syscall.Kill(-pgid, p.stopSig)
+		_ = syscall.Kill(-pgid, syscall.SIGCONT) // a paused process acts on the signal only when continued
 		select {
 		case <-p.done:
 		case <-time.After(10 * time.Second):
@@ -199,6 +200,14 @@ func (p *Process) Kill() {
 		<-p.done
 	})
 }
+
+// Pause freezes the process group with SIGSTOP: it keeps its state (a dev Vault's in-memory
+// storage) and its listening sockets, and every request to it hangs until Resume, the way a
+// stopped server or a frozen VM behaves. Stop works on a paused process too.
+func (p *Process) Pause() error { return syscall.Kill(-p.cmd.Process.Pid, syscall.SIGSTOP) }
+
+// Resume continues a process group frozen by Pause.
+func (p *Process) Resume() error { return syscall.Kill(-p.cmd.Process.Pid, syscall.SIGCONT) }
 
 // Exited reports whether the process has exited, and its wait error.
 func (p *Process) Exited() (bool, error) {
