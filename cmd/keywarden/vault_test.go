@@ -70,3 +70,17 @@ func TestParseConfig_vaultBadInput(t *testing.T) {
 		})
 	}
 }
+
+func TestVaultBackoffCap(t *testing.T) {
+	for _, tc := range []struct{ poll, want time.Duration }{
+		{0, 0},
+		{200 * time.Millisecond, time.Second},
+		{time.Second, time.Second},
+		{30 * time.Second, 30 * time.Second},
+		{5 * time.Minute, time.Minute},
+	} {
+		if got := vaultBackoffCap(tc.poll); got != tc.want {
+			t.Errorf("vaultBackoffCap(%v) = %v; want %v", tc.poll, got, tc.want)
+		}
+	}
+}
