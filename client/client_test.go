@@ -260,7 +260,7 @@ func TestClient_sealedResponses(t *testing.T) {
 		})
 	}
 	f.mu.Lock()
-	f.plain, f.tamper, f.script = true, nil, []watchStep{{versions: []string{"1"}}}
+	f.plain, f.tamper = true, nil
 	f.mu.Unlock()
 	plain, _ := New(serve(t, f), WithToken("t"), WithoutSealing())
 	defer plain.Close()
