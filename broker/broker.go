@@ -227,9 +227,13 @@ func (b *Broker) authorize(ctx context.Context, w identity.Workload, name string
 		b.audit.Record(ctx, ev)
 		// The same message whether or not the secret exists: it only repeats what the
 		// caller sent and who the caller is.
+		explainDelivery := "" // explain's default is GRPC
+		if d != grant.DeliveryGRPC {
+			explainDelivery = " --delivery " + string(d)
+		}
 		return dec, newError(ErrPermissionDenied, fmt.Sprintf(
-			"permission denied: no grant allows service account %q in namespace %q to read secret %q over %s; an administrator can run `keywarden grant explain --namespace %s --service-account %s --secret %s`",
-			w.ServiceAccount, w.Namespace, name, d, w.Namespace, w.ServiceAccount, name))
+			"permission denied: no grant allows service account %q in namespace %q to read secret %q over %s; an administrator can run `keywarden grant explain --namespace %s --service-account %s --secret %s%s`",
+			w.ServiceAccount, w.Namespace, name, d, w.Namespace, w.ServiceAccount, name, explainDelivery))
 	}
 	return dec, nil
 }

@@ -77,6 +77,9 @@ func TestSecretService_sealedResponses(t *testing.T) {
 		}
 		defer plain.Close()
 		_, err = plain.Get(context.Background(), "demo-db")
-		expectStatus(t, err, codes.PermissionDenied, `to read secret "demo-db"`)
+		expectStatus(t, err, codes.PermissionDenied, "to read secret \"demo-db\" over GRPC; an administrator can run `keywarden grant explain --namespace demo --service-account sealer --secret demo-db`")
+		// A sealed request that no grant allows: the explain hint names the sealed channel.
+		_, err = s.client(t, s.token(t, "demo", "other")).Get(context.Background(), "demo-db")
+		expectStatus(t, err, codes.PermissionDenied, "over GRPCSealed; an administrator can run `keywarden grant explain --namespace demo --service-account other --secret demo-db --delivery GRPCSealed`")
 	})
 }
