@@ -1,7 +1,6 @@
 package csi
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"maps"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -294,31 +292,11 @@ func TestDriver_killDashNineCampaign(t *testing.T) {
 			byDelay++
 		}
 		_ = os.Remove(filepath.Join(dir, publishChaosAcks))
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), publishChaosEnv+"="+dir, publishChaosModeEnv+"="+mode)
-		var stderr strings.Builder
-		cmd.Stderr = &stderr
-		stdout, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		watchdog := time.AfterFunc(30*time.Second, func() { _ = cmd.Process.Kill() })
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if sc.Text() == "READY" && mode == "delay" {
-				d := time.Duration(rng.Int64N(int64(publishChaosMaxDelay)))
-				time.AfterFunc(d, func() { _ = cmd.Process.Kill() })
+		chaos.KillChild(t, []string{"-test.run=^$"}, []string{publishChaosEnv + "=" + dir, publishChaosModeEnv + "=" + mode}, func(line string, kill func()) {
+			if line == "READY" && mode == "delay" {
+				time.AfterFunc(time.Duration(rng.Int64N(int64(publishChaosMaxDelay))), kill)
 			}
-		}
-		_ = cmd.Wait()
-		watchdog.Stop()
-		ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus)
-		if !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
-			t.Fatalf("trial %d (%s): child was not killed by SIGKILL (state %v): %s", trial, mode, cmd.ProcessState, stderr.String())
-		}
+		})
 		kills++
 
 		// The files as the kill left them, before any driver touches them.

@@ -1,12 +1,10 @@
 package keyrot
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -121,35 +119,15 @@ func TestManager_killDashNineCampaign(t *testing.T) {
 		if trial%2 == 0 {
 			killAt = 1 + rng.IntN(chaosMaxCommit)
 		}
-		cmd := exec.Command(os.Args[0], "-test.run=^TestManager_killDashNineCampaign$", "-test.count=1")
-		cmd.Env = append(os.Environ(), chaosChildEnv+"="+dir, chaosKillAtEnv+"="+strconv.Itoa(killAt))
-		var stderr strings.Builder
-		cmd.Stderr = &stderr
-		stdout, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		watchdog := time.AfterFunc(30*time.Second, func() { _ = cmd.Process.Kill() })
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			line := sc.Text()
-			switch {
-			case line == "READY" && killAt == 0:
-				d := time.Duration(rng.Int64N(int64(chaosMaxDelay)))
-				time.AfterFunc(d, func() { _ = cmd.Process.Kill() })
-			case strings.HasPrefix(line, "ROTATED"):
-				rounds++
-			}
-		}
-		_ = cmd.Wait()
-		watchdog.Stop()
-		ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus)
-		if !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
-			t.Fatalf("trial %d: child was not killed by SIGKILL (state %v): %s", trial, cmd.ProcessState, stderr.String())
-		}
+		chaos.KillChild(t, []string{"-test.run=^TestManager_killDashNineCampaign$", "-test.count=1"},
+			[]string{chaosChildEnv + "=" + dir, chaosKillAtEnv + "=" + strconv.Itoa(killAt)}, func(line string, kill func()) {
+				switch {
+				case line == "READY" && killAt == 0:
+					time.AfterFunc(time.Duration(rng.Int64N(int64(chaosMaxDelay))), kill)
+				case strings.HasPrefix(line, "ROTATED"):
+					rounds++
+				}
+			})
 		kills++
 		if killAt > 0 {
 			byCommit++
