@@ -186,19 +186,8 @@ start, "audit anchor key"); without it the key the anchors carry is trusted as f
 				// The anchors are checked here, not by the daemon: against the entries it
 				// exports. (For a node that may be compromised, check an export off the node.)
 				var export bytes.Buffer
-				st, err := c.AuditExport(ctx, &keywardenv1.AuditExportRequest{})
-				if err != nil {
+				if err := copyExport(ctx, c, &export, 0); err != nil {
 					return err
-				}
-				for {
-					m, err := st.Recv()
-					if errors.Is(err, io.EOF) {
-						break
-					}
-					if err != nil {
-						return err
-					}
-					export.Write(m.GetData())
 				}
 				return g.verifyExport(&export, &av, false)
 			})
@@ -357,21 +346,8 @@ func newAuditExportCommand(g *globals) *cobra.Command {
 				w = f
 			}
 			return g.adminStream(cmd.Context(), false, func(ctx context.Context, c keywardenv1.AdminServiceClient) error {
-				st, err := c.AuditExport(ctx, &keywardenv1.AuditExportRequest{FromSeq: from})
-				if err != nil {
+				if err := copyExport(ctx, c, w, from); err != nil {
 					return err
-				}
-				for {
-					m, err := st.Recv()
-					if errors.Is(err, io.EOF) {
-						break
-					}
-					if err != nil {
-						return err
-					}
-					if _, err := w.Write(m.GetData()); err != nil {
-						return err
-					}
 				}
 				// The head at export time, for the record: an export cut at its end still
 				// verifies, but no longer ends at this head.
@@ -499,4 +475,24 @@ func shortHash(h string) string {
 		return h[:16] + "…"
 	}
 	return h
+}
+
+// copyExport writes the daemon's audit export, from entry from (0: the oldest kept), to w.
+func copyExport(ctx context.Context, c keywardenv1.AdminServiceClient, w io.Writer, from uint64) error {
+	st, err := c.AuditExport(ctx, &keywardenv1.AuditExportRequest{FromSeq: from})
+	if err != nil {
+		return err
+	}
+	for {
+		m, err := st.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if _, err := w.Write(m.GetData()); err != nil {
+			return err
+		}
+	}
 }
