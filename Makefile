@@ -24,7 +24,7 @@ UNIT_TIMEOUT ?= 25m
 CHAOS_TRIALS  ?= 1000
 CHAOS_TIMEOUT ?= 4h
 CHAOS_REPORT  := $(CURDIR)/bin/chaos-report.tsv
-CHAOS_UNIT    := ^(TestManager_killDashNineCampaign|TestDriver_killDashNineCampaign|TestDB_FailCommit_campaign|TestDB_diskFull_campaign)$$
+CHAOS_UNIT    := ^(TestManager_killDashNineCampaign|TestDriver_killDashNineCampaign|TestDB_FailCommit_campaign|TestDB_diskFull_campaign|TestDB_fsyncError_campaign)$$
 CRDGEN    := object paths=./broker/grant/ crd:crdVersions=v1
 CHART     := deploy/helm/keywarden
 # The chart templates the CRD (so `helm upgrade` upgrades it) from its own copy of deploy/crd.
@@ -43,15 +43,18 @@ dev: build ## Build and run `keywarden dev` (embedded default: no cluster, no Va
 	./$(BIN) dev
 
 .PHONY: test
-test: lint generate-check unit e2e ## Everything CI runs: lint, generated code, unit + integration + e2e tests (-race)
+test: deps lint generate-check unit e2e ## Everything CI runs: lint, generated code, unit + integration + e2e tests (-race)
 
 .PHONY: unit
 unit: ## Unit and in-process integration tests with -race
 	$(GOTEST) -timeout $(UNIT_TIMEOUT) $(PKGS)
 
-.PHONY: tools
-tools: ## Install PostgreSQL and build the missing e2e servers (first time ~20-45 min on 2 cores)
+.PHONY: deps
+deps: ## Install the Debian packages the tests need (PostgreSQL, e2fsprogs) when missing
 	e2e/tools/install-deps.sh
+
+.PHONY: tools
+tools: deps ## Install PostgreSQL and build the missing e2e servers (first time ~20-45 min on 2 cores)
 	e2e/tools/build.sh
 
 .PHONY: e2e

@@ -2,6 +2,7 @@ package store
 
 import (
 	"errors"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -108,4 +109,62 @@ func TestDB_FailCommit_losesNothingAcknowledged(t *testing.T) {
 		t.Fatalf("acknowledged write after a failed commit: %q %v", got, err)
 	}
 	mustPut(t, db, "b", "after", "v3")
+}
+
+// TestDB_failedCommit_reopensTheHandle: after a failed commit the store does not trust its
+// bbolt handle (the page cache may hold what the disk never got): the next call opens the
+// file anew, says so in the log, keeps the file lock, and fails with the open's error for as
+// long as the file cannot be opened.
+func TestDB_failedCommit_reopensTheHandle(t *testing.T) {
+	cfg, logs := testConfig(t)
+	var fail atomic.Bool
+	cfg.FailCommit = func() error {
+		if fail.Load() {
+			return errors.New("injected fsync failure")
+		}
+		return nil
+	}
+	db := mustOpen(t, cfg)
+	mustPut(t, db, "b", "kept", "v1")
+	before := db.bdb
+	fail.Store(true)
+	if err := db.Put("b", "lost", []byte("v2")); err == nil {
+		t.Fatal("put during a failing commit succeeded")
+	}
+	fail.Store(false)
+	if got, err := db.Get("b", "kept"); err != nil || string(got) != "v1" {
+		t.Fatalf("read after a failed commit: %q %v", got, err)
+	}
+	if db.bdb == before {
+		t.Fatal("the handle that saw the failed commit is still in use")
+	}
+	if !strings.Contains(logs.String(), "store reopened after a failed commit") {
+		t.Errorf("no log line says the store was reopened:\n%s", logs.String())
+	}
+	if _, err := Open(Config{Path: cfg.Path, KEK: cfg.KEK, Logger: cfg.Logger, LockTimeout: 50 * time.Millisecond}); !errors.Is(err, ErrLocked) {
+		t.Fatalf("a second Open while the reopened store holds the file: %v, want ErrLocked", err)
+	}
+	mustPut(t, db, "b", "after", "v3")
+
+	// A file that cannot be opened again: every call reports it until it can.
+	fail.Store(true)
+	_ = db.Put("b", "lost", []byte("v2"))
+	fail.Store(false)
+	aside := cfg.Path + ".aside"
+	if err := os.Rename(cfg.Path, aside); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Put("b", "x", []byte("v")); err == nil || !strings.Contains(err.Error(), "reopen after a failed commit") {
+		t.Fatalf("put while the file cannot be reopened: %v", err)
+	}
+	if _, err := os.Stat(cfg.Path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the reopen created a new file in place of the missing one: %v", err)
+	}
+	if err := os.Rename(aside, cfg.Path); err != nil {
+		t.Fatal(err)
+	}
+	mustPut(t, db, "b", "later", "v4")
+	if err := db.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
 }

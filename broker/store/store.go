@@ -132,8 +132,19 @@ func (r Record) LogValue() slog.Value {
 
 // DB is an open store. It is safe for concurrent use.
 type DB struct {
-	path     string
-	bdb      *bolt.DB
+	path string
+	// bdb is the open bbolt handle. Transactions hold handleMu for reading; reopen replaces
+	// bdb holding it for writing.
+	bdb         *bolt.DB
+	handleMu    sync.RWMutex
+	lockTimeout time.Duration
+	// broken is set when a commit failed after fn succeeded (a write or fsync error, or
+	// FailCommit) or bbolt lost its mapping of the file. After a failed fsync the page cache
+	// may hold pages the disk never got, and Linux reports a writeback error to one fsync
+	// only, so the handle is not trusted again: the next transaction first closes it, drops
+	// the file's cached pages and opens the file anew (reopen), like PostgreSQL treats a
+	// failed fsync.
+	broken   atomic.Bool
 	log      *slog.Logger
 	clock    clock.PassiveClock
 	onCommit func(time.Duration, error)
@@ -183,7 +194,7 @@ func Open(cfg Config) (*DB, error) {
 	if err != nil {
 		return nil, err
 	}
-	db := &DB{path: cfg.Path, bdb: bdb, log: cfg.Logger, clock: cfg.Clock, onCommit: cfg.OnCommit, failCommit: cfg.FailCommit, resealBatchSize: cfg.ResealBatch}
+	db := &DB{path: cfg.Path, bdb: bdb, lockTimeout: cfg.LockTimeout, log: cfg.Logger, clock: cfg.Clock, onCommit: cfg.OnCommit, failCommit: cfg.FailCommit, resealBatchSize: cfg.ResealBatch}
 	created, err := db.loadMeta(cfg.KEK)
 	if err != nil {
 		_ = bdb.Close()
@@ -384,6 +395,11 @@ func (db *DB) Path() string { return db.path }
 func (db *DB) Close() error {
 	db.closeOnce.Do(func() {
 		db.closed.Store(true)
+		db.handleMu.Lock()
+		defer db.handleMu.Unlock()
+		if db.bdb == nil { // a reopen failed: nothing is open
+			return
+		}
 		if err := db.bdb.Close(); err != nil {
 			db.closeErr = fmt.Errorf("close store: %v", err)
 		}
@@ -407,6 +423,16 @@ func (db *DB) View(fn func(tx *Tx) error) error {
 func (db *DB) run(writable bool, fn func(tx *Tx) error) (err error) {
 	if db.closed.Load() {
 		return ErrClosed
+	}
+	if db.broken.Load() {
+		if err := db.reopen(); err != nil {
+			return err
+		}
+	}
+	db.handleMu.RLock()
+	defer db.handleMu.RUnlock()
+	if db.bdb == nil {
+		return ErrClosed // closed while this call waited for the handle
 	}
 	// A page pointer into the mmap beyond the end of a damaged file faults
 	// (SIGBUS). Only such memory faults become ErrCorrupt (bbolt has rolled
@@ -436,6 +462,9 @@ func (db *DB) run(writable bool, fn func(tx *Tx) error) (err error) {
 	if writable {
 		start := db.clock.Now()
 		err = db.bdb.Update(body)
+		if err != nil && fnErr == nil {
+			db.broken.Store(true)
+		}
 		if db.onCommit != nil && fnErr == nil {
 			var cerr error
 			if err != nil {
@@ -446,6 +475,9 @@ func (db *DB) run(writable bool, fn func(tx *Tx) error) (err error) {
 	} else {
 		err = db.bdb.View(body)
 	}
+	if errors.Is(err, berrors.ErrInvalidMapping) {
+		db.broken.Store(true)
+	}
 	switch {
 	case err == nil:
 		return nil
@@ -454,6 +486,39 @@ func (db *DB) run(writable bool, fn func(tx *Tx) error) (err error) {
 	default:
 		return mapBoltErr(err)
 	}
+}
+
+// reopen replaces a broken handle (see DB.broken): it waits for the transactions still on
+// it, closes it, drops the file's pages from the page cache so what is read next is what the
+// disk holds, and opens the file again. Until it succeeds every call fails with its error.
+func (db *DB) reopen() error {
+	db.handleMu.Lock()
+	defer db.handleMu.Unlock()
+	if !db.broken.Load() {
+		return nil // another call reopened it
+	}
+	if db.closed.Load() {
+		return ErrClosed
+	}
+	if db.bdb != nil {
+		if err := db.bdb.Close(); err != nil {
+			db.log.Warn("store close after a failed commit", attrPath, db.path, "err", err)
+		}
+		db.bdb = nil
+	}
+	// bbolt would create a missing file: an empty store in place of the real one.
+	if _, err := os.Stat(db.path); err != nil {
+		return fmt.Errorf("store %s: reopen after a failed commit: %w", db.path, err)
+	}
+	dropPageCache(db.path)
+	bdb, err := openBolt(db.path, db.lockTimeout)
+	if err != nil {
+		return fmt.Errorf("store %s: reopen after a failed commit: %w", db.path, err)
+	}
+	db.bdb = bdb
+	db.broken.Store(false)
+	db.log.Warn("store reopened after a failed commit", attrPath, db.path)
+	return nil
 }
 
 // mapBoltErr hides bbolt's error values behind ours.
@@ -510,6 +575,16 @@ func (db *DB) Check() (err error) {
 			err = fmt.Errorf("check store %s: bbolt failed walking the file: %w", db.path, ErrCorrupt)
 		}
 	}()
+	if db.broken.Load() {
+		if err := db.reopen(); err != nil {
+			return err
+		}
+	}
+	db.handleMu.RLock()
+	defer db.handleMu.RUnlock()
+	if db.bdb == nil {
+		return ErrClosed
+	}
 	var problems []error
 	err = db.bdb.View(func(tx *bolt.Tx) error {
 		for e := range tx.Check() {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the system packages the e2e suite needs that Go cannot build:
-# PostgreSQL (initdb + postgres). A no-op when everything is present.
+# Installs the system packages the tests need that Go cannot build: PostgreSQL (initdb +
+# postgres) for the e2e suite, e2fsprogs (mkfs.ext4, e2fsck) for the store's failing-disk
+# campaign. A no-op when everything is present.
 # Debian/Ubuntu only (apt-get); run as root or with sudo available.
 set -euo pipefail
 
@@ -16,9 +17,10 @@ have_postgres() {
 
 missing=()
 have_postgres || missing+=(postgresql)
+{ command -v mkfs.ext4 && command -v e2fsck; } >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.ext4 ] || missing+=(e2fsprogs)
 
 if [ ${#missing[@]} -eq 0 ]; then
-	echo "deps: all present (postgresql)"
+	echo "deps: all present (postgresql, e2fsprogs)"
 	exit 0
 fi
 

@@ -226,6 +226,36 @@ func TestSource_Fetch_errors(t *testing.T) {
 				return false
 			}
 		}, kv2("d"), source.ErrUnavailable, false},
+		{"negative lease duration", func(e *env) {
+			e.f.fault = func(w http.ResponseWriter, r *http.Request) bool {
+				if strings.Contains(r.URL.Path, "secret/") {
+					writeJSON(w, 200, map[string]any{"lease_duration": -5, "data": map[string]any{"data": map[string]any{"k": "v"}, "metadata": map[string]any{"version": 1}}})
+					return true
+				}
+				return false
+			}
+		}, kv2("d"), source.ErrUnavailable, false},
+		{"lease duration that overflows a time.Duration", func(e *env) {
+			e.f.fault = func(w http.ResponseWriter, r *http.Request) bool {
+				if strings.Contains(r.URL.Path, "secret/") {
+					writeJSON(w, 200, map[string]any{"lease_duration": int64(1) << 40, "data": map[string]any{"data": map[string]any{"k": "v"}, "metadata": map[string]any{"version": 1}}})
+					return true
+				}
+				return false
+			}
+		}, kv2("d"), source.ErrUnavailable, false},
+		{"truncated body", func(e *env) {
+			e.f.fault = func(w http.ResponseWriter, r *http.Request) bool {
+				if strings.Contains(r.URL.Path, "secret/") {
+					w.Header().Set("Content-Type", "application/json")
+					w.Header().Set("Content-Length", "200")
+					w.WriteHeader(200)
+					_, _ = w.Write([]byte(`{"data": {"data": {"k": "v"`))
+					return true
+				}
+				return false
+			}
+		}, kv2("d"), source.ErrUnavailable, false},
 		{"slow response", func(e *env) {
 			e.f.fault = func(w http.ResponseWriter, r *http.Request) bool {
 				if strings.Contains(r.URL.Path, "secret/") {

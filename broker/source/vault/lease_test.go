@@ -3,7 +3,9 @@ package vault
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -257,4 +259,29 @@ func TestSource_Fetch_learntMaxTTLReissuesWithOverlap(t *testing.T) {
 	if got := counterValue(e.s.metrics.reissues.WithLabelValues("max_ttl")); got != 2 {
 		t.Fatalf("max_ttl re-issues = %v, want 2", got)
 	}
+}
+
+// TestSource_Fetch_leaseDurationOutOfRange: a lease TTL no Vault sends (negative, or so large
+// that seconds → time.Duration overflows into a wrong expiry) is refused as Unavailable, so
+// nothing is delivered with an expiry the daemon made up.
+func TestSource_Fetch_leaseDurationOutOfRange(t *testing.T) {
+	for _, ttl := range []int{-1, 1 << 40, 10*365*24*60*60 + 1} {
+		t.Run(fmt.Sprint(ttl), func(t *testing.T) {
+			e := newEnv(t, nil)
+			e.f.mu.Lock()
+			e.f.leaseTTL = ttl
+			e.f.mu.Unlock()
+			s, err := e.s.Fetch(ctxT(t), dbRef(t, vaultref.PodOwner("uid-1")))
+			if !errors.Is(err, source.ErrUnavailable) || !strings.Contains(err.Error(), "lease duration out of range") {
+				t.Fatalf("lease_duration %d: secret %v (expires %v), err %v; want Unavailable", ttl, s, expiry(s), err)
+			}
+		})
+	}
+}
+
+func expiry(s *source.Secret) time.Time {
+	if s == nil {
+		return time.Time{}
+	}
+	return s.ExpiresAt
 }

@@ -215,8 +215,19 @@ func (s *Source) roundTrip(ctx context.Context, c call) (*response, error) {
 	if err := json.Unmarshal(raw, &out); err != nil {
 		return nil, &callError{kind: source.ErrUnavailable, class: c.class, reason: "malformed response"}
 	}
+	if !saneLeaseSeconds(out.LeaseDuration) || (out.Auth != nil && !saneLeaseSeconds(out.Auth.LeaseDuration)) {
+		return nil, &callError{kind: source.ErrUnavailable, class: c.class, reason: "lease duration out of range"}
+	}
 	return &out, nil
 }
+
+// maxLeaseSeconds bounds the lease and token TTLs believed from Vault: ten years, far above
+// any max_lease_ttl in use (Vault's default is 32 days). Larger values, and negative ones,
+// come from a broken or hostile server or proxy; converted to a time.Duration they would
+// overflow (past 292 years) into a wrong, possibly short or negative, expiry.
+const maxLeaseSeconds = 10 * 365 * 24 * 60 * 60
+
+func saneLeaseSeconds(s int64) bool { return s >= 0 && s <= maxLeaseSeconds }
 
 func statusError(class string, status int, body []byte, resp *api.Response) *callError {
 	ce := &callError{class: class, status: status, body: body}
