@@ -49,6 +49,9 @@ type csiVaultOptions struct {
 	// extraGrants returns more grant documents (each starting with "---") for namespace ns,
 	// appended to the grants file.
 	extraGrants func(ns string) string
+	// vaultAddress, when set, maps the real Vault's address to the one the daemon is given
+	// (a proxy in front of it).
+	vaultAddress func(t testing.TB, real string) string
 }
 
 // csiVaultGrant lets namespace ns / service account app read secret/app/api (KV v2) as "api"
@@ -98,6 +101,10 @@ func startCSIVault(t testing.TB, o csiVaultOptions) *csiVaultEnv {
 	if o.pollInterval == 0 {
 		o.pollInterval = time.Second
 	}
+	vaultAddr := e.vault.Addr
+	if o.vaultAddress != nil {
+		vaultAddr = o.vaultAddress(t, vaultAddr)
+	}
 	cfg := fmt.Sprintf(`dataDir: {{.Dir}}/data
 socket: {path: {{.Dir}}/kw.sock}
 adminSocket: {path: {{.Dir}}/admin.sock}
@@ -115,7 +122,7 @@ vault:
   leases: {grace: 500ms}
 csi: {socket: %s, kubeletRoot: %s, tmpfsSize: 1Mi}
 log: {level: %s}
-`, e.node, e.grants, o.pollInterval, e.vault.Addr, e.csiSock, e.kubeletRoot, or(o.logLevel, "debug"))
+`, e.node, e.grants, o.pollInterval, vaultAddr, e.csiSock, e.kubeletRoot, or(o.logLevel, "debug"))
 	// Runs after the daemon stopped: whatever a failed test left mounted is detached so the
 	// temp dirs can go.
 	t.Cleanup(func() { unmountUnder(t, e.kubeletRoot) })

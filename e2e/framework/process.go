@@ -206,6 +206,9 @@ func (p *Process) Kill() {
 // stopped server or a frozen VM behaves. Stop works on a paused process too.
 func (p *Process) Pause() error { return syscall.Kill(-p.cmd.Process.Pid, syscall.SIGSTOP) }
 
+// Pid is the process id (the daemon's, for reading its /proc entries).
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
 // Resume continues a process group frozen by Pause.
 func (p *Process) Resume() error { return syscall.Kill(-p.cmd.Process.Pid, syscall.SIGCONT) }
 
