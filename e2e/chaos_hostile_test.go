@@ -291,7 +291,7 @@ spec:
 	pid := e.d.Process.Pid()
 	baseRSS := rssBytes(t, pid)
 	var maxRSS int64
-	var fileChecks, gets, served, unavailable, deadlines, wrong, lost int
+	var fileChecks, gets, served, inFlight, unavailable, deadlines, wrong, lost int
 	var recoveries []string
 	modes := []string{hostileLatency, hostile5xx, hostileTruncated, hostileOversized, hostileTTL}
 	for _, mode := range modes {
@@ -319,15 +319,20 @@ spec:
 				}
 			}
 			for _, name := range []string{"api", "db"} {
+				asked := time.Now()
 				gctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 				s, err := clients[round%pods].Get(gctx, name)
 				cancel()
 				gets++
 				now := time.Now()
 				switch {
-				case err == nil && !s.ExpiresAt.IsZero() && !s.ExpiresAt.After(now):
+				case err == nil && !s.ExpiresAt.IsZero() && !s.ExpiresAt.After(asked):
 					wrong++
-					t.Errorf("%s: GetSecret(%s) served a value that expired at %v", mode, name, s.ExpiresAt)
+					t.Errorf("%s: GetSecret(%s) served a value that had expired at %v, before it was asked for at %v", mode, name, s.ExpiresAt, asked)
+				case err == nil && !s.ExpiresAt.IsZero() && !s.ExpiresAt.After(now):
+					// Valid when the daemon sent it (1 s leases in the wrong-TTL phase), past
+					// expiry on arrival: the answer's own latency, counted, not a wrong allow.
+					inFlight++
 				case err == nil && name == "api" && !slices.Contains(written, string(s.Data["token"])):
 					wrong++
 					t.Errorf("%s: GetSecret(api) served %q, not a value Vault held", mode, s.Data["token"])
@@ -381,9 +386,9 @@ spec:
 	for _, m := range modes {
 		perMode = append(perMode, fmt.Sprintf("%s %d/%d", m, tampered[m], byMode[m]))
 	}
-	t.Logf("hostile Vault, %d pods, %v per phase: %d file checks (%d lost), %d GetSecret (%d served, %d Unavailable, %d caller deadlines, %d wrong); "+
+	t.Logf("hostile Vault, %d pods, %v per phase: %d file checks (%d lost), %d GetSecret (%d served, %d expired while the answer travelled, %d Unavailable, %d caller deadlines, %d wrong); "+
 		"requests tampered/reaching the proxy per phase: %s; peak %d requests/s; RSS %d MiB before, %d MiB at most; back to the latest value after each phase: %s",
-		pods, phase, fileChecks, lost, gets, served, unavailable, deadlines, wrong, strings.Join(perMode, ", "), peak, baseRSS>>20, maxRSS>>20,
+		pods, phase, fileChecks, lost, gets, served, inFlight, unavailable, deadlines, wrong, strings.Join(perMode, ", "), peak, baseRSS>>20, maxRSS>>20,
 		strings.Join(recoveries, ", "))
 	chaos.Report(t, chaos.Result{Campaign: fmt.Sprintf("hostile Vault proxy, 5 phases of %v, %d pods (e2e)", phase, pods), Trials: len(recoveries),
 		Faults: tampered[hostileLatency] + tampered[hostile5xx] + tampered[hostileTruncated] + tampered[hostileOversized] + tampered[hostileTTL],

@@ -223,7 +223,7 @@ func (e *Engine) startFlightLocked(ref source.Ref) *flight {
 	go func() {
 		defer e.fetches.Done()
 		defer cancel()
-		s, err := e.cfg.Sources[ref.Source].Fetch(ctx, ref.Path)
+		s, err := e.fetch(ctx, e.cfg.Sources[ref.Source], ref)
 		e.mu.Lock()
 		if e.flights[ref] == f { // an abandoned flight may have been replaced already
 			delete(e.flights, ref)
@@ -240,6 +240,18 @@ func (e *Engine) startFlightLocked(ref source.Ref) *flight {
 		close(f.done)
 	}()
 	return f
+}
+
+// fetch asks src for ref. A value already past its expiry when it arrives (a 0 s lease, or
+// one that ran out while the answer was on its way) is an Unavailable error: it is never
+// stored, handed to a waiter or written to a volume.
+func (e *Engine) fetch(ctx context.Context, src source.Source, ref source.Ref) (*source.Secret, error) {
+	s, err := src.Fetch(ctx, ref.Path)
+	if err == nil && expired(s, e.now()) {
+		return nil, fmt.Errorf("%w: the source answered with a value that expired at %s",
+			source.ErrUnavailable, s.ExpiresAt.UTC().Format(time.RFC3339Nano))
+	}
+	return s, err
 }
 
 func expired(s *source.Secret, now time.Time) bool {
@@ -346,7 +358,7 @@ func (e *Engine) Refresh(ctx context.Context, ref source.Ref) error {
 	e.mu.Unlock()
 	// Close cancels this call too, whoever the caller is.
 	defer context.AfterFunc(e.life, cancel)()
-	s, err := src.Fetch(ctx, ref.Path)
+	s, err := e.fetch(ctx, src, ref)
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	switch {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -259,6 +260,35 @@ func TestEngine_Get_expiredValueNotServed(t *testing.T) {
 	clk.Step(time.Minute)
 	if _, err := e.Get(context.Background(), ref); !errors.Is(err, source.ErrUnavailable) {
 		t.Fatalf("past expiry with source down: got %v, want the source error, never the expired value", err)
+	}
+}
+
+// TestEngine_Get_expiredOnArrivalNotServed: a fetch that answers a value already past its
+// expiry (a 0 s lease, or one that ran out while the answer was slow) fails as Unavailable
+// and is not cached, so no waiter, watch or volume gets it; the value cached before stays.
+func TestEngine_Get_expiredOnArrivalNotServed(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Now())
+	src := &fakeSource{version: 1, expires: clk.Now()}
+	e := newEngine(t, src, clk)
+	s, err := e.Get(context.Background(), ref)
+	if !errors.Is(err, source.ErrUnavailable) || !strings.Contains(err.Error(), "expired at") {
+		t.Fatalf("a value expired on arrival: secret %v, err %v; want Unavailable", s, err)
+	}
+	src.mu.Lock()
+	src.expires = clk.Now().Add(time.Minute)
+	src.mu.Unlock()
+	if _, err := e.Get(context.Background(), ref); err != nil {
+		t.Fatalf("the next fetch of a valid value: %v", err)
+	}
+	src.mu.Lock()
+	src.version, src.expires = 2, clk.Now().Add(-time.Second)
+	src.mu.Unlock()
+	if err := e.Refresh(context.Background(), ref); !errors.Is(err, source.ErrUnavailable) {
+		t.Fatalf("refresh answered with an expired value: %v, want Unavailable", err)
+	}
+	got, err := e.Get(context.Background(), ref)
+	if err != nil || got.Version != "1" {
+		t.Fatalf("after an expired answer the cache holds %v (%v), want version 1 still", got, err)
 	}
 }
 

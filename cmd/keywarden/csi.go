@@ -109,7 +109,7 @@ func (d *daemon) setupCSI(log *slog.Logger, pods *identity.PodIndex) error {
 	cfg := csi.Config{
 		Broker: d.broker, Store: d.node, Mounter: mounter, KubeletRoot: d.cfg.CSI.KubeletRoot, NodeID: d.cfg.NodeName,
 		DriverName: d.cfg.CSI.DriverName, APISocket: d.cfg.Socket.Path, Metrics: metrics, Logger: log,
-		Audience: csiAudience(d.cfg.Identity.Audiences),
+		Audience: csiAudience(d.cfg.Identity.Audiences), MaxBackoff: retryBackoffCap(d.cfg.Rotation.PollInterval),
 	}
 	if pods != nil {
 		cfg.Pods = pods

@@ -122,7 +122,8 @@ func newDaemon(cfg config, log *slog.Logger) (_ *daemon, err error) {
 	if len(sources) == 0 {
 		return nil, errors.New("no secret source is enabled: set sources.local.enabled or the vault section")
 	}
-	if d.engine, err = rotate.New(rotate.Config{Sources: sources, Logger: log.With(slog.String("component", "rotate")), PollInterval: cfg.Rotation.PollInterval}); err != nil {
+	if d.engine, err = rotate.New(rotate.Config{Sources: sources, Logger: log.With(slog.String("component", "rotate")), PollInterval: cfg.Rotation.PollInterval,
+		MaxBackoff: retryBackoffCap(cfg.Rotation.PollInterval)}); err != nil {
 		return nil, err
 	}
 	if err := d.metrics.Register(newFreshnessCollector(d.engine)); err != nil { // metrics.go

@@ -188,7 +188,7 @@ func (d *daemon) addVaultSource(sources map[string]source.Source) error {
 	}
 	vc := *d.cfg.Vault
 	vc.Logger = d.log.With(slog.String("component", "vault"))
-	vc.MaxBackoff = vaultBackoffCap(d.cfg.Rotation.PollInterval)
+	vc.MaxBackoff = retryBackoffCap(d.cfg.Rotation.PollInterval)
 	vc.Leases = d.node
 	vc.Registerer = d.metrics
 	src, err := vault.New(vc)
@@ -217,12 +217,16 @@ func (d *daemon) addVaultSource(sources map[string]source.Source) error {
 
 var _ prometheus.Registerer = (*prometheus.Registry)(nil)
 
-// vaultBackoffCap bounds the Vault source's login and overload backoff by the poll interval
-// (at least 1s, at most the source's default 1m): during an outage the node tries Vault no
-// more often than it polls when healthy, and the first poll after Vault returns finds it
-// logged in again. With the default cap a long outage, which outlives the daemon's Vault
-// token, delayed recovery by up to a minute (66 s measured after 10 minutes, 1 s poll).
-func vaultBackoffCap(poll time.Duration) time.Duration {
+// retryBackoffCap bounds every retry backoff after a Vault failure by the poll interval (at
+// least 1s, at most the packages' default 1m): the Vault source's login and overload backoff,
+// the cache's refresh backoff and each volume's rotation backoff. During an outage the node
+// tries Vault no more often than it polls when healthy (the Vault source's token bucket and
+// its pause on 429/503 still bound the rate), and the first poll after Vault returns finds
+// it logged in and every value refreshed. With the default cap a long outage, which outlives
+// the daemon's Vault token, delayed recovery by up to a minute (66 s measured after 10
+// minutes, 1 s poll), and two minutes of a Vault failing 60% of its answers delayed a
+// volume's next value by 60 s.
+func retryBackoffCap(poll time.Duration) time.Duration {
 	if poll <= 0 {
 		return 0 // the source's default
 	}

@@ -79,8 +79,8 @@ func TestVaultBackoffCap(t *testing.T) {
 		{30 * time.Second, 30 * time.Second},
 		{5 * time.Minute, time.Minute},
 	} {
-		if got := vaultBackoffCap(tc.poll); got != tc.want {
-			t.Errorf("vaultBackoffCap(%v) = %v; want %v", tc.poll, got, tc.want)
+		if got := retryBackoffCap(tc.poll); got != tc.want {
+			t.Errorf("retryBackoffCap(%v) = %v; want %v", tc.poll, got, tc.want)
 		}
 	}
 }
