@@ -2,7 +2,6 @@ package csi
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io/fs"
 	"maps"
@@ -49,10 +48,6 @@ func (d *Driver) templatesFor(req Request) ([]fileTemplate, error) {
 	return out, nil
 }
 
-// errRender is a template that failed to render (a missing key, too much output): the volume
-// keeps its old files.
-var errRender = errors.New("template render failed")
-
 // renderTemplates renders tmpls over the volume's secrets (raw values, whatever the volume's
 // encoding) into out, next to the secrets' own files, so that all of them go into one swap.
 func renderTemplates(tmpls []fileTemplate, names []string, secrets map[string]*source.Secret, mode fs.FileMode, out map[string]File) error {
@@ -86,7 +81,9 @@ func renderTemplates(tmpls []fileTemplate, names []string, secrets map[string]*s
 		b, err := pt.Render(ctx, data)
 		cancel()
 		if err != nil {
-			return fmt.Errorf("%w: %s: %s", errRender, t.origin, strings.TrimPrefix(err.Error(), grant.ErrRender.Error()+": "))
+			// A missing key or too much output: the publish fails, a rotation keeps the old
+			// files (the caller writes nothing).
+			return invalid("%s: the template cannot be rendered: %s", t.origin, strings.TrimPrefix(err.Error(), grant.ErrRender.Error()+": "))
 		}
 		m := mode
 		if t.mode != 0 {

@@ -116,6 +116,9 @@ func ParseTemplate(src string) (*Template, error) {
 // parseErrLine matches text/template's "template: t:LINE: detail".
 var parseErrLine = regexp.MustCompile(`^template: ` + tmplName + `:(\d+):(?:(\d+):)? ?(.*)$`)
 
+// startedAt is how text/template points back at where an unclosed action began.
+var startedAt = regexp.MustCompile(` started at ` + tmplName + `:(\d+)`)
+
 // quotedToken matches a token that a parse error quotes.
 var quotedToken = regexp.MustCompile(`"((?:[^"\\]|\\.)*)"|<([^>]*)>|'([^']+)'`)
 
@@ -131,6 +134,11 @@ func parseError(src string, err error) *TemplateError {
 	line, _ := strconv.Atoi(m[1])
 	col, _ := strconv.Atoi(m[2])
 	detail := m[3]
+	if sm := startedAt.FindStringSubmatch(detail); sm != nil {
+		// "unclosed action started at t:2": the problem is where the action began.
+		line, _ = strconv.Atoi(sm[1])
+		detail = startedAt.ReplaceAllString(detail, "")
+	}
 	if col == 0 {
 		col = columnOf(src, line, detail)
 	}
@@ -169,6 +177,8 @@ func fixHint(detail string) string {
 	switch {
 	case strings.Contains(detail, "function") && strings.Contains(detail, "not defined"):
 		return detail + ": use one of " + strings.Join(TemplateFuncs, ", ")
+	case strings.Contains(detail, `unexpected "}"`):
+		return detail + `: close the action with "}}"`
 	case strings.Contains(detail, "unclosed action"), strings.Contains(detail, "unterminated"):
 		return detail + `: close every "{{" with "}}" and every quote`
 	case strings.Contains(detail, "unexpected EOF"), strings.Contains(detail, "missing end"):
