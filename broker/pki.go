@@ -10,6 +10,9 @@ import (
 	"github.com/keywarden/keywarden/broker/source/vaultref"
 )
 
+// errCertificateRequest is wrapped by every error of pkiRequest.
+var errCertificateRequest = errors.New("certificate request")
+
 // pkiRequest derives a certificate request from the caller's verified identity and the
 // grant's pki options: the SPIFFE ID is the URI SAN, the grant's DNS names are expanded for
 // the caller's namespace and service account, the TTL is the grant's max and its min the
@@ -18,7 +21,7 @@ import (
 func pkiRequest(w identity.Workload, sg *grant.SecretGrant) (vaultref.PKIRequest, error) {
 	var req vaultref.PKIRequest
 	if w.ID.IsZero() {
-		return req, errors.New("engine pki needs the workload's SPIFFE ID")
+		return req, fmt.Errorf("%w: engine pki needs the workload's SPIFFE ID", errCertificateRequest)
 	}
 	req.URISAN = w.ID.String()
 	if sg.TTL != nil {
@@ -36,7 +39,7 @@ func pkiRequest(w identity.Workload, sg *grant.SecretGrant) (vaultref.PKIRequest
 	for i, pat := range p.DNSNames {
 		n, err := grant.ExpandPKIName(pat, w.Namespace, w.ServiceAccount)
 		if err != nil {
-			return req, fmt.Errorf("pki.dnsNames[%d]: %w", i, err)
+			return req, fmt.Errorf("%w: pki.dnsNames[%d]: %w", errCertificateRequest, i, err)
 		}
 		req.DNSNames = append(req.DNSNames, n)
 	}
@@ -44,14 +47,14 @@ func pkiRequest(w identity.Workload, sg *grant.SecretGrant) (vaultref.PKIRequest
 	case p.CommonName != "":
 		cn, err := grant.ExpandPKIName(p.CommonName, w.Namespace, w.ServiceAccount)
 		if err != nil {
-			return req, fmt.Errorf("pki.commonName: %w", err)
+			return req, fmt.Errorf("%w: pki.commonName: %w", errCertificateRequest, err)
 		}
 		req.CommonName = cn
 	case len(req.DNSNames) > 0 && len(req.DNSNames[0]) <= vaultref.MaxCNLen:
 		req.CommonName = req.DNSNames[0]
 	}
 	if len(req.CommonName) > vaultref.MaxCNLen {
-		return req, fmt.Errorf("pki.commonName: longer than %d bytes for this workload", vaultref.MaxCNLen)
+		return req, fmt.Errorf("%w: pki.commonName: longer than %d bytes for this workload", errCertificateRequest, vaultref.MaxCNLen)
 	}
 	if p.KeyGeneration == grant.PKIKeyGenerationVault {
 		req.KeyGen = vaultref.KeyGenVault

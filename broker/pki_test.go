@@ -1,12 +1,15 @@
 package broker
 
 import (
+	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/keywarden/keywarden/broker/grant"
 	"github.com/keywarden/keywarden/broker/identity"
@@ -95,5 +98,28 @@ func TestResolveFor_pkiOptions(t *testing.T) {
 	// Without a SPIFFE ID there is no identity to certify.
 	if _, _, err := resolveFor(identity.Workload{Namespace: "shop", ServiceAccount: "web", PodUID: "u"}, grant.Decision{Allowed: true, Grant: "g", Secret: pkiClause(nil, nil)}); err == nil {
 		t.Fatal("a certificate was requested without a SPIFFE ID")
+	}
+}
+
+func TestBroker_GetSecret_pkiRequestErrorIsClear(t *testing.T) {
+	b := newBroker(t, clocktesting.NewFakeClock(time.Now()), fakeVerifier{})
+	if err := b.UpdateGrantSource("store", mustSet(t, `apiVersion: keywarden.io/v1alpha1
+kind: AccessGrant
+metadata: {name: certs}
+spec:
+  subjects: [{namespace: demo, serviceAccount: "*"}]
+  secrets:
+    - name: cert
+      source: {vault: {mount: pki, engine: pki, role: web}}
+      pki: {commonName: "$(serviceAccount).$(namespace).svc"}
+`)); err != nil {
+		t.Fatal(err)
+	}
+	w := pkiWorkload(t, "demo", strings.Repeat("a", 60), "uid-1")
+	_, err := b.GetSecret(context.Background(), w, "cert", grant.DeliveryGRPC)
+	var be *Error
+	if !errors.As(err, &be) || !errors.Is(err, ErrUnavailable) ||
+		be.Error() != `secret "cert": the grant "certs" cannot make a certificate request for this workload: certificate request: pki.commonName: longer than 64 bytes for this workload` {
+		t.Fatalf("err = %v", err)
 	}
 }
