@@ -318,11 +318,7 @@ func (t *Template) Render(ctx context.Context, data SecretData) ([]byte, error) 
 	out := &cappedBuffer{max: MaxRenderedLen}
 	// Dot is the secrets map: .db.password works for names that are identifiers; a missing
 	// secret or key is an error (missingkey=error), never an empty string.
-	dot := make(map[string]map[string]string, len(data))
-	for k, v := range data {
-		dot[k] = v
-	}
-	if err := tc.Execute(out, dot); err != nil {
+	if err := tc.Execute(out, map[string]map[string]string(data)); err != nil {
 		return nil, fmt.Errorf("%w: %s", ErrRender, scrub(renderError(err), data))
 	}
 	return out.Bytes(), nil
