@@ -273,6 +273,10 @@ func (b *Broker) fetch(ctx context.Context, w identity.Workload, name string, de
 	ref, keys, err := resolveFor(w, dec)
 	if err != nil {
 		b.log.Error("grant cannot be served", slog.String("grant", dec.Grant), slog.String("secret", name), slog.Any("error", err))
+		if errors.Is(err, errCertificateRequest) {
+			// The message names grant fields and fixed phrases only, never a name's value.
+			return nil, newError(ErrUnavailable, fmt.Sprintf("secret %q: the grant %q cannot make a certificate request for this workload: %v", name, dec.Grant, err))
+		}
 		return nil, newError(ErrUnavailable, fmt.Sprintf("secret %q: the grant %q names a source this daemon does not serve", name, dec.Grant))
 	}
 	s, err := b.cache.Get(ctx, ref)

@@ -3,6 +3,8 @@ package broker
 import (
 	"fmt"
 	"slices"
+
+	"github.com/keywarden/keywarden/broker/grant"
 )
 
 // ExpandSecrets turns a consumer's selection into the secret names it follows: names as
@@ -31,4 +33,16 @@ func (b *Broker) ExpandSecrets(grantName string, names []string) ([]string, erro
 		return out, nil
 	}
 	return nil, newError(ErrInvalidArgument, fmt.Sprintf("grant %q is not in force or names no secrets (or more than %d)", grantName, MaxWatchNames))
+}
+
+// GrantTemplates returns the spec.templates of the grant in force named grantName (nil when
+// it has none or is not in force). Rendering them does not authorize anything: the CSI layer
+// renders only secrets the caller was given through GetSecret.
+func (b *Broker) GrantTemplates(grantName string) []grant.TemplateFile {
+	for _, g := range b.grants.Load().Grants() {
+		if g.Name == grantName {
+			return g.Spec.Templates
+		}
+	}
+	return nil
 }

@@ -34,7 +34,15 @@ func resolveFor(w identity.Workload, dec grant.Decision) (source.Ref, []string, 
 			owner = vaultref.ServiceAccountOwner(w.Namespace, w.ServiceAccount)
 		}
 	}
-	return vaultRef(sg, owner)
+	ref, keys, err := vaultRef(sg, owner)
+	if err != nil || engineOf(sg.Source.Vault) != grant.VaultEnginePKI {
+		return ref, keys, err
+	}
+	req, err := pkiRequest(w, sg)
+	if err != nil {
+		return source.Ref{}, nil, err
+	}
+	return vaultRefPKI(sg, owner, req)
 }
 
 func engineOf(vs *grant.VaultSource) grant.VaultEngine {
@@ -47,10 +55,14 @@ func engineOf(vs *grant.VaultSource) grant.VaultEngine {
 // vaultRef builds the canonical reference of a Vault secret clause. owner must be set for
 // leased engines.
 func vaultRef(sg *grant.SecretGrant, owner string) (source.Ref, []string, error) {
+	return vaultRefPKI(sg, owner, vaultref.PKIRequest{})
+}
+
+func vaultRefPKI(sg *grant.SecretGrant, owner string, req vaultref.PKIRequest) (source.Ref, []string, error) {
 	vs := sg.Source.Vault
 	path, err := vaultref.Spec{
 		Engine: vaultref.Engine(engineOf(vs)), Mount: vs.Mount, Path: vs.Path, Role: vs.Role,
-		Version: vs.Version, Keys: sg.Keys, Owner: owner,
+		Version: vs.Version, Keys: sg.Keys, Owner: owner, PKI: req,
 	}.Encode()
 	if err != nil {
 		return source.Ref{}, nil, err

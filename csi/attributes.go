@@ -4,9 +4,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io/fs"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/keywarden/keywarden/broker"
 	"github.com/keywarden/keywarden/broker/grant"
@@ -22,6 +24,9 @@ const (
 	AttrEncoding  = "encoding"  // raw (default) or base64
 	AttrBundle    = "bundle"    // also write every secret as one JSON file at this path
 	AttrAPISocket = "apiSocket" // "true" (default) or "false": bind the workload socket in
+	// AttrTemplatePrefix starts the attributes that render a file from a template:
+	// "template/app.env": "DB_USER={{ .db.username }}" writes app.env.
+	AttrTemplatePrefix = "template/"
 )
 
 // Volume-context keys kubelet adds (podInfoOnMount, tokenRequests, ephemeral volumes).
@@ -77,12 +82,16 @@ type Request struct {
 	Bundle string `json:"bundle,omitempty"`
 	// APISocket binds the workload API socket into the volume.
 	APISocket bool `json:"apiSocket"`
+	// Templates maps a file path to the template rendered into it (attributes
+	// "template/<path>").
+	Templates map[string]string `json:"templates,omitempty"`
 }
 
 // Equal reports whether two requests ask for the same volume.
 func (r Request) Equal(o Request) bool {
 	return slices.Equal(r.Secrets, o.Secrets) && r.Grant == o.Grant && mapsEqual(r.Files, o.Files) &&
-		r.Mode == o.Mode && r.Encoding == o.Encoding && r.Bundle == o.Bundle && r.APISocket == o.APISocket
+		r.Mode == o.Mode && r.Encoding == o.Encoding && r.Bundle == o.Bundle && r.APISocket == o.APISocket &&
+		mapsEqual(r.Templates, o.Templates)
 }
 
 func mapsEqual(a, b map[string]string) bool {
@@ -138,6 +147,9 @@ func ParseVolumeContext(vc map[string]string, audience string) (VolumeContext, e
 		case AttrSecrets, AttrGrant, AttrFiles, AttrFileMode, AttrEncoding, AttrBundle, AttrAPISocket,
 			CtxPodName, CtxPodNamespace, CtxPodUID, CtxServiceAccount, CtxEphemeral, CtxTokens:
 		default:
+			if strings.HasPrefix(k, AttrTemplatePrefix) {
+				continue
+			}
 			if len(k) > 64 {
 				return out, invalid("unknown attribute (%d bytes); allowed: %s", len(k), allowedAttrs())
 			}
@@ -159,7 +171,7 @@ func ParseVolumeContext(vc map[string]string, audience string) (VolumeContext, e
 }
 
 func allowedAttrs() string {
-	return strings.Join([]string{AttrSecrets, AttrGrant, AttrFiles, AttrFileMode, AttrEncoding, AttrBundle, AttrAPISocket}, ", ")
+	return strings.Join([]string{AttrSecrets, AttrGrant, AttrFiles, AttrFileMode, AttrEncoding, AttrBundle, AttrAPISocket, AttrTemplatePrefix + "<path>"}, ", ")
 }
 
 // ParseRequest validates the volume attributes alone (no pod information or token).
@@ -237,7 +249,52 @@ func parseRequest(vc map[string]string) (Request, error) {
 			return r, invalid("attribute %q: want \"true\" or \"false\"", AttrAPISocket)
 		}
 	}
+	tmpls, err := parseTemplates(vc, r.Secrets)
+	if err != nil {
+		return r, err
+	}
+	r.Templates = tmpls
 	return r, nil
+}
+
+// parseTemplates takes the "template/<path>" attributes: each path is confined like any file
+// name, each template must parse with the fixed function set, and, when the volume lists its
+// secrets, name only those.
+func parseTemplates(vc map[string]string, secrets []string) (map[string]string, error) {
+	var out map[string]string
+	for _, k := range slices.Sorted(maps.Keys(vc)) {
+		p, ok := strings.CutPrefix(k, AttrTemplatePrefix)
+		if !ok {
+			continue
+		}
+		if err := validateVolumePath(p); err != nil {
+			return nil, invalid("attribute %q: the file path after %q: %v", attrName(k), AttrTemplatePrefix, err)
+		}
+		t, err := grant.ParseTemplate(vc[k])
+		if err != nil {
+			return nil, invalid("attribute %q: %v", attrName(k), err)
+		}
+		if secrets != nil {
+			for _, ref := range t.Secrets() {
+				if !slices.Contains(secrets, ref) {
+					return nil, invalid("attribute %q names secret %q, which attribute %q does not list: add it there or fix the name", attrName(k), ref, AttrSecrets)
+				}
+			}
+		}
+		if out == nil {
+			out = map[string]string{}
+		}
+		out[p] = vc[k]
+	}
+	return out, nil
+}
+
+// attrName is an attribute key fit for an error message.
+func attrName(k string) string {
+	if len(k) > 80 || !utf8.ValidString(k) {
+		return fmt.Sprintf("%s… (%d bytes)", strings.ToValidUTF8(k[:min(len(k), 40)], ""), len(k))
+	}
+	return k
 }
 
 // validateVolumePath is grant.ValidateFilePath plus the names the driver reserves.

@@ -32,6 +32,7 @@ type Broker interface {
 	GetSecret(ctx context.Context, w identity.Workload, name string, d grant.Delivery) (*source.Secret, error)
 	Watch(ctx context.Context, w identity.Workload, names []string, d grant.Delivery, send broker.SendFunc) error
 	ExpandSecrets(grantName string, names []string) ([]string, error)
+	GrantTemplates(grantName string) []grant.TemplateFile
 }
 
 var _ Broker = (*broker.Broker)(nil)
@@ -349,7 +350,11 @@ func (d *Driver) fetch(ctx context.Context, w identity.Workload, req Request, gi
 		}
 		secrets[n] = s
 	}
-	payload, err := buildPayload(req, names, secrets, gid)
+	tmpls, err := d.templatesFor(req)
+	if err != nil {
+		return nil, nil, nil, payloadError{err}
+	}
+	payload, err := buildPayload(req, names, secrets, gid, tmpls)
 	if err != nil {
 		return nil, nil, nil, payloadError{err}
 	}
@@ -441,8 +446,8 @@ func (v *volume) isWritten() bool {
 }
 
 // buildPayload lays the secrets out as files: <secret>/<key> unless the request maps the key
-// elsewhere, plus the optional JSON bundle.
-func buildPayload(r Request, names []string, secrets map[string]*source.Secret, gid int) (map[string]File, error) {
+// elsewhere, plus the optional JSON bundle and the rendered templates: one payload, one swap.
+func buildPayload(r Request, names []string, secrets map[string]*source.Secret, gid int, tmpls []fileTemplate) (map[string]File, error) {
 	mode := r.Mode
 	if mode == 0 {
 		mode = defaultFileMode
@@ -488,6 +493,9 @@ func buildPayload(r Request, names []string, secrets map[string]*source.Secret, 
 			return nil, fmt.Errorf("encode bundle: %w", err)
 		}
 		out[r.Bundle] = File{Data: b, Mode: mode}
+	}
+	if err := renderTemplates(tmpls, names, secrets, mode, out); err != nil {
+		return nil, err
 	}
 	if err := checkPayload(out); err != nil {
 		return nil, err

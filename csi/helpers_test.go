@@ -35,6 +35,7 @@ type fakeBroker struct {
 	panicMsg  string          // Authenticate panics with it when set
 	changed   chan struct{}
 	grants    map[string][]string // grant name -> its secrets, for ExpandSecrets
+	templates map[string][]grant.TemplateFile
 	gets      int
 	watchRuns int
 }
@@ -135,6 +136,12 @@ func (b *fakeBroker) ExpandSecrets(grantName string, names []string) ([]string, 
 		return s, nil
 	}
 	return nil, brokerErr(broker.ErrInvalidArgument)
+}
+
+func (b *fakeBroker) GrantTemplates(grantName string) []grant.TemplateFile {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.templates[grantName]
 }
 
 // set stores a secret version and wakes the watches.

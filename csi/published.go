@@ -125,7 +125,11 @@ func (d *Driver) deliver(ctx context.Context, v *volume, name string, s *source.
 	if !changed && v.writer.Written() {
 		return
 	}
-	payload, err := buildPayload(v.req, v.names, v.secrets, v.gid)
+	tmpls, err := d.templatesFor(v.req)
+	var payload map[string]File
+	if err == nil {
+		payload, err = buildPayload(v.req, v.names, v.secrets, v.gid, tmpls)
+	}
 	if err != nil {
 		d.metrics.rotationWrites.WithLabelValues(resultError).Inc()
 		d.log.Error("volume rotation: the new value cannot be laid out; old files kept", slog.String("volume_id", v.id), slog.String("reason", err.Error()))

@@ -27,6 +27,16 @@ func cloneSpec(s *AccessGrantSpec) AccessGrantSpec {
 	if s.Delivery != nil {
 		out.Delivery = append([]Delivery(nil), s.Delivery...)
 	}
+	if s.Templates != nil {
+		out.Templates = make([]TemplateFile, len(s.Templates))
+		for i, t := range s.Templates {
+			out.Templates[i] = TemplateFile{Path: t.Path, Template: t.Template}
+			if t.Mode != nil {
+				m := *t.Mode
+				out.Templates[i].Mode = &m
+			}
+		}
+	}
 	return out
 }
 
@@ -60,6 +70,11 @@ func cloneSecret(s *SecretGrant) SecretGrant {
 		r := *s.Refresh
 		out.Refresh = &r
 	}
+	if s.PKI != nil {
+		p := *s.PKI
+		p.DNSNames = append([]string(nil), s.PKI.DNSNames...)
+		out.PKI = &p
+	}
 	return out
 }
 
@@ -71,8 +86,8 @@ func cloneDuration(d *metav1.Duration) *metav1.Duration {
 	return &c
 }
 
-// Default fills in the documented defaults of g in place: effect Allow, share ServiceAccount,
-// a local source's name defaulting to the secret's name, Vault engine kv-v2. Delivery stays
+// Default fills in the documented defaults of g in place: effect Allow, share ServiceAccount
+// (Pod for engine pki), a local source's name defaulting to the secret's name, Vault engine kv-v2. Delivery stays
 // empty (meaning every channel) and Files stays empty (one file per key, decided by the CSI
 // layer once the keys are known). NewSet stores defaulted copies.
 func Default(g *AccessGrant) {
@@ -83,6 +98,11 @@ func Default(g *AccessGrant) {
 		s := &g.Spec.Secrets[i]
 		if s.Share == "" {
 			s.Share = ShareModeServiceAccount
+			if s.Source.Vault != nil && s.Source.Vault.Engine == VaultEnginePKI {
+				// A certificate carries its workload's identity and a private key: one
+				// per pod unless the grant says otherwise.
+				s.Share = ShareModePod
+			}
 		}
 		if s.Source.Local != nil && s.Source.Local.Name == "" {
 			s.Source.Local.Name = s.Name

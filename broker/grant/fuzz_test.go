@@ -18,6 +18,8 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("key: &a [*a]\n"))
 	f.Add([]byte(`{"apiVersion": "keywarden.io/v1alpha1"}`))
 	f.Add([]byte("# none\n[]\n"))
+	f.Add([]byte(grantDoc("g", specOf(`subjects: `+okSubjects, `secrets: [{name: cert, source: {vault: {mount: pki, engine: pki, role: web}}, ttl: {max: 1h}, pki: {dnsNames: ["$(serviceAccount).$(namespace).svc"], keyGeneration: Vault}}]`))))
+	f.Add([]byte(grantDoc("g", specOf(`subjects: `+okSubjects, `secrets: [{name: db, source: {local: {}}}]`, `templates: [{path: app.env, template: "U={{ .db.u | quote }}\n{{ secret \"db\" \"p\" }}"}]`))))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		grants, err := Parse(data)
 		if ExplicitlyEmpty(data) && (err != nil || len(grants) != 0) {

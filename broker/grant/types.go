@@ -125,6 +125,38 @@ type AccessGrantSpec struct {
 	// +optional
 	// +listType=set
 	Delivery []Delivery `json:"delivery,omitempty"`
+
+	// Templates render several keys of this grant's secrets into one CSI file each (a .env
+	// file, a JDBC URL, a config.yaml). They are written into volumes that name this grant
+	// (the volume attribute "grant"), in the same atomic swap as the secrets' own files.
+	// +optional
+	// +kubebuilder:validation:MaxItems=16
+	// +listType=map
+	// +listMapKey=path
+	Templates []TemplateFile `json:"templates,omitempty"`
+}
+
+// TemplateFile is one file rendered from a template over the grant's secrets.
+// +kubebuilder:object:generate=true
+type TemplateFile struct {
+	// Path is relative to the volume root, with the rules of files[].path.
+	// +kubebuilder:validation:Required
+	// +kubebuilder:validation:MaxLength=1024
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([^./][^/]*|[.][^./][^/]*)(/([^./][^/]*|[.][^./][^/]*))*$')",message="must be a relative path without a leading \"/\", empty or \".\" components, or components starting with \"..\""
+	Path string `json:"path"`
+
+	// Template is Go text/template source over the grant's secrets: {{ .db.password }} or
+	// {{ secret "api-key" "token" }}, with a fixed set of functions (see docs/grants.md).
+	// +kubebuilder:validation:Required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=16384
+	Template string `json:"template"`
+
+	// Mode is the file's permission bits (at most 0777); the default is the volume's.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=511
+	// +optional
+	Mode *int32 `json:"mode,omitempty"`
 }
 
 // Subject is one workload identity pattern: either Namespace and ServiceAccount, or SPIFFEID.
@@ -185,9 +217,68 @@ type SecretGrant struct {
 	// +optional
 	Refresh *RefreshPolicy `json:"refresh,omitempty"`
 
-	// Share says who shares one dynamic credential; the default is ServiceAccount.
+	// Share says who shares one dynamic credential; the default is ServiceAccount, and Pod for
+	// engine pki (a certificate carries its workload's identity; Grant is refused there).
 	// +optional
 	Share ShareMode `json:"share,omitempty"`
+
+	// PKI shapes the certificate requested from a pki engine: names, key generation.
+	// Only valid with engine pki; omitted, the certificate carries the workload's SPIFFE ID
+	// as its only SAN and its key is generated on the node.
+	// +optional
+	PKI *PKIOptions `json:"pki,omitempty"`
+}
+
+// PKIKeyGeneration says where a certificate's private key is generated.
+// +kubebuilder:validation:Enum=Node;Vault
+type PKIKeyGeneration string
+
+const (
+	// PKIKeyGenerationNode generates the key in the daemon and sends a CSR to
+	// <mount>/sign/<role>: the private key never leaves the node. The default.
+	PKIKeyGenerationNode PKIKeyGeneration = "Node"
+	// PKIKeyGenerationVault lets Vault generate the key (<mount>/issue/<role>); the role's
+	// key_type applies.
+	PKIKeyGenerationVault PKIKeyGeneration = "Vault"
+)
+
+// PKIKeyType is the kind of key generated on the node.
+// +kubebuilder:validation:Enum=ECDSAP256;ECDSAP384;RSA2048
+type PKIKeyType string
+
+// Key types.
+const (
+	PKIKeyTypeECDSAP256 PKIKeyType = "ECDSAP256" // the default
+	PKIKeyTypeECDSAP384 PKIKeyType = "ECDSAP384"
+	PKIKeyTypeRSA2048   PKIKeyType = "RSA2048"
+)
+
+// PKIOptions shapes a workload certificate. The certificate's URI SAN is always the
+// workload's SPIFFE ID; names may use the placeholders $(namespace) and $(serviceAccount),
+// replaced by the caller's.
+// +kubebuilder:object:generate=true
+type PKIOptions struct {
+	// DNSNames are the DNS SANs, e.g. "$(serviceAccount).$(namespace).svc". A leading "*."
+	// label asks for a wildcard (the role must allow it).
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:items:MaxLength=253
+	DNSNames []string `json:"dnsNames,omitempty"`
+
+	// CommonName is the subject CN; default the first DNS name, or none (the role then
+	// needs require_cn=false).
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	CommonName string `json:"commonName,omitempty"`
+
+	// KeyGeneration is Node (default: CSR, the key never leaves the node) or Vault.
+	// +optional
+	KeyGeneration PKIKeyGeneration `json:"keyGeneration,omitempty"`
+
+	// KeyType of a node-generated key; default ECDSAP256. Not used with Vault.
+	// +optional
+	KeyType PKIKeyType `json:"keyType,omitempty"`
 }
 
 // SecretSource names where a secret comes from. Exactly one field is set.

@@ -141,6 +141,7 @@ func (v *validator) spec(s *AccessGrantSpec) {
 		}
 		v.secret(f, sg)
 	}
+	v.templates(s)
 	seenD := make(map[Delivery]bool, len(s.Delivery))
 	for i, d := range s.Delivery {
 		f := fmt.Sprintf("spec.delivery[%d]", i)
@@ -195,6 +196,7 @@ func (v *validator) secret(f string, s *SecretGrant) {
 		v.add(f+".name", "%s: %s", quote(s.Name), detailOf(err, ErrInvalidSecretName))
 	}
 	v.source(f+".source", s)
+	v.pki(f, s)
 
 	keys := make(map[string]bool, len(s.Keys))
 	for i, k := range s.Keys {

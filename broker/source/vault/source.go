@@ -220,6 +220,8 @@ func (s *Source) Fetch(ctx context.Context, path string) (*source.Secret, error)
 		sec, err = s.fetchKVv2(ctx, path, spec)
 	case vaultref.KVv1:
 		sec, err = s.fetchKVv1(ctx, path, spec)
+	case vaultref.PKI:
+		sec, err = s.fetchPKI(ctx, spec)
 	default:
 		sec, err = s.fetchLeased(ctx, path, spec)
 	}

@@ -64,6 +64,9 @@ type Spec struct {
 	// Owner says who shares a dynamic credential: "pod/<uid>", "sa/<ns>/<name>" or
 	// "grant/<name>". Empty for static engines.
 	Owner string
+
+	// The certificate request of engine pki (empty for the others); pki.go checks them.
+	PKI PKIRequest
 }
 
 // PodOwner, ServiceAccountOwner and GrantOwner build owners.
@@ -109,6 +112,7 @@ func (s Spec) encode() string {
 	if s.Owner != "" {
 		add("owner", s.Owner)
 	}
+	s.PKI.encode(add)
 	return b.String()
 }
 
@@ -116,7 +120,7 @@ func bad(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
 }
 
-var fields = []string{"engine", "mount", "path", "role", "version", "keys", "owner"}
+var fields = []string{"engine", "mount", "path", "role", "version", "keys", "owner", "cn", "dns", "uri", "ttl", "minttl", "keygen", "keytype"}
 
 // Parse decodes a canonical reference. Anything else — unknown or repeated fields, fields out
 // of order, a non-canonical escaping, values that break the grammar — is ErrInvalid. Error
@@ -159,6 +163,10 @@ func Parse(ref string) (Spec, error) {
 			s.Keys = strings.Split(v, ",")
 		case "owner":
 			s.Owner = v
+		default:
+			if err := s.PKI.decode(k, v); err != nil {
+				return Spec{}, err
+			}
 		}
 	}
 	if err := s.validate(); err != nil {
@@ -213,7 +221,10 @@ func (s Spec) validate() error {
 	} else if s.Owner != "" {
 		return bad("owner is only used by leased engines")
 	}
-	return nil
+	if s.Engine != PKI && !s.PKI.IsZero() {
+		return bad("certificate fields are only used by engine pki")
+	}
+	return s.PKI.validate()
 }
 
 func validOwner(o string) error {

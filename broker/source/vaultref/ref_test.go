@@ -104,6 +104,9 @@ func FuzzParse(f *testing.F) {
 		"engine=database&mount=database&role=app&owner=sa%2Fns%2Fapp",
 		"engine=generic&mount=aws&path=creds%2Fx&owner=grant%2Fg1",
 		"engine=kv-v2&mount=s&path=a%2F..%2Fsys",
+		"engine=pki&mount=pki&role=web&owner=pod%2Fuid-1&cn=web.shop.svc&dns=web.shop.svc%2C%2A.shop.svc&uri=spiffe%3A%2F%2Fcluster.local%2Fns%2Fshop%2Fsa%2Fweb&ttl=900&minttl=60",
+		"engine=pki&mount=pki&role=web&owner=sa%2Fshop%2Fweb&uri=spiffe%3A%2F%2Ftd%2Fx&keygen=vault",
+		"engine=pki&mount=pki&role=web&owner=pod%2Fu&keytype=rsa2048",
 	} {
 		f.Add(s)
 	}
