@@ -173,7 +173,9 @@ func (s *stack) clientTB(t testing.TB, tok string) *client.Client {
 	return c
 }
 
-func (s *stack) rawConn(t *testing.T) keywardenv1.SecretServiceClient {
+func (s *stack) rawConn(t *testing.T) keywardenv1.SecretServiceClient { return rawConnTB(t, s) }
+
+func rawConnTB(t testing.TB, s *stack) keywardenv1.SecretServiceClient {
 	t.Helper()
 	conn, err := grpc.NewClient(client.Target(s.socket), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
