@@ -22,6 +22,7 @@ const ValuesBucket = "values"
 // Defaults of the bounds on the values kept in Config.Store.
 const (
 	DefaultMaxStale          = 24 * time.Hour
+	DefaultUnclaimedTTL      = 2 * time.Minute
 	DefaultMaxPersisted      = 1024
 	DefaultMaxPersistedBytes = 8 << 20
 )
@@ -249,6 +250,14 @@ func (e *Engine) saveLocked(ref source.Ref, en *entry, now time.Time) {
 	e.persist.queue(valueKey(ref), rec)
 }
 
+// claimLocked marks a restored entry as in use and schedules its first refresh.
+func (e *Engine) claimLocked(en *entry, now time.Time) {
+	if en.unclaimed {
+		en.unclaimed = false
+		en.nextRefresh = now
+	}
+}
+
 // unsaveLocked queues the deletion of en's persisted value.
 func (e *Engine) unsaveLocked(ref source.Ref, en *entry) {
 	if e.persist == nil || en.saved == nil {
@@ -261,7 +270,8 @@ func (e *Engine) unsaveLocked(ref source.Ref, en *entry) {
 }
 
 // restore loads the values of the previous run as warm entries: served (after the caller's
-// grant check, like any cached value) until they expire, and refreshed at the first tick. A
+// grant check, like any cached value) until they expire, refreshed from their first use on,
+// and dropped unrefreshed if nobody uses them within UnclaimedTTL. A
 // record that does not open or decode, names a reference that is not its key or a source
 // that is not configured, or whose value expired (or went unconfirmed for MaxStale) while
 // the daemon was down is deleted, never served; a store that cannot be read at all is
@@ -291,7 +301,7 @@ func (e *Engine) restore() {
 		case e.cfg.Sources[rec.Source] == nil || e.notifies(rec.ref()):
 			e.log.Info("dropping a persisted value of a source not served from the store", slog.String(attrRef, rec.ref().String()))
 		default:
-			en = &entry{secret: rec.secret(), fetchedAt: rec.ConfirmedAt, lastUsed: now, nextRefresh: now, warm: true,
+			en = &entry{secret: rec.secret(), fetchedAt: rec.ConfirmedAt, lastUsed: now, warm: true, unclaimed: true,
 				subs: map[*Subscription]struct{}{}}
 			if !e.servableLocked(rec.ref(), en, now) {
 				expired++

@@ -565,3 +565,44 @@ func TestEngine_persist_notifyingSourceNotCopied(t *testing.T) {
 		t.Errorf("%d fetches, want 1", n)
 	}
 }
+
+// A restored value is refreshed only once a consumer uses it (the source then learns that its
+// own restored state is in use); one nobody uses is dropped unrefreshed after UnclaimedTTL, so
+// that the source's clean-up of unclaimed state (revoking restored leases) is not undone.
+func TestEngine_persist_unclaimedDroppedUnrefreshed(t *testing.T) {
+	n := newNode(t)
+	now := time.Now()
+	clk := clocktesting.NewFakeClock(now)
+	db := n.open(t)
+	src := seeded(now)
+	e := n.run(t, db, src, clk, nil)
+	mustGet(t, e, leased)
+	mustGet(t, e, kv)
+	e.Close()
+
+	src.fetches.Store(0)
+	e = n.run(t, db, src, clk, func(c *Config) { c.UnclaimedTTL = 20 * time.Second })
+	defer e.Close()
+	if due := e.due(); len(due) != 0 {
+		t.Fatalf("unclaimed restored values scheduled for refresh: %v", due)
+	}
+	mustGet(t, e, kv) // claimed
+	if due := e.due(); len(due) != 1 || due[0] != kv {
+		t.Fatalf("due after the first use: %v, want the used value only", due)
+	}
+	clk.Step(21 * time.Second) // the lease is still valid (30 s), but nobody claimed it
+	e.due()
+	e.persist.flush()
+	if keys := persistedKeys(t, db); len(keys) != 1 || keys[0] != valueKey(kv) {
+		t.Fatalf("after UnclaimedTTL the store holds %v, want only the claimed value", keys)
+	}
+	if n := src.fetches.Load(); n != 0 {
+		t.Errorf("%d fetches, want none (refreshes are the scheduler's, not run here)", n)
+	}
+	if _, err := e.Get(context.Background(), leased); err != nil {
+		t.Fatal(err) // fetched afresh from the source: the restored copy is gone
+	}
+	if n := src.fetches.Load(); n != 1 {
+		t.Errorf("the dropped value was not fetched again: %d fetches", n)
+	}
+}

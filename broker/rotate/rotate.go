@@ -51,6 +51,12 @@ type Config struct {
 	// total size of their data. A value beyond them stays in memory only. Defaults
 	// DefaultMaxPersisted and DefaultMaxPersistedBytes.
 	MaxPersisted, MaxPersistedBytes int
+	// UnclaimedTTL is how long a value restored from Store waits for its first consumer (a
+	// Get or a Subscribe) before it is dropped, unrefreshed. It must be shorter than the
+	// sources' own wait for restored state to be claimed (the Vault source revokes restored
+	// leases nobody fetched after its OrphanGrace), so that the engine never serves a
+	// credential its source revoked as an orphan. Default DefaultUnclaimedTTL.
+	UnclaimedTTL time.Duration
 }
 
 // Engine caches secrets and keeps them fresh. Create it with New and run it with Run.
@@ -95,8 +101,10 @@ type entry struct {
 	stale       bool // serving a value whose last refresh failed
 	refreshing  bool
 	subs        map[*Subscription]struct{}
-	// warm is set for a value restored from the store until the source answers again.
-	warm bool
+	// warm is set for a value restored from the store until the source answers again;
+	// unclaimed until its first consumer, which schedules its first refresh (through which
+	// the source learns that its own restored state, a lease, is in use).
+	warm, unclaimed bool
 	// ranOut is set when the value was dropped at its expiry (or staleness bound) and no new
 	// one came since: callers are told why they get nothing.
 	ranOut time.Time
@@ -174,6 +182,7 @@ func New(cfg Config) (*Engine, error) {
 	def(&cfg.MaxBackoff, time.Minute)
 	def(&cfg.TickInterval, 250*time.Millisecond)
 	def(&cfg.MaxStale, DefaultMaxStale)
+	def(&cfg.UnclaimedTTL, DefaultUnclaimedTTL)
 	if cfg.MaxPersisted <= 0 {
 		cfg.MaxPersisted = DefaultMaxPersisted
 	}
@@ -220,6 +229,9 @@ func (e *Engine) Get(ctx context.Context, ref source.Ref) (*source.Secret, error
 	e.mu.Lock()
 	now := e.now()
 	en := e.entries[ref]
+	if en != nil {
+		e.claimLocked(en, now)
+	}
 	if en != nil && e.servableLocked(ref, en, now) {
 		en.lastUsed = now
 		s := en.secret.Clone()
@@ -399,6 +411,7 @@ func (e *Engine) Subscribe(ref source.Ref) *Subscription {
 		en = &entry{subs: map[*Subscription]struct{}{}, lastUsed: e.now()}
 		e.entries[ref] = en
 	}
+	e.claimLocked(en, e.now())
 	s := &Subscription{ref: ref, c: make(chan struct{}, 1), e: e}
 	en.subs[s] = struct{}{}
 	return s
@@ -535,7 +548,7 @@ func (e *Engine) due() []source.Ref {
 	var out []source.Ref
 	for ref, en := range e.entries {
 		ranOut := en.secret != nil && !e.servableLocked(ref, en, now)
-		if len(en.subs) == 0 && now.Sub(en.lastUsed) > e.cfg.IdleTTL {
+		if len(en.subs) == 0 && (now.Sub(en.lastUsed) > e.cfg.IdleTTL || (en.unclaimed && now.Sub(en.lastUsed) > e.cfg.UnclaimedTTL)) {
 			e.unsaveLocked(ref, en)
 			delete(e.entries, ref)
 			continue
