@@ -300,6 +300,9 @@ func (b *Broker) sourceError(name string, err error) error {
 	switch {
 	case errors.Is(err, context.Canceled):
 		out = newError(ErrCanceled, "request canceled")
+	case errors.Is(err, rotate.ErrExpired):
+		// Before the deadline case: a caller's deadline is then not the reason.
+		out = newError(ErrUnavailable, fmt.Sprintf("secret %q: its cached value expired and the source cannot be reached for a new one; try again", name))
 	case errors.Is(err, context.DeadlineExceeded):
 		out = newError(ErrUnavailable, fmt.Sprintf("secret %q: the source did not answer in time", name))
 	case errors.Is(err, source.ErrNotFound), errors.Is(err, source.ErrDeleted):

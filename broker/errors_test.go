@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/keywarden/keywarden/broker/rotate"
 	"github.com/keywarden/keywarden/broker/source"
 )
 
@@ -34,6 +35,26 @@ func TestBroker_sourceError_keepsThePolicy(t *testing.T) {
 		}
 		if stops := errors.Is(got, ErrNotFound) || errors.Is(got, ErrPermissionDenied); stops != source.IsAuthoritative(tc.err) {
 			t.Errorf("sourceError(%v) = %v: NotFound/PermissionDenied must mean exactly the authoritative classes", tc.err, got)
+		}
+	}
+}
+
+// A value that ran out with the source unreachable is Unavailable with a message saying so,
+// whether the source failed or the caller's deadline came first, and without the backend's
+// text.
+func TestBroker_sourceError_expiredSaysWhy(t *testing.T) {
+	b := &Broker{log: discard()}
+	const want = `secret "db": its cached value expired and the source cannot be reached for a new one; try again`
+	for _, cause := range []error{
+		fmt.Errorf("vault: dial tcp 10.0.0.1:8200: connection refused: %w", source.ErrUnavailable),
+		context.DeadlineExceeded,
+	} {
+		got := b.sourceError("db", fmt.Errorf("%w (at 2026-01-02T03:04:05Z): %w", rotate.ErrExpired, cause))
+		if !errors.Is(got, ErrUnavailable) || got.Error() != want {
+			t.Errorf("sourceError(expired, %v) = %q, want Unavailable %q", cause, got, want)
+		}
+		if source.IsAuthoritative(got) {
+			t.Errorf("sourceError(expired, %v) is authoritative: volumes would be cleared", cause)
 		}
 	}
 }

@@ -44,6 +44,8 @@ type csiVaultOptions struct {
 	withPostgres    bool
 	dbTTL, dbMaxTTL time.Duration
 	pollInterval    time.Duration // KV metadata polls; default 1s
+	maxStale        time.Duration // rotation.maxStale; default the daemon's (24h)
+	requestTimeout  time.Duration // vault.limits.requestTimeout; default the daemon's (10s)
 	logLevel        string        // default debug
 	tokenTTL        time.Duration // of pod tokens; default the framework's (10m, the minimum)
 	// extraGrants returns more grant documents (each starting with "---") for namespace ns,
@@ -101,6 +103,14 @@ func startCSIVault(t testing.TB, o csiVaultOptions) *csiVaultEnv {
 	if o.pollInterval == 0 {
 		o.pollInterval = time.Second
 	}
+	rotation := fmt.Sprintf("pollInterval: %s", o.pollInterval)
+	if o.maxStale > 0 {
+		rotation += fmt.Sprintf(", maxStale: %s", o.maxStale)
+	}
+	limits := ""
+	if o.requestTimeout > 0 {
+		limits = fmt.Sprintf("\n  limits: {requestTimeout: %s}", o.requestTimeout)
+	}
 	vaultAddr := e.vault.Addr
 	if o.vaultAddress != nil {
 		vaultAddr = o.vaultAddress(t, vaultAddr)
@@ -115,14 +125,14 @@ identity:
   discoveryURL: {{.Issuer}}
   caFile: {{.CAFile}}
 grants: {file: %s, reloadInterval: 1s}
-rotation: {pollInterval: %s}
+rotation: {%s}
 vault:
   address: %s
   auth: {method: kubernetes, role: keywarden, tokenFile: {{.TokenFile}}}
-  leases: {grace: 500ms}
+  leases: {grace: 500ms}%s
 csi: {socket: %s, kubeletRoot: %s, tmpfsSize: 1Mi}
 log: {level: %s}
-`, e.node, e.grants, o.pollInterval, vaultAddr, e.csiSock, e.kubeletRoot, or(o.logLevel, "debug"))
+`, e.node, e.grants, rotation, vaultAddr, limits, e.csiSock, e.kubeletRoot, or(o.logLevel, "debug"))
 	// Runs after the daemon stopped: whatever a failed test left mounted is detached so the
 	// temp dirs can go.
 	t.Cleanup(func() { unmountUnder(t, e.kubeletRoot) })

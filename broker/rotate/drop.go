@@ -2,6 +2,7 @@ package rotate
 
 import (
 	"log/slog"
+	"time"
 
 	"github.com/keywarden/keywarden/broker/source"
 )
@@ -10,6 +11,15 @@ import (
 // source. Subscribers are signalled so that they re-read: a revoked reader is refused by its
 // grants, any other fetches the value again. It reports whether a value was cached.
 func (e *Engine) Drop(ref source.Ref) bool {
+	had := e.dropEntry(ref)
+	if e.persist != nil {
+		// Written before Drop returns: a revoked value must not come back after a restart.
+		e.persist.flush()
+	}
+	return had
+}
+
+func (e *Engine) dropEntry(ref source.Ref) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	en := e.entries[ref]
@@ -21,6 +31,8 @@ func (e *Engine) Drop(ref source.Ref) bool {
 	e.gen++
 	en.gen = e.gen
 	en.secret = nil
+	en.ranOut = time.Time{}
+	e.unsaveLocked(ref, en)
 	en.lastErr = "dropped by an administrator"
 	e.signalLocked(en)
 	if len(en.subs) == 0 {

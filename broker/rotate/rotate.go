@@ -14,6 +14,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/keywarden/keywarden/broker/source"
+	"github.com/keywarden/keywarden/broker/store"
 )
 
 // Config configures an Engine.
@@ -37,6 +38,25 @@ type Config struct {
 	MinBackoff, MaxBackoff time.Duration
 	// TickInterval is how often the scheduler looks for due refreshes. Default 250ms.
 	TickInterval time.Duration
+	// Store, when set, keeps the last value of every cached secret (bucket ValuesBucket),
+	// sealed like every record, so that after a restart with the source down they are served
+	// until they expire. New loads the previous run's values. Values of sources that notify
+	// changes (the embedded store) are not copied. Nil keeps values in memory only.
+	Store *store.DB
+	// MaxStale bounds how long a value without an expiry (a KV secret) is served after its
+	// source last confirmed it, while refreshes fail: in memory and across restarts alike.
+	// Values with an expiry are served until it, never after. Default DefaultMaxStale.
+	MaxStale time.Duration
+	// MaxPersisted and MaxPersistedBytes bound the values kept in Store: how many, and the
+	// total size of their data. A value beyond them stays in memory only. Defaults
+	// DefaultMaxPersisted and DefaultMaxPersistedBytes.
+	MaxPersisted, MaxPersistedBytes int
+	// UnclaimedTTL is how long a value restored from Store waits for its first consumer (a
+	// Get or a Subscribe) before it is dropped, unrefreshed. It must be shorter than the
+	// sources' own wait for restored state to be claimed (the Vault source revokes restored
+	// leases nobody fetched after its OrphanGrace), so that the engine never serves a
+	// credential its source revoked as an orphan. Default DefaultUnclaimedTTL.
+	UnclaimedTTL time.Duration
 }
 
 // Engine caches secrets and keeps them fresh. Create it with New and run it with Run.
@@ -52,6 +72,12 @@ type Engine struct {
 	gen uint64
 	// refreshFailures counts transient refresh failures (Freshness).
 	refreshFailures atomic.Uint64
+
+	// persist writes the last values to Config.Store (nil without one); savedCount and
+	// savedBytes (under mu) are what the store holds, against the bounds.
+	persist    *persister
+	savedCount int
+	savedBytes int
 
 	// Every backend call the engine makes is owned by it: life is the parent of their
 	// contexts and fetches counts them, so that Close (and Run, when its ctx ends) cancels
@@ -75,6 +101,17 @@ type entry struct {
 	stale       bool // serving a value whose last refresh failed
 	refreshing  bool
 	subs        map[*Subscription]struct{}
+	// warm is set for a value restored from the store until the source answers again;
+	// unclaimed until its first consumer, which schedules its first refresh (through which
+	// the source learns that its own restored state, a lease, is in use).
+	warm, unclaimed bool
+	// ranOut is set when the value was dropped at its expiry (or staleness bound) and no new
+	// one came since: callers are told why they get nothing.
+	ranOut time.Time
+	// saved is what the store holds for the entry (nil: nothing); overBound is set while
+	// the value is kept in memory only because of the bounds.
+	saved     *saved
+	overBound bool
 }
 
 type flight struct {
@@ -144,15 +181,28 @@ func New(cfg Config) (*Engine, error) {
 	def(&cfg.MinBackoff, time.Second)
 	def(&cfg.MaxBackoff, time.Minute)
 	def(&cfg.TickInterval, 250*time.Millisecond)
+	def(&cfg.MaxStale, DefaultMaxStale)
+	def(&cfg.UnclaimedTTL, DefaultUnclaimedTTL)
+	if cfg.MaxPersisted <= 0 {
+		cfg.MaxPersisted = DefaultMaxPersisted
+	}
+	if cfg.MaxPersistedBytes <= 0 {
+		cfg.MaxPersistedBytes = DefaultMaxPersistedBytes
+	}
 	life, stop := context.WithCancel(context.Background())
-	return &Engine{
+	e := &Engine{
 		cfg:     cfg,
 		log:     cfg.Logger,
 		entries: map[source.Ref]*entry{},
 		flights: map[source.Ref]*flight{},
 		life:    life,
 		stop:    stop,
-	}, nil
+	}
+	if cfg.Store != nil {
+		e.persist = newPersister(cfg.Store, cfg.Logger)
+		e.restore()
+	}
+	return e, nil
 }
 
 // Close cancels every backend call under way and waits for them to return; later Get and
@@ -163,6 +213,9 @@ func (e *Engine) Close() {
 	e.mu.Unlock()
 	e.stop()
 	e.fetches.Wait()
+	if e.persist != nil {
+		e.persist.flush() // what the last fetches stored, before the daemon closes the store
+	}
 }
 
 func (e *Engine) now() time.Time { return e.cfg.Clock.Now() }
@@ -175,11 +228,23 @@ func (e *Engine) Get(ctx context.Context, ref source.Ref) (*source.Secret, error
 	}
 	e.mu.Lock()
 	now := e.now()
-	if en := e.entries[ref]; en != nil && en.secret != nil && !expired(en.secret, now) {
+	en := e.entries[ref]
+	if en != nil {
+		e.claimLocked(en, now)
+	}
+	if en != nil && e.servableLocked(ref, en, now) {
 		en.lastUsed = now
 		s := en.secret.Clone()
 		e.mu.Unlock()
 		return s, nil
+	}
+	var ranOut time.Time
+	if en != nil {
+		en.lastUsed = now
+		ranOut = en.ranOut
+		if en.secret != nil {
+			ranOut = e.servedUntil(ref, en)
+		}
 	}
 	if e.closed {
 		e.mu.Unlock()
@@ -195,7 +260,7 @@ func (e *Engine) Get(ctx context.Context, ref source.Ref) (*source.Secret, error
 	select {
 	case <-f.done:
 		if f.err != nil {
-			return nil, f.err
+			return nil, ranOutError(ranOut, f.err)
 		}
 		return f.secret.Clone(), nil
 	case <-ctx.Done():
@@ -206,8 +271,18 @@ func (e *Engine) Get(ctx context.Context, ref source.Ref) (*source.Secret, error
 			f.cancel()
 		}
 		e.mu.Unlock()
-		return nil, ctx.Err()
+		return nil, ranOutError(ranOut, ctx.Err())
 	}
+}
+
+// ranOutError says that the cached value ran out at ranOut (when set) and err is why no new
+// one came: a transient error or a caller's deadline, not a cancellation or an authoritative
+// answer, which are returned as they are.
+func ranOutError(ranOut time.Time, err error) error {
+	if ranOut.IsZero() || errors.Is(err, context.Canceled) || source.IsAuthoritative(err) {
+		return err
+	}
+	return fmt.Errorf("%w (at %s): %w", ErrExpired, ranOut.UTC().Format(time.RFC3339), err)
 }
 
 // startFlightLocked starts the one backend call for ref. Its context is detached from the
@@ -273,8 +348,9 @@ func (e *Engine) storeLocked(ref source.Ref, s *source.Secret, gen uint64) {
 	changed := en.secret == nil || en.secret.Version != s.Version
 	en.secret = s.Clone()
 	en.fetchedAt, en.lastUsed = now, now
-	en.failures, en.lastErr, en.stale = 0, "", false
+	en.failures, en.lastErr, en.stale, en.warm, en.ranOut = 0, "", false, false, time.Time{}
 	en.nextRefresh = e.nextRefresh(ref, s, now)
+	e.saveLocked(ref, en, now)
 	if changed {
 		e.signalLocked(en)
 	}
@@ -305,6 +381,8 @@ func (e *Engine) purgeLocked(ref source.Ref, cause error, gen uint64) {
 	en.gen = gen
 	hadValue := en.secret != nil
 	en.secret = nil
+	en.ranOut = time.Time{}
+	e.unsaveLocked(ref, en)
 	en.lastErr = source.Reason(cause)
 	if hadValue {
 		e.log.Warn("cached secret purged", slog.String("ref", ref.String()), slog.String("reason", en.lastErr))
@@ -333,6 +411,7 @@ func (e *Engine) Subscribe(ref source.Ref) *Subscription {
 		en = &entry{subs: map[*Subscription]struct{}{}, lastUsed: e.now()}
 		e.entries[ref] = en
 	}
+	e.claimLocked(en, e.now())
 	s := &Subscription{ref: ref, c: make(chan struct{}, 1), e: e}
 	en.subs[s] = struct{}{}
 	return s
@@ -395,6 +474,9 @@ func (e *Engine) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer e.Close()
+	if e.persist != nil {
+		wg.Go(func() { e.persistLoop(ctx) })
+	}
 	for name, src := range e.cfg.Sources {
 		n, ok := src.(source.Notifier)
 		if !ok {
@@ -436,6 +518,21 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 }
 
+// persistLoop writes queued values as they come, and retries failed writes every tick.
+func (e *Engine) persistLoop(ctx context.Context) {
+	t := e.cfg.Clock.NewTicker(e.cfg.TickInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return // Close flushes what is left
+		case <-e.persist.kick:
+		case <-t.C():
+		}
+		e.persist.flush()
+	}
+}
+
 func (e *Engine) cached(ref source.Ref) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -450,14 +547,23 @@ func (e *Engine) due() []source.Ref {
 	now := e.now()
 	var out []source.Ref
 	for ref, en := range e.entries {
-		if len(en.subs) == 0 && (now.Sub(en.lastUsed) > e.cfg.IdleTTL || (en.secret != nil && expired(en.secret, now))) {
+		ranOut := en.secret != nil && !e.servableLocked(ref, en, now)
+		if len(en.subs) == 0 && (now.Sub(en.lastUsed) > e.cfg.IdleTTL || (en.unclaimed && now.Sub(en.lastUsed) > e.cfg.UnclaimedTTL)) {
+			e.unsaveLocked(ref, en)
 			delete(e.entries, ref)
 			continue
 		}
-		if en.secret != nil && expired(en.secret, now) {
-			// Never serve past expiry: drop the value, subscribers re-read and fetch.
-			en.secret = nil
+		if ranOut {
+			// Never serve past expiry: drop the value (here and in the store), subscribers
+			// re-read and fetch. The entry stays until it is idle, so that callers are told
+			// the value ran out.
+			en.ranOut = e.servedUntil(ref, en)
 			en.lastErr = "expired"
+			if en.secret.ExpiresAt.IsZero() {
+				en.lastErr = "unconfirmed for longer than the staleness bound"
+			}
+			en.secret = nil
+			e.unsaveLocked(ref, en)
 			e.signalLocked(en)
 		}
 		if en.refreshing || en.nextRefresh.IsZero() || now.Before(en.nextRefresh) {

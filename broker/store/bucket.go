@@ -67,6 +67,15 @@ func (b Bucket[T]) List() (items []Item[T], err error) {
 	return items, err
 }
 
+// Keys returns the bucket's keys sorted, without opening their values (see Tx.Keys).
+func (b Bucket[T]) Keys() (keys []string, err error) {
+	err = b.View(func(tx TxBucket[T]) error {
+		keys, err = tx.Keys()
+		return err
+	})
+	return keys, err
+}
+
 // Update runs fn in one durable read-write transaction over the bucket.
 func (b Bucket[T]) Update(fn func(tx TxBucket[T]) error) error {
 	if b.db == nil {
@@ -117,6 +126,21 @@ func (b TxBucket[T]) Put(key string, v T) error {
 
 // Delete is Bucket.Delete inside the transaction.
 func (b TxBucket[T]) Delete(key string) error { return b.tx.Delete(b.name, b.prefix+key) }
+
+// Keys is Bucket.Keys inside the transaction.
+func (b TxBucket[T]) Keys() ([]string, error) {
+	keys, err := b.tx.Keys(b.name)
+	if err != nil {
+		return nil, err
+	}
+	out := keys[:0]
+	for _, k := range keys {
+		if k, ok := strings.CutPrefix(k, b.prefix); ok {
+			out = append(out, k)
+		}
+	}
+	return out, nil
+}
 
 // List is Bucket.List inside the transaction.
 func (b TxBucket[T]) List() ([]Item[T], error) {

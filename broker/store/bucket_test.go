@@ -118,3 +118,30 @@ func TestBucket_listAndPrefix(t *testing.T) {
 		t.Fatalf("deleted in the transaction: %v", err)
 	}
 }
+
+func TestBucket_Keys_listsWithoutOpening(t *testing.T) {
+	cfg, _ := testConfig(t)
+	db := mustOpen(t, cfg)
+	defer db.Close()
+	b := NewBucket[thing](db, "things")
+	if keys, err := b.Keys(); err != nil || len(keys) != 0 {
+		t.Fatalf("missing bucket: %v %v", keys, err)
+	}
+	for _, k := range []string{"b", "x/a", "a", "x/b"} {
+		if err := b.Put(k, thing{Name: k}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A value that does not decode does not stop the listing: the caller Gets each key.
+	mustPut(t, db, "things", "c", "not json")
+	keys, err := b.Keys()
+	if err != nil || strings.Join(keys, ",") != "a,b,c,x/a,x/b" {
+		t.Fatalf("keys: %v %v", keys, err)
+	}
+	if keys, err := b.Prefix("x/").Keys(); err != nil || strings.Join(keys, ",") != "a,b" {
+		t.Fatalf("prefixed keys: %v %v", keys, err)
+	}
+	if _, err := (Bucket[thing]{}).Keys(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("zero bucket: %v", err)
+	}
+}

@@ -169,3 +169,27 @@ func (tx *Tx) List(bucket string) ([]Record, error) {
 	}
 	return out, nil
 }
+
+// Keys returns the keys of bucket, sorted, without opening any value: a caller that must
+// survive one damaged record (a cache it rebuilds) Gets each key and skips the one that fails,
+// where List fails as a whole.
+func (tx *Tx) Keys(bucket string) ([]string, error) {
+	if tx.done {
+		return nil, errTxDone
+	}
+	if err := validName(bucket, "", false); err != nil {
+		return nil, fmt.Errorf("keys: %w", err)
+	}
+	b := tx.btx.Bucket([]byte(bucket))
+	if b == nil {
+		return nil, nil
+	}
+	var out []string
+	c := b.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if v != nil {
+			out = append(out, string(k)) // copies out of the mmap
+		}
+	}
+	return out, nil
+}

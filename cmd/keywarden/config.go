@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/keywarden/keywarden/broker/identity"
+	"github.com/keywarden/keywarden/broker/rotate"
 	"github.com/keywarden/keywarden/broker/server"
 	"github.com/keywarden/keywarden/broker/source/vault"
 	"github.com/keywarden/keywarden/crypto"
@@ -103,6 +104,7 @@ type rawStore struct {
 
 type rawRotation struct {
 	PollInterval string `json:"pollInterval"`
+	MaxStale     string `json:"maxStale"`
 }
 
 // config is the typed daemon configuration, shared by `serve` and `dev`. Each section is
@@ -160,6 +162,9 @@ type storeConfig struct {
 
 type rotationConfig struct {
 	PollInterval time.Duration
+	// MaxStale bounds how long a value without an expiry (KV) is served unconfirmed while its
+	// source is unreachable, in memory and after a restart (rotate.Config.MaxStale).
+	MaxStale time.Duration
 }
 
 type limitsConfig struct {
@@ -273,6 +278,7 @@ func (r rawConfig) typed() (config, error) {
 		{"grants.reloadInterval", r.Grants.ReloadInterval, 2 * time.Second, &c.Grants.ReloadInterval},
 		{"store.lockTimeout", r.Store.LockTimeout, 5 * time.Second, &c.Store.LockTimeout},
 		{"rotation.pollInterval", r.Rotation.PollInterval, 30 * time.Second, &c.Rotation.PollInterval},
+		{"rotation.maxStale", r.Rotation.MaxStale, rotate.DefaultMaxStale, &c.Rotation.MaxStale},
 	}
 	for _, d := range durations {
 		if d.raw == "" {

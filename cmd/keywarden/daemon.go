@@ -39,7 +39,7 @@ type daemon struct {
 	cfg    config
 	log    *slog.Logger
 	state  *store.DB
-	node   *store.DB // node.db: this node's volume records and Vault leases (stores.go)
+	node   *store.DB // node.db: this node's volume records, Vault leases and last values (stores.go)
 	local  *local.Store
 	broker *broker.Broker
 	engine *rotate.Engine
@@ -122,8 +122,15 @@ func newDaemon(cfg config, log *slog.Logger) (_ *daemon, err error) {
 	if len(sources) == 0 {
 		return nil, errors.New("no secret source is enabled: set sources.local.enabled or the vault section")
 	}
+	// node.db keeps the last values (sealed), so a restart during a Vault outage serves them
+	// until they expire. A restored value nobody claims is dropped before the Vault source
+	// revokes the restored lease behind it as an orphan.
+	unclaimed := rotate.DefaultUnclaimedTTL
+	if cfg.Vault != nil && cfg.Vault.OrphanGrace > 0 {
+		unclaimed = min(unclaimed, cfg.Vault.OrphanGrace/2)
+	}
 	if d.engine, err = rotate.New(rotate.Config{Sources: sources, Logger: log.With(slog.String("component", "rotate")), PollInterval: cfg.Rotation.PollInterval,
-		MaxBackoff: retryBackoffCap(cfg.Rotation.PollInterval)}); err != nil {
+		MaxBackoff: retryBackoffCap(cfg.Rotation.PollInterval), Store: d.node, MaxStale: cfg.Rotation.MaxStale, UnclaimedTTL: unclaimed}); err != nil {
 		return nil, err
 	}
 	if err := d.metrics.Register(newFreshnessCollector(d.engine)); err != nil { // metrics.go

@@ -85,7 +85,7 @@ app.kubernetes.io/part-of: keywarden
   "kubernetes" (dict "inCluster" true)
   "identity" $id
   "grants" $grants
-  "rotation" (dict "pollInterval" $c.rotation.pollInterval)
+  "rotation" (dict "pollInterval" $c.rotation.pollInterval "maxStale" $c.rotation.maxStale)
   "audit" (include "keywarden.auditConfig" . | fromYaml)
   "csi" (dict "socket" (printf "%s/csi.sock" (include "keywarden.pluginDir" .)) "kubeletRoot" (trimSuffix "/" .Values.kubeletRoot) "driverName" .Values.driverName "tmpfsSize" $c.csi.tmpfsSize)
   "log" (dict "level" $c.log.level "format" $c.log.format)
