@@ -116,7 +116,7 @@ func newDaemon(cfg config, log *slog.Logger) (_ *daemon, err error) {
 		}
 		sources["local"] = d.local
 	}
-	if err := d.addVaultSource(sources); err != nil { // vault.go
+	if err := d.addVaultSource(context.Background(), sources); err != nil { // vault.go
 		return nil, fmt.Errorf("vault source: %w", err)
 	}
 	if len(sources) == 0 {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -14,6 +15,7 @@ import (
 	"github.com/keywarden/keywarden/broker"
 	"github.com/keywarden/keywarden/broker/source"
 	"github.com/keywarden/keywarden/broker/source/vault"
+	"github.com/keywarden/keywarden/broker/source/vaultref"
 	"github.com/keywarden/keywarden/crypto"
 )
 
@@ -26,6 +28,7 @@ const (
 // rawVault is the `vault:` section. Vault is enabled when address is set.
 type rawVault struct {
 	Address    string         `json:"address"`
+	Namespace  string         `json:"namespace"`
 	CAFile     string         `json:"caFile"`
 	Auth       rawVaultAuth   `json:"auth"`
 	Limits     rawVaultLimits `json:"limits"`
@@ -38,6 +41,7 @@ type rawVaultAuth struct {
 	Mount     string `json:"mount"`
 	Role      string `json:"role"`
 	TokenFile string `json:"tokenFile"`
+	Namespace string `json:"namespace"`
 }
 
 type rawVaultLimits struct {
@@ -79,9 +83,9 @@ func (r rawConfig) typedVault(c *config, fail func(field, format string, args ..
 		fail("vault.address", "want an http(s) URL such as \"https://vault.vault.svc:8200\"; got %q", rv.Address)
 	}
 	vc := &vault.Config{
-		Address: rv.Address, CACertFile: rv.CAFile,
+		Address: rv.Address, CACertFile: rv.CAFile, Namespace: rv.Namespace,
 		Auth: vault.AuthConfig{Method: or(rv.Auth.Method, vault.MethodKubernetes), Mount: rv.Auth.Mount, Role: rv.Auth.Role,
-			TokenFile: or(rv.Auth.TokenFile, defaultVaultTokenFile)},
+			TokenFile: or(rv.Auth.TokenFile, defaultVaultTokenFile), Namespace: rv.Auth.Namespace},
 		MaxConcurrent: rv.Limits.MaxConcurrent, RequestsPerSecond: rv.Limits.RequestsPerSecond, Burst: rv.Limits.Burst,
 		MaxResponseBytes: rv.Limits.MaxResponseBytes,
 	}
@@ -93,6 +97,14 @@ func (r rawConfig) typedVault(c *config, fail func(field, format string, args ..
 	}
 	if !filepath.IsAbs(vc.Auth.TokenFile) {
 		fail("vault.auth.tokenFile", "must be an absolute path; got %q", vc.Auth.TokenFile)
+	}
+	for field, ns := range map[string]string{"vault.namespace": rv.Namespace, "vault.auth.namespace": rv.Auth.Namespace} {
+		if ns == "" {
+			continue
+		}
+		if d := vaultref.NamespaceProblem(ns); d != "" {
+			fail(field, "%s; got %q (namespaces need Vault Enterprise; leave it empty for the root namespace)", d, ns)
+		}
 	}
 	if vc.MaxConcurrent < 0 || vc.MaxConcurrent > 1024 {
 		fail("vault.limits.maxConcurrent", "want 0 (default 8) to 1024; got %d", vc.MaxConcurrent)
@@ -157,6 +169,9 @@ func (d *daemon) loadKEK(ctx context.Context) (tink.AEAD, error) {
 	}
 	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	if err := src.CheckNamespaces(lctx); errors.Is(err, vault.ErrNamespaceUnsupported) {
+		return nil, fmt.Errorf("vault.namespace: %w", err)
+	}
 	if err := src.Login(lctx); err != nil {
 		return nil, fmt.Errorf("kek.provider transit: log in to Vault at %s: %w (the encrypted stores cannot be opened without Vault)", vc.Address, err)
 	}
@@ -182,7 +197,7 @@ func (d *daemon) loadKEK(ctx context.Context) (tink.AEAD, error) {
 
 // addVaultSource registers the Vault source as "vault" when configured. Its leases live in
 // the node store (sealed); its metrics go to the daemon's registry.
-func (d *daemon) addVaultSource(sources map[string]source.Source) error {
+func (d *daemon) addVaultSource(ctx context.Context, sources map[string]source.Source) error {
 	if d.cfg.Vault == nil {
 		return nil
 	}
@@ -193,6 +208,9 @@ func (d *daemon) addVaultSource(sources map[string]source.Source) error {
 	vc.Registerer = d.metrics
 	src, err := vault.New(vc)
 	if err != nil {
+		return err
+	}
+	if err := checkNamespaces(ctx, src, vc.Logger); err != nil {
 		return err
 	}
 	err = vault.RegisterStaleGauge(d.metrics, func() float64 {
@@ -213,6 +231,24 @@ func (d *daemon) addVaultSource(sources map[string]source.Source) error {
 	sources[broker.VaultSourceName] = src
 	d.runners = append(d.runners, src.Run)
 	return nil
+}
+
+// checkNamespaces stops the daemon when a namespace is configured and Vault answers that it
+// is not Vault Enterprise: its open-source edition would ignore the namespace. A Vault that
+// does not answer is not a reason to stop (the source checks again before its first login).
+func checkNamespaces(ctx context.Context, src *vault.Source, log *slog.Logger) error {
+	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	err := src.CheckNamespaces(cctx)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, vault.ErrNamespaceUnsupported):
+		return fmt.Errorf("vault.namespace / vault.auth.namespace: %w: remove the namespace or point vault.address at Vault Enterprise", err)
+	default:
+		log.Warn("could not ask vault whether it supports namespaces; checking again before the first login", slog.String("error", err.Error()))
+		return nil
+	}
 }
 
 var _ prometheus.Registerer = (*prometheus.Registry)(nil)

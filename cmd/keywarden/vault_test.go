@@ -45,6 +45,10 @@ func TestParseConfig_vault(t *testing.T) {
 	if err != nil || c.KEK.Provider != kekTransit || c.KEK.Transit.Mount != "transit" || c.KEK.Transit.Key != "kek" {
 		t.Fatalf("transit kek: %+v %v", c.KEK.Transit, err)
 	}
+	c, err = parseConfig([]byte(vaultBase + "vault: {address: http://v, namespace: team-a, auth: {role: r, namespace: team-a/auth}}\n"))
+	if err != nil || c.Vault.Namespace != "team-a" || c.Vault.Auth.Namespace != "team-a/auth" {
+		t.Fatalf("namespaces: %+v %v", c.Vault, err)
+	}
 }
 
 func TestParseConfig_vaultBadInput(t *testing.T) {
@@ -60,6 +64,10 @@ func TestParseConfig_vaultBadInput(t *testing.T) {
 		{"transit without key", vaultConfigDoc + "kek: {provider: transit}\n", "vault.transitKEK.key: is required"},
 		{"transit key without provider", vaultConfigDoc + "  transitKEK: {key: k}\n", "set kek.provider: transit"},
 		{"bad provider", vaultBase + "kek: {provider: hsm}\n", "kek.provider: want local or transit"},
+		{"namespace slash", vaultBase + "vault: {address: http://v, namespace: /team, auth: {role: r}}\n", "vault.namespace: must not start or end"},
+		{"namespace root", vaultBase + "vault: {address: http://v, namespace: root, auth: {role: r}}\n", "vault.namespace: must not contain \"root\""},
+		{"auth namespace chars", vaultBase + "vault: {address: http://v, auth: {role: r, namespace: \"a b\"}}\n", "vault.auth.namespace: must be segments"},
+		{"namespace too long", vaultBase + "vault: {address: http://v, namespace: " + strings.Repeat("n", 256) + ", auth: {role: r}}\n", "vault.namespace: must be at most 255 bytes"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/keywarden/keywarden/broker/source"
+	"github.com/keywarden/keywarden/broker/source/vaultref"
 )
 
 // maxJWTFile bounds the projected token file read before each login.
@@ -36,6 +37,9 @@ type AuthConfig struct {
 	// TokenFile is the daemon's projected service-account token, re-read before every login.
 	// Required.
 	TokenFile string
+	// Namespace is where the auth method is mounted and the daemon's token lives (login,
+	// token renewal and lookup); defaults to Config.Namespace.
+	Namespace string
 }
 
 func (c *AuthConfig) validate() error {
@@ -55,6 +59,11 @@ func (c *AuthConfig) validate() error {
 	}
 	if c.TokenFile == "" {
 		return errors.New("auth token file is required")
+	}
+	if c.Namespace != "" {
+		if d := vaultref.NamespaceProblem(c.Namespace); d != "" {
+			return fmt.Errorf("auth namespace %s", d)
+		}
 	}
 	return nil
 }
@@ -146,13 +155,18 @@ func (a *auth) login(ctx context.Context, stale vaultToken) error {
 }
 
 func (a *auth) doLogin(ctx context.Context) error {
+	if a.cfg.Namespace != "" {
+		if err := a.s.requireNamespaces(ctx); err != nil {
+			return err
+		}
+	}
 	jwt, err := readJWT(a.cfg.TokenFile)
 	if err != nil {
 		a.s.metrics.requests.WithLabelValues("login", "error").Inc()
 		return err
 	}
 	resp, err := a.s.do(ctx, call{class: "login", method: http.MethodPost, path: "auth/" + a.cfg.Mount + "/login",
-		body: map[string]any{"role": a.cfg.Role, "jwt": jwt}})
+		body: map[string]any{"role": a.cfg.Role, "jwt": jwt}, ns: a.cfg.Namespace})
 	if err != nil {
 		if errors.Is(err, source.ErrForbidden) || errors.Is(err, source.ErrNotFound) {
 			// The auth method refused us (wrong role, audience, binding): configuration, not
@@ -184,7 +198,7 @@ func (a *auth) set(tok vaultToken, ttl time.Duration, renewable, fresh bool) {
 	if fresh {
 		a.loggedAt = now
 		// The client's own token is used by the Transit KEK.
-		a.s.client.SetToken(string(tok))
+		a.s.shared.SetToken(string(tok))
 	}
 	close(a.changed)
 	a.changed = make(chan struct{})
@@ -259,7 +273,7 @@ func (a *auth) run(ctx context.Context) {
 
 func (a *auth) renew(ctx context.Context, tok vaultToken, ttl time.Duration) {
 	resp, err := a.s.do(ctx, call{class: "token-renew", method: http.MethodPost, path: "auth/token/renew-self",
-		body: map[string]any{"increment": int64(ttl / time.Second)}, token: string(tok)})
+		body: map[string]any{"increment": int64(ttl / time.Second)}, token: string(tok), ns: a.cfg.Namespace})
 	if err == nil && resp.Auth != nil {
 		got := time.Duration(resp.Auth.LeaseDuration) * time.Second
 		if got >= ttl-time.Second {

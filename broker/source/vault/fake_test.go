@@ -48,6 +48,10 @@ type fakeVault struct {
 	renewable bool
 	refuse    bool // lease renewals answer 400
 	calls     map[string]int
+	// namespaces records the X-Vault-Namespace of every call, by "METHOD path".
+	namespaces map[string]map[string]bool
+	// health is the sys/health answer (unauthenticated).
+	health map[string]any
 	// fault, when set, may answer any request first.
 	fault func(w http.ResponseWriter, r *http.Request) bool
 }
@@ -69,7 +73,8 @@ type fakeLease struct {
 func newFakeVault(t testing.TB, c clock.PassiveClock) *fakeVault {
 	f := &fakeVault{t: t, clock: c, role: "keywarden", tokens: map[string]bool{}, tokenTTL: 3600,
 		kv2: map[string]*kv2Secret{}, kv1: map[string]map[string]any{}, forbidden: map[string]bool{},
-		leases: map[string]*fakeLease{}, leaseTTL: 60, maxTTL: 300, renewable: true, calls: map[string]int{}}
+		leases: map[string]*fakeLease{}, leaseTTL: 60, maxTTL: 300, renewable: true, calls: map[string]int{},
+		namespaces: map[string]map[string]bool{}, health: map[string]any{"initialized": true, "sealed": false, "version": "1.21.0", "enterprise": false}}
 	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
 	t.Cleanup(f.srv.Close)
 	return f
@@ -112,6 +117,10 @@ func (f *fakeVault) serve(w http.ResponseWriter, r *http.Request) {
 	path := strings.TrimPrefix(r.URL.Path, "/v1/")
 	f.mu.Lock()
 	f.calls[r.Method+" "+path]++
+	if f.namespaces[r.Method+" "+path] == nil {
+		f.namespaces[r.Method+" "+path] = map[string]bool{}
+	}
+	f.namespaces[r.Method+" "+path][r.Header.Get("X-Vault-Namespace")] = true
 	fault := f.fault
 	f.mu.Unlock()
 	if fault != nil && fault(w, r) {
@@ -126,6 +135,10 @@ func (f *fakeVault) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if path == "sys/health" {
+		writeJSON(w, 200, f.health)
+		return
+	}
 	if path == "auth/kubernetes/login" || path == "auth/jwt/login" {
 		jwt, _ := body["jwt"].(string)
 		f.jwts = append(f.jwts, jwt)
