@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -42,6 +44,13 @@ type rawVaultAuth struct {
 	Role      string `json:"role"`
 	TokenFile string `json:"tokenFile"`
 	Namespace string `json:"namespace"`
+	// approle
+	RoleIDFile      string `json:"roleIDFile"`
+	SecretIDFile    string `json:"secretIDFile"`
+	SecretIDWrapped bool   `json:"secretIDWrapped"`
+	// cert
+	ClientCertFile string `json:"clientCertFile"`
+	ClientKeyFile  string `json:"clientKeyFile"`
 }
 
 type rawVaultLimits struct {
@@ -82,22 +91,16 @@ func (r rawConfig) typedVault(c *config, fail func(field, format string, args ..
 	if u, err := url.Parse(rv.Address); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 		fail("vault.address", "want an http(s) URL such as \"https://vault.vault.svc:8200\"; got %q", rv.Address)
 	}
+	ra := rv.Auth
 	vc := &vault.Config{
 		Address: rv.Address, CACertFile: rv.CAFile, Namespace: rv.Namespace,
-		Auth: vault.AuthConfig{Method: or(rv.Auth.Method, vault.MethodKubernetes), Mount: rv.Auth.Mount, Role: rv.Auth.Role,
-			TokenFile: or(rv.Auth.TokenFile, defaultVaultTokenFile), Namespace: rv.Auth.Namespace},
+		Auth: vault.AuthConfig{Method: or(ra.Method, vault.MethodKubernetes), Mount: ra.Mount, Role: ra.Role,
+			TokenFile: ra.TokenFile, Namespace: ra.Namespace, RoleIDFile: ra.RoleIDFile, SecretIDFile: ra.SecretIDFile,
+			SecretIDWrapped: ra.SecretIDWrapped, ClientCertFile: ra.ClientCertFile, ClientKeyFile: ra.ClientKeyFile},
 		MaxConcurrent: rv.Limits.MaxConcurrent, RequestsPerSecond: rv.Limits.RequestsPerSecond, Burst: rv.Limits.Burst,
 		MaxResponseBytes: rv.Limits.MaxResponseBytes,
 	}
-	if m := vc.Auth.Method; m != vault.MethodKubernetes && m != vault.MethodJWT {
-		fail("vault.auth.method", "want kubernetes or jwt; got %q", m)
-	}
-	if vc.Auth.Role == "" {
-		fail("vault.auth.role", "is required: the Vault role the daemon logs in as")
-	}
-	if !filepath.IsAbs(vc.Auth.TokenFile) {
-		fail("vault.auth.tokenFile", "must be an absolute path; got %q", vc.Auth.TokenFile)
-	}
+	typedVaultAuth(&vc.Auth, rv.Address, fail)
 	for field, ns := range map[string]string{"vault.namespace": rv.Namespace, "vault.auth.namespace": rv.Auth.Namespace} {
 		if ns == "" {
 			continue
@@ -146,6 +149,62 @@ func (r rawConfig) typedVault(c *config, fail func(field, format string, args ..
 		}
 		if r.KEK.LocalKeysetFile != "" {
 			fail("kek.localKeysetFile", "is not used with kek.provider transit: remove it")
+		}
+	}
+}
+
+// typedVaultAuth checks vault.auth for its method: which files it needs, which it does not
+// use, and that every file is an absolute path.
+func typedVaultAuth(a *vault.AuthConfig, address string, fail func(field, format string, args ...any)) {
+	files := map[string]*string{}
+	need := func(field string, v *string, what string) {
+		if *v == "" {
+			fail("vault.auth."+field, "is required with method %s: %s", a.Method, what)
+		}
+		if field != "role" {
+			files[field] = v
+		}
+	}
+	unused := func(field, v string) {
+		if v != "" {
+			fail("vault.auth."+field, "is not used with method %s: remove it", a.Method)
+		}
+	}
+	switch a.Method {
+	case vault.MethodKubernetes, vault.MethodJWT:
+		a.TokenFile = or(a.TokenFile, defaultVaultTokenFile)
+		need("role", &a.Role, "the Vault role the daemon logs in as")
+		need("tokenFile", &a.TokenFile, "the daemon's projected service-account token")
+		unused("roleIDFile", a.RoleIDFile)
+		unused("secretIDFile", a.SecretIDFile)
+		unused("clientCertFile", a.ClientCertFile)
+		unused("clientKeyFile", a.ClientKeyFile)
+	case vault.MethodAppRole:
+		need("roleIDFile", &a.RoleIDFile, "a file holding the AppRole role ID")
+		need("secretIDFile", &a.SecretIDFile, "a file holding the secret ID (or, with secretIDWrapped, a wrapping token)")
+		unused("role", a.Role)
+		unused("tokenFile", a.TokenFile)
+		unused("clientCertFile", a.ClientCertFile)
+		unused("clientKeyFile", a.ClientKeyFile)
+	case vault.MethodCert:
+		need("clientCertFile", &a.ClientCertFile, "the PEM client certificate presented to Vault")
+		need("clientKeyFile", &a.ClientKeyFile, "its PEM private key")
+		unused("tokenFile", a.TokenFile)
+		unused("roleIDFile", a.RoleIDFile)
+		unused("secretIDFile", a.SecretIDFile)
+		if u, err := url.Parse(address); err == nil && u.Scheme != "https" {
+			fail("vault.auth.method", "cert needs an https vault.address (the client certificate is a TLS credential); got %q", address)
+		}
+	default:
+		fail("vault.auth.method", "want kubernetes, jwt, approle or cert; got %q", a.Method)
+		return
+	}
+	if a.SecretIDWrapped && a.Method != vault.MethodAppRole {
+		fail("vault.auth.secretIDWrapped", "is only used with method approle")
+	}
+	for _, field := range slices.Sorted(maps.Keys(files)) {
+		if v := *files[field]; v != "" && !filepath.IsAbs(v) {
+			fail("vault.auth."+field, "must be an absolute path; got %q", v)
 		}
 	}
 }

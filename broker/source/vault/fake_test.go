@@ -52,6 +52,9 @@ type fakeVault struct {
 	namespaces map[string]map[string]bool
 	// health is the sys/health answer (unauthenticated).
 	health map[string]any
+	// approle maps role IDs to their secret ID; wrapped maps single-use wrapping tokens to
+	// the secret ID they wrap.
+	approle, wrapped map[string]string
 	// fault, when set, may answer any request first.
 	fault func(w http.ResponseWriter, r *http.Request) bool
 }
@@ -74,7 +77,7 @@ func newFakeVault(t testing.TB, c clock.PassiveClock) *fakeVault {
 	f := &fakeVault{t: t, clock: c, role: "keywarden", tokens: map[string]bool{}, tokenTTL: 3600,
 		kv2: map[string]*kv2Secret{}, kv1: map[string]map[string]any{}, forbidden: map[string]bool{},
 		leases: map[string]*fakeLease{}, leaseTTL: 60, maxTTL: 300, renewable: true, calls: map[string]int{},
-		namespaces: map[string]map[string]bool{}, health: map[string]any{"initialized": true, "sealed": false, "version": "1.21.0", "enterprise": false}}
+		namespaces: map[string]map[string]bool{}, approle: map[string]string{}, wrapped: map[string]string{}, health: map[string]any{"initialized": true, "sealed": false, "version": "1.21.0", "enterprise": false}}
 	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
 	t.Cleanup(f.srv.Close)
 	return f
@@ -101,6 +104,14 @@ func (f *fakeVault) revokeAllTokens() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.tokens = map[string]bool{}
+}
+
+// issueToken answers a login with a new token. f.mu is held.
+func (f *fakeVault) issueToken(w http.ResponseWriter) {
+	f.nextID++
+	tok := fmt.Sprintf("hvs.fake-token-%d", f.nextID)
+	f.tokens[tok] = true
+	writeJSON(w, 200, map[string]any{"auth": map[string]any{"client_token": tok, "lease_duration": f.tokenTTL, "renewable": true}})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -137,6 +148,25 @@ func (f *fakeVault) serve(w http.ResponseWriter, r *http.Request) {
 	defer f.mu.Unlock()
 	if path == "sys/health" {
 		writeJSON(w, 200, f.health)
+		return
+	}
+	switch path {
+	case "auth/approle/login":
+		id, _ := body["role_id"].(string)
+		if sid, ok := f.approle[id]; !ok || body["secret_id"] != sid {
+			vaultError(w, http.StatusBadRequest)
+			return
+		}
+		f.issueToken(w)
+		return
+	case "sys/wrapping/unwrap":
+		id, ok := f.wrapped[r.Header.Get("X-Vault-Token")]
+		if !ok {
+			vaultError(w, http.StatusBadRequest)
+			return
+		}
+		delete(f.wrapped, r.Header.Get("X-Vault-Token"))
+		writeJSON(w, 200, map[string]any{"data": map[string]any{"secret_id": id, "secret_id_accessor": "acc"}})
 		return
 	}
 	if path == "auth/kubernetes/login" || path == "auth/jwt/login" {

@@ -139,7 +139,7 @@ func TestSource_namespace_refusedByOpenSourceVault(t *testing.T) {
 		if !errors.Is(err, ErrNamespaceUnsupported) || !errors.Is(err, source.ErrUnavailable) {
 			t.Fatalf("Fetch = %v", err)
 		}
-		if n := e.f.count("POST auth/kubernetes/login"); n != 0 {
+		if n := e.f.count("PUT auth/kubernetes/login"); n != 0 {
 			t.Fatalf("logged in %d times with a namespace the server ignores", n)
 		}
 		if !strings.Contains(e.logs.String(), "not Vault Enterprise") {

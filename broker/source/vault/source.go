@@ -80,6 +80,7 @@ type Source struct {
 	clock   clock.WithTicker
 	client  *api.Client // no token, root namespace; never changed after New
 	shared  *api.Client // Client(): the current token and Config.Namespace
+	hc      *http.Client
 	auth    *auth
 	gate    *gate
 	metrics *metrics
@@ -154,7 +155,10 @@ func New(cfg Config) (*Source, error) {
 	if cfg.MaxResponseBytes <= 0 {
 		cfg.MaxResponseBytes = 1 << 20
 	}
-	hc, err := newHTTPClient(cfg.CACertFile, cfg.MaxResponseBytes, cfg.RequestTimeout)
+	if cfg.Auth.Method == MethodCert && u.Scheme != "https" {
+		return nil, errors.New("vault source: auth method cert needs an https address")
+	}
+	hc, err := newHTTPClient(cfg.CACertFile, cfg.Auth.ClientCertFile, cfg.Auth.ClientKeyFile, cfg.MaxResponseBytes, cfg.RequestTimeout)
 	if err != nil {
 		return nil, fmt.Errorf("vault source: %w", err)
 	}
@@ -169,7 +173,7 @@ func New(cfg Config) (*Source, error) {
 		return nil, fmt.Errorf("vault source: client: %w", err)
 	}
 	s := &Source{
-		cfg: cfg, log: cfg.Logger, clock: cfg.Clock, client: c, shared: shared,
+		cfg: cfg, log: cfg.Logger, clock: cfg.Clock, client: c, shared: shared, hc: hc,
 		gate:    newGate(cfg.Clock, cfg.MaxConcurrent, cfg.RequestsPerSecond, cfg.Burst, cfg.MinBackoff, cfg.MaxBackoff),
 		refLock: map[string]*refLock{}, kv: map[string]*kvEntry{}, leases: map[string]*lease{},
 		revokes: map[string]*pendingRevoke{}, metaDenied: map[string]time.Time{}, maxTTL: map[string]time.Duration{}, startedAt: cfg.Clock.Now(),
@@ -363,9 +367,8 @@ func noWrapping(string, string) string { return "" }
 // lookup says is no longer valid (revoked out of band, expired early) makes it log in again
 // and retry once; a 403 with a valid token is the policy's answer (ErrForbidden).
 func (s *Source) do(ctx context.Context, c call) (*response, error) {
-	login := c.class == "login"
 	var tok vaultToken
-	if !login && c.token == "" {
+	if c.token == "" {
 		t, err := s.auth.get(ctx)
 		if err != nil {
 			s.metrics.requests.WithLabelValues(c.class, "unavailable").Inc()
@@ -375,7 +378,7 @@ func (s *Source) do(ctx context.Context, c call) (*response, error) {
 		c.token = string(t)
 	}
 	resp, err := s.send(ctx, c)
-	if login || tok == "" || !errors.Is(err, source.ErrForbidden) {
+	if tok == "" || !errors.Is(err, source.ErrForbidden) {
 		return resp, err
 	}
 	if s.tokenValid(ctx, tok) {
@@ -409,9 +412,48 @@ func (s *Source) send(ctx context.Context, c call) (*response, error) {
 	}
 	start := s.clock.Now()
 	resp, err := s.roundTrip(ctx, c)
-	s.metrics.duration.WithLabelValues(c.class).Observe(s.clock.Since(start).Seconds())
+	s.finish(c.class, start, err)
+	return resp, err
+}
+
+// login passes the gate and logs in (or unwraps) with m on a fresh client in the auth
+// namespace, without a token. Errors are reduced like roundTrip's: Vault's text never kept.
+func (s *Source) login(ctx context.Context, class string, m api.AuthMethod) (*api.Secret, error) {
+	if err := s.gate.acquire(ctx); err != nil {
+		s.metrics.requests.WithLabelValues(class, result(err)).Inc()
+		return nil, err
+	}
+	start := s.clock.Now()
+	sec, err := s.loginOnce(ctx, class, m)
+	s.finish(class, start, err)
+	return sec, err
+}
+
+func (s *Source) loginOnce(ctx context.Context, class string, m api.AuthMethod) (*api.Secret, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	defer cancel()
+	// A fresh client per login: the wrapped secret ID's unwrap sets the client's token.
+	c, err := newAPIClient(s.cfg, s.hc, s.cfg.Auth.Namespace)
+	if err != nil {
+		return nil, &callError{kind: source.ErrUnavailable, class: class, reason: "client"}
+	}
+	sec, err := m.Login(ctx, c)
+	var re *api.ResponseError
+	switch {
+	case err == nil:
+		return sec, nil
+	case errors.As(err, &re):
+		return nil, statusError(class, re.StatusCode, nil, nil)
+	default:
+		return nil, transportError(ctx, class, err)
+	}
+}
+
+// finish records the outcome of one request that passed the gate, and releases it.
+func (s *Source) finish(class string, start time.Time, err error) {
+	s.metrics.duration.WithLabelValues(class).Observe(s.clock.Since(start).Seconds())
 	s.gate.release()
-	s.metrics.requests.WithLabelValues(c.class, result(err)).Inc()
+	s.metrics.requests.WithLabelValues(class, result(err)).Inc()
 	var ce *callError
 	switch {
 	case err == nil:
@@ -423,7 +465,6 @@ func (s *Source) send(ctx context.Context, c call) (*response, error) {
 	case errors.Is(err, source.ErrUnavailable):
 		s.setDown(true)
 	}
-	return resp, err
 }
 
 // setDown logs transitions between reachable and unreachable once each, not per request.

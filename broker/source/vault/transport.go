@@ -65,10 +65,25 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 
 func (b *limitedBody) Close() error { return b.rc.Close() }
 
-// newHTTPClient builds the HTTP client: TLS 1.2+ with the CA bundle when given, no proxy from
-// the environment, bounded idle connections, and the response size limit.
-func newHTTPClient(caFile string, maxResponse int64, timeout time.Duration) (*http.Client, error) {
+// newHTTPClient builds the HTTP client: TLS 1.2+ with the CA bundle when given, the client
+// certificate when given (TLS cert auth; re-read from its files at every handshake, so a
+// renewed certificate is used on the next connection), no proxy from the environment,
+// bounded idle connections, and the response size limit.
+func newHTTPClient(caFile, certFile, keyFile string, maxResponse int64, timeout time.Duration) (*http.Client, error) {
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if certFile != "" {
+		// Fail at start on a missing or broken pair, not at the first handshake.
+		if _, err := tls.LoadX509KeyPair(certFile, keyFile); err != nil {
+			return nil, fmt.Errorf("load vault client certificate: %w", err)
+		}
+		tlsCfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			c, err := tls.LoadX509KeyPair(certFile, keyFile)
+			if err != nil {
+				return nil, fmt.Errorf("load vault client certificate: %w", err)
+			}
+			return &c, nil
+		}
+	}
 	if caFile != "" {
 		pem, err := os.ReadFile(caFile)
 		if err != nil {
