@@ -129,6 +129,11 @@ func newDaemon(cfg config, log *slog.Logger) (_ *daemon, err error) {
 	if err := d.metrics.Register(newFreshnessCollector(d.engine)); err != nil { // metrics.go
 		return nil, err
 	}
+	if cfg.Metrics.PerSecretLabels {
+		if err := d.metrics.Register(newSecretCollector(d.engine)); err != nil { // metrics.go
+			return nil, err
+		}
+	}
 	if err := d.openAuditLog(log); err != nil { // auditlog.go: the hash-chained audit log in state.db
 		return nil, err
 	}

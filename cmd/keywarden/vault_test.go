@@ -53,6 +53,13 @@ func TestParseConfig_vault(t *testing.T) {
 	if err != nil || c.Vault.Auth.Method != "approle" || c.Vault.Auth.RoleIDFile != "/r" || !c.Vault.Auth.SecretIDWrapped || c.Vault.Auth.TokenFile != "" {
 		t.Fatalf("approle: %+v %v", c.Vault, err)
 	}
+	c, err = parseConfig([]byte(vaultBase + "metrics: {perSecretLabels: true}\n"))
+	if err != nil || !c.Metrics.PerSecretLabels {
+		t.Fatalf("metrics.perSecretLabels: %+v %v", c.Metrics, err)
+	}
+	if _, err := parseConfig([]byte(vaultBase + "metrics: {perSecretLabel: true}\n")); err == nil || !strings.Contains(err.Error(), "perSecretLabel") {
+		t.Fatalf("misspelt metrics key accepted: %v", err)
+	}
 }
 
 func TestParseConfig_vaultBadInput(t *testing.T) {
