@@ -171,7 +171,6 @@ func approleLogins(logs string) int {
 	return n
 }
 
-
 // TestVault_kvEventsUnavailableOnOpenSource documents why the daemon polls KV v2 instead of
 // subscribing to Vault's event notifications: on the open-source Vault of the e2e servers the
 // subscription endpoint answers no WebSocket upgrade (event notifications are a Vault
