@@ -62,7 +62,7 @@ func vaultRefPKI(sg *grant.SecretGrant, owner string, req vaultref.PKIRequest) (
 	vs := sg.Source.Vault
 	path, err := vaultref.Spec{
 		Engine: vaultref.Engine(engineOf(vs)), Mount: vs.Mount, Path: vs.Path, Role: vs.Role,
-		Version: vs.Version, Keys: sg.Keys, Owner: owner, PKI: req,
+		Version: vs.Version, Keys: sg.Keys, Owner: owner, PKI: req, Namespace: vs.Namespace,
 	}.Encode()
 	if err != nil {
 		return source.Ref{}, nil, err

@@ -28,6 +28,8 @@ func TestResolveFor_vaultReferences(t *testing.T) {
 		{"database per service account: other sa", db(grant.ShareModeServiceAccount), podA, other, false, ""},
 		{"database per pod", db(grant.ShareModePod), podA, podB, false, "engine=database&mount=database&role=app&owner=pod%2Fuid-a"},
 		{"database per grant", db(grant.ShareModeGrant), podA, other, true, "engine=database&mount=database&role=app&owner=grant%2Fg1"},
+		{"kv in a namespace", &grant.SecretGrant{Name: "db", Source: grant.SecretSource{Vault: &grant.VaultSource{Mount: "secret", Path: "a", Namespace: "team-a/prod"}}},
+			podA, other, true, "engine=kv-v2&mount=secret&path=a&namespace=team-a%2Fprod"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -42,6 +42,9 @@ type vaultOptions struct {
 	extraVaultConfigYAML string
 	logLevel             string // default debug
 	transitKEK           bool   // the stores' KEK is the Transit key transit/keys/kek (derived)
+	// auth, when set, prepares another login for the daemon and returns its vault.auth flow
+	// map; default: kubernetes auth as role keywarden.
+	auth func(t testing.TB, v *framework.Vault) string
 }
 
 const daemonPolicy = `
@@ -72,6 +75,10 @@ func startVaultSetup(t testing.TB, o vaultOptions) *vaultSetup {
 		Role: "keywarden", ServiceAccounts: []string{"keywarden"}, Namespaces: []string{"keywarden-system"},
 		Audience: "vault", Policies: []string{"keywarden"},
 	})
+	authYAML := "{method: kubernetes, role: keywarden, tokenFile: {{.TokenFile}}}"
+	if o.auth != nil {
+		authYAML = o.auth(t, s.vault)
+	}
 	s.kubelet = framework.NewKubelet(t, s.kube, framework.KubeletOptions{})
 	s.ns = s.kube.CreateNamespace(t, "vault")
 	pod := s.kubelet.CreatePod(t, s.ns, "app")
@@ -111,11 +118,11 @@ grants: {file: %s, reloadInterval: 1s}
 rotation: {pollInterval: %s}
 vault:
   address: %s
-  auth: {method: kubernetes, role: keywarden, tokenFile: {{.TokenFile}}}
+  auth: %s
   leases: {grace: %s}
 %s
 log: {level: %s}
-`, jwks, grants, o.pollInterval, s.vault.Addr, o.leaseGrace, o.extraVaultConfigYAML, or(o.logLevel, "debug"))})
+`, jwks, grants, o.pollInterval, s.vault.Addr, authYAML, o.leaseGrace, o.extraVaultConfigYAML, or(o.logLevel, "debug"))})
 	c, err := client.New(filepath.Join(s.daemon.Dir, "kw.sock"), client.WithToken(s.token))
 	if err != nil {
 		t.Fatal(err)

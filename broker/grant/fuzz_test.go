@@ -14,6 +14,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(fileDoc(`db/password`, `, mode: 0400`)))
 	f.Add([]byte(grantDoc("g", specOf(`effect: Deny`, `subjects: [{spiffeID: "spiffe://td/ns/*/sa/x"}]`,
 		`secrets: [{name: db, source: {vault: {mount: secret, path: a/b}}, ttl: {min: 5m, max: 1h}, refresh: {interval: 30s}}]`, `delivery: [CSI]`))))
+	f.Add([]byte(grantDoc("g", specOf(`subjects: `+okSubjects, `secrets: [{name: db, source: {vault: {mount: database, engine: database, role: app, namespace: team-a/prod}}}]`))))
 	f.Add([]byte("--- {a: 1}\n---\n- x\n"))
 	f.Add([]byte("key: &a [*a]\n"))
 	f.Add([]byte(`{"apiVersion": "keywarden.io/v1alpha1"}`))

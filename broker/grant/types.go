@@ -326,6 +326,14 @@ type VaultSource struct {
 	// Role is the role credentials are issued for (database, pki).
 	// +optional
 	Role string `json:"role,omitempty"`
+
+	// Namespace is the Vault Enterprise namespace the mount lives in, e.g. "team-a/prod";
+	// empty uses the daemon's vault.namespace. Vault's open-source edition has no namespaces:
+	// there, reads of a source with a namespace fail instead of reaching the root namespace.
+	// +kubebuilder:validation:MaxLength=255
+	// +kubebuilder:validation:Pattern=`^[a-zA-Z0-9_-]+(/[a-zA-Z0-9_-]+)*$`
+	// +optional
+	Namespace string `json:"namespace,omitempty"`
 }
 
 // FileMapping places one key of a secret at a path inside the CSI volume.

@@ -307,6 +307,11 @@ func (v *validator) source(f string, s *SecretGrant) {
 			v.add(f+".vault.role", `%s: use a single name without "/"`, quote(vs.Role))
 		}
 	}
+	if vs.Namespace != "" {
+		if d := vaultref.NamespaceProblem(vs.Namespace); d != "" {
+			v.add(f+".vault.namespace", "%s: %s", quote(vs.Namespace), d)
+		}
+	}
 	if vs.Version < 0 {
 		v.add(f+".vault.version", "%d is not valid: use 0 (latest) or a positive version", vs.Version)
 	}

@@ -157,6 +157,10 @@ type EntryStatus struct {
 	Subscribers int
 	LastError   string
 	Stale       bool
+	// NextRefresh is when the value is refreshed next (zero while nothing is scheduled);
+	// Failures counts the refreshes that failed since the last success.
+	NextRefresh time.Time
+	Failures    int
 }
 
 // New returns an Engine.
@@ -581,7 +585,8 @@ func (e *Engine) Status() []EntryStatus {
 	defer e.mu.Unlock()
 	out := make([]EntryStatus, 0, len(e.entries))
 	for ref, en := range e.entries {
-		st := EntryStatus{Ref: ref, FetchedAt: en.fetchedAt, Subscribers: len(en.subs), LastError: en.lastErr, Stale: en.stale}
+		st := EntryStatus{Ref: ref, FetchedAt: en.fetchedAt, Subscribers: len(en.subs), LastError: en.lastErr, Stale: en.stale,
+			NextRefresh: en.nextRefresh, Failures: en.failures}
 		if en.secret != nil {
 			st.Version, st.ExpiresAt = en.secret.Version, en.secret.ExpiresAt
 		}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"math"
 	"strings"
 	"time"
 
@@ -263,6 +264,10 @@ func (a *AdminService) GetStatus(context.Context, *keywardenv1.GetStatusRequest)
 		if !e.ExpiresAt.IsZero() {
 			cs.ExpiresAt = timestamppb.New(e.ExpiresAt)
 		}
+		if !e.NextRefresh.IsZero() {
+			cs.NextRefreshAt = timestamppb.New(e.NextRefresh)
+		}
+		cs.RefreshFailures = int32(min(e.Failures, math.MaxInt32))
 		out.Secrets = append(out.Secrets, cs)
 	}
 	return out, nil

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/keywarden/keywarden/client"
 	keywardenv1 "github.com/keywarden/keywarden/proto/keywarden/v1"
@@ -259,6 +260,40 @@ func newGrantDeleteCommand(g *globals) *cobra.Command {
 	}
 }
 
+// printCachedSecrets prints one row per cached secret with its freshness, as durations from
+// now: AGE since the value was fetched, EXPIRES and NEXT REFRESH in, FAILURES since the last
+// successful refresh and LAST ERROR (a fixed reason). No value is part of the status.
+func printCachedSecrets(w io.Writer, secrets []*keywardenv1.CachedSecret, now time.Time) error {
+	if len(secrets) == 0 {
+		return nil
+	}
+	in := func(ts *timestamppb.Timestamp, none string) string {
+		if ts == nil {
+			return none
+		}
+		d := ts.AsTime().Sub(now).Round(time.Second)
+		if d <= 0 {
+			return "due"
+		}
+		return "in " + d.String()
+	}
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SOURCE\tPATH\tVERSION\tAGE\tEXPIRES\tNEXT REFRESH\tFAILURES\tSUBSCRIBERS\tLAST ERROR")
+	for _, s := range secrets {
+		age := "-"
+		if s.GetFetchedAt() != nil {
+			age = now.Sub(s.GetFetchedAt().AsTime()).Round(time.Second).String()
+		}
+		exp := in(s.GetExpiresAt(), "never")
+		if exp == "due" {
+			exp = "expired"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", s.GetSource(), s.GetPath(), s.GetVersion(), age, exp,
+			in(s.GetNextRefreshAt(), "-"), s.GetRefreshFailures(), s.GetSubscribers(), or(s.GetLastError(), "-"))
+	}
+	return tw.Flush()
+}
+
 func newStatusCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "status",
@@ -279,23 +314,7 @@ func newStatusCommand(g *globals) *cobra.Command {
 				fmt.Fprintf(g.stdout, "keywarden %s, up since %s\n", st.GetVersion(), st.GetStartedAt().AsTime().Format(time.RFC3339))
 				fmt.Fprintf(g.stdout, "grants: %d   watch streams: %d   cached secrets: %d\n", st.GetGrants(), st.GetWatchStreams(), len(st.GetSecrets()))
 				printStatusDetails(g.stdout, st)
-				if len(st.GetSecrets()) > 0 {
-					tw := tabwriter.NewWriter(g.stdout, 2, 4, 2, ' ', 0)
-					fmt.Fprintln(tw, "SOURCE\tPATH\tVERSION\tFETCHED\tEXPIRES\tSUBSCRIBERS\tLAST ERROR")
-					for _, s := range st.GetSecrets() {
-						exp := "never"
-						if s.GetExpiresAt() != nil {
-							exp = s.GetExpiresAt().AsTime().Format(time.RFC3339)
-						}
-						fetched := "-"
-						if s.GetFetchedAt() != nil {
-							fetched = s.GetFetchedAt().AsTime().Format(time.RFC3339)
-						}
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.GetSource(), s.GetPath(), s.GetVersion(), fetched, exp, s.GetSubscribers(), or(s.GetLastError(), "-"))
-					}
-					return tw.Flush()
-				}
-				return nil
+				return printCachedSecrets(g.stdout, st.GetSecrets(), time.Now())
 			})
 		},
 	}

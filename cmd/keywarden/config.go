@@ -43,6 +43,8 @@ type rawConfig struct {
 
 	Vault rawVault `json:"vault"` // vault.go
 
+	Metrics rawMetrics `json:"metrics"` // metrics.go
+
 	CSI rawCSI `json:"csi"` // csi.go
 }
 
@@ -131,6 +133,8 @@ type config struct {
 	Audit      auditConfig
 
 	Vault *vault.Config // nil when Vault is not configured; Logger/Clock/stores set at wiring
+
+	Metrics metricsConfig
 
 	CSI csiConfig
 }
@@ -318,6 +322,7 @@ func (r rawConfig) typed() (config, error) {
 	r.typedAudit(&c, fail)
 	r.typedAdminTCP(&c, fail)
 	r.typedVault(&c, fail)
+	c.Metrics = metricsConfig(r.Metrics)
 	r.typedCSI(&c, fail)
 	// Checked here rather than only when the parts are built, so `serve --check` (and the
 	// chart's test of its rendered config) catches them before a pod crashloops.

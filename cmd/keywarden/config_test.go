@@ -138,6 +138,10 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte(minimalConfig))
 	f.Add([]byte("socket: {mode: \"0777\"}"))
 	f.Add([]byte("identity: {leeway: 1s}"))
+	f.Add([]byte(vaultBase + "vault: {address: http://v, namespace: team-a/prod, auth: {role: r, namespace: team-a}}\n"))
+	f.Add([]byte(vaultBase + "vault: {address: http://v, auth: {method: approle, roleIDFile: /r, secretIDFile: /s, secretIDWrapped: true}}\n"))
+	f.Add([]byte(vaultBase + "metrics: {perSecretLabels: true}\n"))
+	f.Add([]byte(vaultBase + "vault: {address: https://v, auth: {method: cert, role: node, clientCertFile: /c, clientKeyFile: /k}}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := parseConfig(data)
 		if err != nil {

@@ -116,7 +116,7 @@ func newDaemon(cfg config, log *slog.Logger) (_ *daemon, err error) {
 		}
 		sources["local"] = d.local
 	}
-	if err := d.addVaultSource(sources); err != nil { // vault.go
+	if err := d.addVaultSource(context.Background(), sources); err != nil { // vault.go
 		return nil, fmt.Errorf("vault source: %w", err)
 	}
 	if len(sources) == 0 {
@@ -135,6 +135,11 @@ func newDaemon(cfg config, log *slog.Logger) (_ *daemon, err error) {
 	}
 	if err := d.metrics.Register(newFreshnessCollector(d.engine)); err != nil { // metrics.go
 		return nil, err
+	}
+	if cfg.Metrics.PerSecretLabels {
+		if err := d.metrics.Register(newSecretCollector(d.engine)); err != nil { // metrics.go
+			return nil, err
+		}
 	}
 	if err := d.openAuditLog(log); err != nil { // auditlog.go: the hash-chained audit log in state.db
 		return nil, err

@@ -2,10 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -14,6 +17,7 @@ import (
 	"github.com/keywarden/keywarden/broker"
 	"github.com/keywarden/keywarden/broker/source"
 	"github.com/keywarden/keywarden/broker/source/vault"
+	"github.com/keywarden/keywarden/broker/source/vaultref"
 	"github.com/keywarden/keywarden/crypto"
 )
 
@@ -26,6 +30,7 @@ const (
 // rawVault is the `vault:` section. Vault is enabled when address is set.
 type rawVault struct {
 	Address    string         `json:"address"`
+	Namespace  string         `json:"namespace"`
 	CAFile     string         `json:"caFile"`
 	Auth       rawVaultAuth   `json:"auth"`
 	Limits     rawVaultLimits `json:"limits"`
@@ -38,6 +43,14 @@ type rawVaultAuth struct {
 	Mount     string `json:"mount"`
 	Role      string `json:"role"`
 	TokenFile string `json:"tokenFile"`
+	Namespace string `json:"namespace"`
+	// approle
+	RoleIDFile      string `json:"roleIDFile"`
+	SecretIDFile    string `json:"secretIDFile"`
+	SecretIDWrapped bool   `json:"secretIDWrapped"`
+	// cert
+	ClientCertFile string `json:"clientCertFile"`
+	ClientKeyFile  string `json:"clientKeyFile"`
 }
 
 type rawVaultLimits struct {
@@ -78,21 +91,23 @@ func (r rawConfig) typedVault(c *config, fail func(field, format string, args ..
 	if u, err := url.Parse(rv.Address); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 		fail("vault.address", "want an http(s) URL such as \"https://vault.vault.svc:8200\"; got %q", rv.Address)
 	}
+	ra := rv.Auth
 	vc := &vault.Config{
-		Address: rv.Address, CACertFile: rv.CAFile,
-		Auth: vault.AuthConfig{Method: or(rv.Auth.Method, vault.MethodKubernetes), Mount: rv.Auth.Mount, Role: rv.Auth.Role,
-			TokenFile: or(rv.Auth.TokenFile, defaultVaultTokenFile)},
+		Address: rv.Address, CACertFile: rv.CAFile, Namespace: rv.Namespace,
+		Auth: vault.AuthConfig{Method: or(ra.Method, vault.MethodKubernetes), Mount: ra.Mount, Role: ra.Role,
+			TokenFile: ra.TokenFile, Namespace: ra.Namespace, RoleIDFile: ra.RoleIDFile, SecretIDFile: ra.SecretIDFile,
+			SecretIDWrapped: ra.SecretIDWrapped, ClientCertFile: ra.ClientCertFile, ClientKeyFile: ra.ClientKeyFile},
 		MaxConcurrent: rv.Limits.MaxConcurrent, RequestsPerSecond: rv.Limits.RequestsPerSecond, Burst: rv.Limits.Burst,
 		MaxResponseBytes: rv.Limits.MaxResponseBytes,
 	}
-	if m := vc.Auth.Method; m != vault.MethodKubernetes && m != vault.MethodJWT {
-		fail("vault.auth.method", "want kubernetes or jwt; got %q", m)
-	}
-	if vc.Auth.Role == "" {
-		fail("vault.auth.role", "is required: the Vault role the daemon logs in as")
-	}
-	if !filepath.IsAbs(vc.Auth.TokenFile) {
-		fail("vault.auth.tokenFile", "must be an absolute path; got %q", vc.Auth.TokenFile)
+	typedVaultAuth(&vc.Auth, rv.Address, fail)
+	for field, ns := range map[string]string{"vault.namespace": rv.Namespace, "vault.auth.namespace": rv.Auth.Namespace} {
+		if ns == "" {
+			continue
+		}
+		if d := vaultref.NamespaceProblem(ns); d != "" {
+			fail(field, "%s; got %q (namespaces need Vault Enterprise; leave it empty for the root namespace)", d, ns)
+		}
 	}
 	if vc.MaxConcurrent < 0 || vc.MaxConcurrent > 1024 {
 		fail("vault.limits.maxConcurrent", "want 0 (default 8) to 1024; got %d", vc.MaxConcurrent)
@@ -138,6 +153,62 @@ func (r rawConfig) typedVault(c *config, fail func(field, format string, args ..
 	}
 }
 
+// typedVaultAuth checks vault.auth for its method: which files it needs, which it does not
+// use, and that every file is an absolute path.
+func typedVaultAuth(a *vault.AuthConfig, address string, fail func(field, format string, args ...any)) {
+	files := map[string]*string{}
+	need := func(field string, v *string, what string) {
+		if *v == "" {
+			fail("vault.auth."+field, "is required with method %s: %s", a.Method, what)
+		}
+		if field != "role" {
+			files[field] = v
+		}
+	}
+	unused := func(field, v string) {
+		if v != "" {
+			fail("vault.auth."+field, "is not used with method %s: remove it", a.Method)
+		}
+	}
+	switch a.Method {
+	case vault.MethodKubernetes, vault.MethodJWT:
+		a.TokenFile = or(a.TokenFile, defaultVaultTokenFile)
+		need("role", &a.Role, "the Vault role the daemon logs in as")
+		need("tokenFile", &a.TokenFile, "the daemon's projected service-account token")
+		unused("roleIDFile", a.RoleIDFile)
+		unused("secretIDFile", a.SecretIDFile)
+		unused("clientCertFile", a.ClientCertFile)
+		unused("clientKeyFile", a.ClientKeyFile)
+	case vault.MethodAppRole:
+		need("roleIDFile", &a.RoleIDFile, "a file holding the AppRole role ID")
+		need("secretIDFile", &a.SecretIDFile, "a file holding the secret ID (or, with secretIDWrapped, a wrapping token)")
+		unused("role", a.Role)
+		unused("tokenFile", a.TokenFile)
+		unused("clientCertFile", a.ClientCertFile)
+		unused("clientKeyFile", a.ClientKeyFile)
+	case vault.MethodCert:
+		need("clientCertFile", &a.ClientCertFile, "the PEM client certificate presented to Vault")
+		need("clientKeyFile", &a.ClientKeyFile, "its PEM private key")
+		unused("tokenFile", a.TokenFile)
+		unused("roleIDFile", a.RoleIDFile)
+		unused("secretIDFile", a.SecretIDFile)
+		if u, err := url.Parse(address); err == nil && u.Scheme != "https" {
+			fail("vault.auth.method", "cert needs an https vault.address (the client certificate is a TLS credential); got %q", address)
+		}
+	default:
+		fail("vault.auth.method", "want kubernetes, jwt, approle or cert; got %q", a.Method)
+		return
+	}
+	if a.SecretIDWrapped && a.Method != vault.MethodAppRole {
+		fail("vault.auth.secretIDWrapped", "is only used with method approle")
+	}
+	for _, field := range slices.Sorted(maps.Keys(files)) {
+		if v := *files[field]; v != "" && !filepath.IsAbs(v) {
+			fail("vault.auth."+field, "must be an absolute path; got %q", v)
+		}
+	}
+}
+
 // loadKEK returns the key-encryption key the stores are opened with: the local keyset file,
 // or a Vault Transit key (then Vault must answer at start: the stores cannot be opened
 // without it). The Transit KEK has its own Vault login, kept fresh by a runner.
@@ -157,6 +228,9 @@ func (d *daemon) loadKEK(ctx context.Context) (tink.AEAD, error) {
 	}
 	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	if err := src.CheckNamespaces(lctx); errors.Is(err, vault.ErrNamespaceUnsupported) {
+		return nil, fmt.Errorf("vault.namespace: %w", err)
+	}
 	if err := src.Login(lctx); err != nil {
 		return nil, fmt.Errorf("kek.provider transit: log in to Vault at %s: %w (the encrypted stores cannot be opened without Vault)", vc.Address, err)
 	}
@@ -182,7 +256,7 @@ func (d *daemon) loadKEK(ctx context.Context) (tink.AEAD, error) {
 
 // addVaultSource registers the Vault source as "vault" when configured. Its leases live in
 // the node store (sealed); its metrics go to the daemon's registry.
-func (d *daemon) addVaultSource(sources map[string]source.Source) error {
+func (d *daemon) addVaultSource(ctx context.Context, sources map[string]source.Source) error {
 	if d.cfg.Vault == nil {
 		return nil
 	}
@@ -193,6 +267,9 @@ func (d *daemon) addVaultSource(sources map[string]source.Source) error {
 	vc.Registerer = d.metrics
 	src, err := vault.New(vc)
 	if err != nil {
+		return err
+	}
+	if err := checkNamespaces(ctx, src, vc.Logger); err != nil {
 		return err
 	}
 	err = vault.RegisterStaleGauge(d.metrics, func() float64 {
@@ -213,6 +290,24 @@ func (d *daemon) addVaultSource(sources map[string]source.Source) error {
 	sources[broker.VaultSourceName] = src
 	d.runners = append(d.runners, src.Run)
 	return nil
+}
+
+// checkNamespaces stops the daemon when a namespace is configured and Vault answers that it
+// is not Vault Enterprise: its open-source edition would ignore the namespace. A Vault that
+// does not answer is not a reason to stop (the source checks again before its first login).
+func checkNamespaces(ctx context.Context, src *vault.Source, log *slog.Logger) error {
+	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	err := src.CheckNamespaces(cctx)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, vault.ErrNamespaceUnsupported):
+		return fmt.Errorf("vault.namespace / vault.auth.namespace: %w: remove the namespace or point vault.address at Vault Enterprise", err)
+	default:
+		log.Warn("could not ask vault whether it supports namespaces; checking again before the first login", slog.String("error", err.Error()))
+		return nil
+	}
 }
 
 var _ prometheus.Registerer = (*prometheus.Registry)(nil)

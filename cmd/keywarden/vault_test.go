@@ -45,6 +45,21 @@ func TestParseConfig_vault(t *testing.T) {
 	if err != nil || c.KEK.Provider != kekTransit || c.KEK.Transit.Mount != "transit" || c.KEK.Transit.Key != "kek" {
 		t.Fatalf("transit kek: %+v %v", c.KEK.Transit, err)
 	}
+	c, err = parseConfig([]byte(vaultBase + "vault: {address: http://v, namespace: team-a, auth: {role: r, namespace: team-a/auth}}\n"))
+	if err != nil || c.Vault.Namespace != "team-a" || c.Vault.Auth.Namespace != "team-a/auth" {
+		t.Fatalf("namespaces: %+v %v", c.Vault, err)
+	}
+	c, err = parseConfig([]byte(vaultBase + "vault: {address: http://v, auth: {method: approle, roleIDFile: /r, secretIDFile: /s, secretIDWrapped: true}}\n"))
+	if err != nil || c.Vault.Auth.Method != "approle" || c.Vault.Auth.RoleIDFile != "/r" || !c.Vault.Auth.SecretIDWrapped || c.Vault.Auth.TokenFile != "" {
+		t.Fatalf("approle: %+v %v", c.Vault, err)
+	}
+	c, err = parseConfig([]byte(vaultBase + "metrics: {perSecretLabels: true}\n"))
+	if err != nil || !c.Metrics.PerSecretLabels {
+		t.Fatalf("metrics.perSecretLabels: %+v %v", c.Metrics, err)
+	}
+	if _, err := parseConfig([]byte(vaultBase + "metrics: {perSecretLabel: true}\n")); err == nil || !strings.Contains(err.Error(), "perSecretLabel") {
+		t.Fatalf("misspelt metrics key accepted: %v", err)
+	}
 }
 
 func TestParseConfig_vaultBadInput(t *testing.T) {
@@ -60,6 +75,19 @@ func TestParseConfig_vaultBadInput(t *testing.T) {
 		{"transit without key", vaultConfigDoc + "kek: {provider: transit}\n", "vault.transitKEK.key: is required"},
 		{"transit key without provider", vaultConfigDoc + "  transitKEK: {key: k}\n", "set kek.provider: transit"},
 		{"bad provider", vaultBase + "kek: {provider: hsm}\n", "kek.provider: want local or transit"},
+		{"approle without secret id", vaultBase + "vault: {address: http://v, auth: {method: approle, roleIDFile: /r}}\n", "vault.auth.secretIDFile: is required with method approle"},
+		{"approle relative file", vaultBase + "vault: {address: http://v, auth: {method: approle, roleIDFile: r, secretIDFile: /s}}\n", "vault.auth.roleIDFile: must be an absolute path"},
+		{"approle with role", vaultBase + "vault: {address: http://v, auth: {method: approle, role: x, roleIDFile: /r, secretIDFile: /s}}\n", "vault.auth.role: is not used with method approle"},
+		{"approle with token file", vaultBase + "vault: {address: http://v, auth: {method: approle, tokenFile: /t, roleIDFile: /r, secretIDFile: /s}}\n", "vault.auth.tokenFile: is not used"},
+		{"wrapped without approle", vaultBase + "vault: {address: http://v, auth: {role: r, secretIDWrapped: true}}\n", "vault.auth.secretIDWrapped: is only used with method approle"},
+		{"cert without key", vaultBase + "vault: {address: https://v, auth: {method: cert, clientCertFile: /c}}\n", "vault.auth.clientKeyFile: is required with method cert"},
+		{"cert over http", vaultBase + "vault: {address: http://v, auth: {method: cert, clientCertFile: /c, clientKeyFile: /k}}\n", "cert needs an https vault.address"},
+		{"cert relative key", vaultBase + "vault: {address: https://v, auth: {method: cert, clientCertFile: /c, clientKeyFile: k}}\n", "vault.auth.clientKeyFile: must be an absolute path"},
+		{"kubernetes with client cert", vaultBase + "vault: {address: https://v, auth: {role: r, clientCertFile: /c}}\n", "vault.auth.clientCertFile: is not used with method kubernetes"},
+		{"namespace slash", vaultBase + "vault: {address: http://v, namespace: /team, auth: {role: r}}\n", "vault.namespace: must not start or end"},
+		{"namespace root", vaultBase + "vault: {address: http://v, namespace: root, auth: {role: r}}\n", "vault.namespace: must not contain \"root\""},
+		{"auth namespace chars", vaultBase + "vault: {address: http://v, auth: {role: r, namespace: \"a b\"}}\n", "vault.auth.namespace: must be segments"},
+		{"namespace too long", vaultBase + "vault: {address: http://v, namespace: " + strings.Repeat("n", 256) + ", auth: {role: r}}\n", "vault.namespace: must be at most 255 bytes"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -32,6 +32,8 @@ type Vault struct {
 	// Client is authenticated with VaultRootToken.
 	Client  *vaultapi.Client
 	Process *Process
+	// CAFile is the PEM CA of the listener's certificate (StartVaultTLS only).
+	CAFile string
 
 	dir string
 }
@@ -40,6 +42,19 @@ type Vault struct {
 // metrics at /v1/sys/metrics?format=prometheus) and waits (10 s bound) for
 // /v1/sys/health.
 func StartVault(t testing.TB) *Vault {
+	t.Helper()
+	return startVault(t, false)
+}
+
+// StartVaultTLS is StartVault with an https listener (-dev-tls: a certificate for 127.0.0.1
+// signed by a CA in CAFile). The listener asks for client certificates without requiring
+// them, so TLS certificate auth works.
+func StartVaultTLS(t testing.TB) *Vault {
+	t.Helper()
+	return startVault(t, true)
+}
+
+func startVault(t testing.TB, withTLS bool) *Vault {
 	t.Helper()
 	bin := ToolPath(t, ToolVault)
 	dir := t.TempDir()
@@ -54,25 +69,50 @@ func StartVault(t testing.TB) *Vault {
 			return err
 		}
 		addr := "http://127.0.0.1:" + strconv.Itoa(port)
-		p, err := startProcess(t, "vault", bin, []string{
+		args := []string{
 			"server", "-dev",
 			"-dev-root-token-id=" + VaultRootToken,
 			"-dev-listen-address=127.0.0.1:" + strconv.Itoa(port),
 			"-dev-no-store-token",
 			"-config=" + cfg,
-		}, procOptions{Dir: dir, Env: []string{"VAULT_ADDR=" + addr, "VAULT_LOG_LEVEL=info"}})
+		}
+		hc := &http.Client{Timeout: 2 * time.Second}
+		var caFile string
+		if withTLS {
+			certDir, err := os.MkdirTemp(dir, "tls")
+			if err != nil {
+				return err
+			}
+			addr = "https://127.0.0.1:" + strconv.Itoa(port)
+			caFile = filepath.Join(certDir, "vault-ca.pem")
+			args = append(args, "-dev-tls", "-dev-tls-cert-dir="+certDir)
+		}
+		p, err := startProcess(t, "vault", bin, args, procOptions{Dir: dir, Env: []string{"VAULT_ADDR=" + addr, "VAULT_LOG_LEVEL=info"}})
 		if err != nil {
 			return err
 		}
-		if err := p.waitReady(vaultReadyTimeout, func() error { return vaultHealthy(addr) }); err != nil {
+		if err := p.waitReady(vaultReadyTimeout, func() error {
+			if withTLS {
+				pem, err := os.ReadFile(caFile)
+				if err != nil {
+					return err
+				}
+				hc = HTTPClient(pem)
+			}
+			return vaultHealthy(hc, addr)
+		}); err != nil {
 			return err
 		}
-		c, err := vaultapi.NewClient(&vaultapi.Config{Address: addr, Timeout: 30 * time.Second, MaxRetries: 2})
+		vc := &vaultapi.Config{Address: addr, Timeout: 30 * time.Second, MaxRetries: 2}
+		if withTLS {
+			vc.HttpClient = hc
+		}
+		c, err := vaultapi.NewClient(vc)
 		if err != nil {
 			return fmt.Errorf("vault client: %w", err)
 		}
 		c.SetToken(VaultRootToken)
-		v.Addr, v.Client, v.Process = addr, c, p
+		v.Addr, v.Client, v.Process, v.CAFile = addr, c, p, caFile
 		return nil
 	})
 	if err != nil {
@@ -81,8 +121,7 @@ func StartVault(t testing.TB) *Vault {
 	return v
 }
 
-func vaultHealthy(addr string) error {
-	c := http.Client{Timeout: 2 * time.Second}
+func vaultHealthy(c *http.Client, addr string) error {
 	resp, err := c.Get(addr + "/v1/sys/health")
 	if err != nil {
 		return err

@@ -31,7 +31,7 @@ func TestSource_do_tokenRevokedOutOfBandLogsInAgain(t *testing.T) {
 	if err != nil || string(s.Data["k"]) != "s3cr3t-2" {
 		t.Fatalf("after revocation: %v %v", s, err)
 	}
-	if n := e.f.count("POST auth/kubernetes/login"); n != 2 {
+	if n := e.f.count("PUT auth/kubernetes/login"); n != 2 {
 		t.Fatalf("logins = %d, want 2", n)
 	}
 	e.f.mu.Lock()
@@ -56,7 +56,7 @@ func TestSource_do_forbiddenWithValidTokenDoesNotLogIn(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if n := e.f.count("POST auth/kubernetes/login"); n != 1 {
+	if n := e.f.count("PUT auth/kubernetes/login"); n != 1 {
 		t.Fatalf("logins = %d, want 1", n)
 	}
 }
@@ -72,7 +72,7 @@ func TestSource_Login_refusedBacksOff(t *testing.T) {
 			t.Fatalf("err = %v", err)
 		}
 	}
-	if n := e.f.count("POST auth/kubernetes/login"); n != 1 {
+	if n := e.f.count("PUT auth/kubernetes/login"); n != 1 {
 		t.Fatalf("logins = %d, want 1 (then backing off)", n)
 	}
 	if err := os.WriteFile(e.jwt, []byte(loginJWT), 0o600); err != nil {
@@ -95,7 +95,7 @@ func TestSource_Login_missingOrHugeTokenFile(t *testing.T) {
 			if err := e.s.Login(ctxT(t)); !errors.Is(err, source.ErrUnavailable) {
 				t.Fatalf("err = %v", err)
 			}
-			if n := e.f.count("POST auth/kubernetes/login"); n != 0 {
+			if n := e.f.count("PUT auth/kubernetes/login"); n != 0 {
 				t.Fatal("a bad token file reached Vault")
 			}
 		})
@@ -160,11 +160,11 @@ func TestSource_Run_renewsTokenAndLogsInAtMaxTTL(t *testing.T) {
 	e.f.mu.Lock()
 	e.f.tokenTTL = 10
 	e.f.mu.Unlock()
-	for i := 0; i < 20 && e.f.count("POST auth/kubernetes/login") < 2; i++ {
+	for i := 0; i < 20 && e.f.count("PUT auth/kubernetes/login") < 2; i++ {
 		e.clock.Step(45 * time.Second)
 		time.Sleep(20 * time.Millisecond)
 	}
-	if n := e.f.count("POST auth/kubernetes/login"); n < 2 {
+	if n := e.f.count("PUT auth/kubernetes/login"); n < 2 {
 		t.Fatalf("logins = %d, want a second login after a capped renewal", n)
 	}
 }

@@ -48,6 +48,13 @@ type fakeVault struct {
 	renewable bool
 	refuse    bool // lease renewals answer 400
 	calls     map[string]int
+	// namespaces records the X-Vault-Namespace of every call, by "METHOD path".
+	namespaces map[string]map[string]bool
+	// health is the sys/health answer (unauthenticated).
+	health map[string]any
+	// approle maps role IDs to their secret ID; wrapped maps single-use wrapping tokens to
+	// the secret ID they wrap.
+	approle, wrapped map[string]string
 	// fault, when set, may answer any request first.
 	fault func(w http.ResponseWriter, r *http.Request) bool
 }
@@ -69,7 +76,8 @@ type fakeLease struct {
 func newFakeVault(t testing.TB, c clock.PassiveClock) *fakeVault {
 	f := &fakeVault{t: t, clock: c, role: "keywarden", tokens: map[string]bool{}, tokenTTL: 3600,
 		kv2: map[string]*kv2Secret{}, kv1: map[string]map[string]any{}, forbidden: map[string]bool{},
-		leases: map[string]*fakeLease{}, leaseTTL: 60, maxTTL: 300, renewable: true, calls: map[string]int{}}
+		leases: map[string]*fakeLease{}, leaseTTL: 60, maxTTL: 300, renewable: true, calls: map[string]int{},
+		namespaces: map[string]map[string]bool{}, approle: map[string]string{}, wrapped: map[string]string{}, health: map[string]any{"initialized": true, "sealed": false, "version": "1.21.0", "enterprise": false}}
 	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
 	t.Cleanup(f.srv.Close)
 	return f
@@ -98,6 +106,14 @@ func (f *fakeVault) revokeAllTokens() {
 	f.tokens = map[string]bool{}
 }
 
+// issueToken answers a login with a new token. f.mu is held.
+func (f *fakeVault) issueToken(w http.ResponseWriter) {
+	f.nextID++
+	tok := fmt.Sprintf("hvs.fake-token-%d", f.nextID)
+	f.tokens[tok] = true
+	writeJSON(w, 200, map[string]any{"auth": map[string]any{"client_token": tok, "lease_duration": f.tokenTTL, "renewable": true}})
+}
+
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
@@ -112,6 +128,10 @@ func (f *fakeVault) serve(w http.ResponseWriter, r *http.Request) {
 	path := strings.TrimPrefix(r.URL.Path, "/v1/")
 	f.mu.Lock()
 	f.calls[r.Method+" "+path]++
+	if f.namespaces[r.Method+" "+path] == nil {
+		f.namespaces[r.Method+" "+path] = map[string]bool{}
+	}
+	f.namespaces[r.Method+" "+path][r.Header.Get("X-Vault-Namespace")] = true
 	fault := f.fault
 	f.mu.Unlock()
 	if fault != nil && fault(w, r) {
@@ -126,6 +146,29 @@ func (f *fakeVault) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if path == "sys/health" {
+		writeJSON(w, 200, f.health)
+		return
+	}
+	switch path {
+	case "auth/approle/login":
+		id, _ := body["role_id"].(string)
+		if sid, ok := f.approle[id]; !ok || body["secret_id"] != sid {
+			vaultError(w, http.StatusBadRequest)
+			return
+		}
+		f.issueToken(w)
+		return
+	case "sys/wrapping/unwrap":
+		id, ok := f.wrapped[r.Header.Get("X-Vault-Token")]
+		if !ok {
+			vaultError(w, http.StatusBadRequest)
+			return
+		}
+		delete(f.wrapped, r.Header.Get("X-Vault-Token"))
+		writeJSON(w, 200, map[string]any{"data": map[string]any{"secret_id": id, "secret_id_accessor": "acc"}})
+		return
+	}
 	if path == "auth/kubernetes/login" || path == "auth/jwt/login" {
 		jwt, _ := body["jwt"].(string)
 		f.jwts = append(f.jwts, jwt)

@@ -84,7 +84,7 @@ func (s *Source) fetchKVv2(ctx context.Context, ref string, spec vaultref.Spec) 
 	if spec.Version > 0 {
 		q.Set("version", strconv.FormatInt(spec.Version, 10))
 	}
-	resp, err := s.do(ctx, call{class: "kv-read", method: http.MethodGet, path: spec.Mount + "/data/" + spec.Path, query: q})
+	resp, err := s.do(ctx, call{class: "kv-read", method: http.MethodGet, path: spec.Mount + "/data/" + spec.Path, query: q, ns: s.nsOf(spec)})
 	if err != nil {
 		err = s.kvError(ctx, spec, err)
 		if isAuthoritative(err) {
@@ -117,7 +117,7 @@ func (s *Source) fetchKVv2(ctx context.Context, ref string, spec vaultref.Spec) 
 // checkKVv2Metadata returns the cached secret when the metadata says it is still current, nil
 // when the data must be read again, or an error.
 func (s *Source) checkKVv2Metadata(ctx context.Context, spec vaultref.Spec, cached *kvEntry) (*source.Secret, error) {
-	resp, err := s.do(ctx, call{class: "kv-metadata", method: http.MethodGet, path: spec.Mount + "/metadata/" + spec.Path})
+	resp, err := s.do(ctx, call{class: "kv-metadata", method: http.MethodGet, path: spec.Mount + "/metadata/" + spec.Path, ns: s.nsOf(spec)})
 	switch {
 	case errors.Is(err, source.ErrForbidden):
 		// Reading data but not metadata is a legitimate policy: poll the data instead, and
@@ -176,7 +176,7 @@ func (s *Source) kvError(ctx context.Context, spec vaultref.Spec, err error) err
 }
 
 func (s *Source) fetchKVv1(ctx context.Context, ref string, spec vaultref.Spec) (*source.Secret, error) {
-	resp, err := s.do(ctx, call{class: "kv-read", method: http.MethodGet, path: spec.Mount + "/" + spec.Path})
+	resp, err := s.do(ctx, call{class: "kv-read", method: http.MethodGet, path: spec.Mount + "/" + spec.Path, ns: s.nsOf(spec)})
 	if err != nil {
 		var ce *callError
 		if errors.As(err, &ce) && ce.status == http.StatusNotFound {
@@ -195,7 +195,7 @@ func (s *Source) fetchKVv1(ctx context.Context, ref string, spec vaultref.Spec) 
 // diagnoseMount explains a 404 that comes from a grant naming the wrong KV version: it asks
 // Vault (sys/internal/ui/mounts, readable by any token) what the mount is, and logs a fix.
 func (s *Source) diagnoseMount(ctx context.Context, spec vaultref.Spec) {
-	resp, err := s.do(ctx, call{class: "mount-lookup", method: http.MethodGet, path: "sys/internal/ui/mounts/" + spec.Mount})
+	resp, err := s.do(ctx, call{class: "mount-lookup", method: http.MethodGet, path: "sys/internal/ui/mounts/" + spec.Mount, ns: s.nsOf(spec)})
 	if err != nil {
 		return
 	}

@@ -346,7 +346,7 @@ func TestSource_Fetch_invalidRef(t *testing.T) {
 	if _, err := e.s.Fetch(ctxT(t), "engine=kv-v2&mount=secret&path=a%2F..%2Fsys"); !errors.Is(err, source.ErrInvalidRef) {
 		t.Fatal(err)
 	}
-	if n := e.f.count("POST auth/kubernetes/login"); n != 0 {
+	if n := e.f.count("PUT auth/kubernetes/login"); n != 0 {
 		t.Fatalf("an invalid reference reached Vault (%d logins)", n)
 	}
 }

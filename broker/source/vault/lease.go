@@ -98,7 +98,7 @@ func (s *Source) fetchLeased(ctx context.Context, ref string, spec vaultref.Spec
 // renewLease renews l. It returns the renewed lease, or nil and the reason to re-issue.
 func (s *Source) renewLease(ctx context.Context, l *lease) (*lease, string, error) {
 	resp, err := s.do(ctx, call{class: "lease-renew", method: http.MethodPut, path: "sys/leases/renew",
-		body: map[string]any{"lease_id": l.LeaseID, "increment": int64(l.TTL / time.Second)}})
+		body: map[string]any{"lease_id": l.LeaseID, "increment": int64(l.TTL / time.Second)}, ns: s.nsOfRef(l.Ref)})
 	var ce *callError
 	switch {
 	case err == nil:
@@ -144,7 +144,7 @@ func (s *Source) renewLease(ctx context.Context, l *lease) (*lease, string, erro
 
 // issue asks the engine for a new credential and schedules the revocation of old.
 func (s *Source) issue(ctx context.Context, ref string, spec vaultref.Spec, old *lease, reason string) (*source.Secret, error) {
-	c := call{class: "lease-issue"}
+	c := call{class: "lease-issue", ns: s.nsOf(spec)}
 	switch spec.Engine {
 	case vaultref.Database:
 		c.method, c.path = http.MethodGet, spec.Mount+"/creds/"+spec.Role
@@ -288,7 +288,7 @@ func (s *Source) reap(ctx context.Context) {
 }
 
 func (s *Source) revoke(ctx context.Context, r *pendingRevoke) {
-	_, err := s.do(ctx, call{class: "lease-revoke", method: http.MethodPut, path: "sys/leases/revoke", body: map[string]any{"lease_id": r.LeaseID}})
+	_, err := s.do(ctx, call{class: "lease-revoke", method: http.MethodPut, path: "sys/leases/revoke", body: map[string]any{"lease_id": r.LeaseID}, ns: s.nsOfRef(r.Ref)})
 	var ce *callError
 	if err != nil && !(errors.As(err, &ce) && ce.status == http.StatusBadRequest) {
 		s.metrics.revocations.WithLabelValues("failed").Inc()

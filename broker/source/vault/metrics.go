@@ -93,7 +93,7 @@ func newMetrics(reg prometheus.Registerer, s *Source) (*metrics, error) {
 // created at zero, so the series exist before the first request.
 var (
 	requestClasses = []string{"login", "token-renew", "token-lookup", "kv-read", "kv-metadata", "mount-lookup",
-		"lease-issue", "generic-read", "lease-renew", "lease-revoke"}
+		"lease-issue", "generic-read", "lease-renew", "lease-revoke", "unwrap", "health"}
 	renewalResults    = []string{"ok", "capped", "refused", "failed"}
 	reissueReasons    = []string{"new", "not_renewable", "max_ttl", "renewal_refused", "expired"}
 	revocationResults = []string{"ok", "failed"}

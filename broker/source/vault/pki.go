@@ -91,7 +91,7 @@ func (s *Source) fetchPKI(ctx context.Context, spec vaultref.Spec) (*source.Secr
 		body["private_key_format"] = "pkcs8"
 	}
 	path := spec.Mount + "/" + op + "/" + spec.Role
-	resp, err := s.do(ctx, call{class: "lease-issue", method: http.MethodPut, path: path, body: body})
+	resp, err := s.do(ctx, call{class: "lease-issue", method: http.MethodPut, path: path, body: body, ns: s.nsOf(spec)})
 	if err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,6 +29,12 @@ type Config struct {
 	// CACertFile is a PEM bundle of the CAs that may sign Vault's certificate; empty uses the
 	// system roots.
 	CACertFile string
+	// Namespace is the Vault Enterprise namespace of every request (X-Vault-Namespace), e.g.
+	// "team-a"; a reference's own namespace (a grant's vault.namespace) replaces it, and
+	// Auth.Namespace replaces it for login and the daemon's token. Empty is the root
+	// namespace. With any namespace set, a server that is not Enterprise is refused
+	// (ErrNamespaceUnsupported).
+	Namespace string
 	// Auth says how the daemon logs in. Required.
 	Auth AuthConfig
 	// Leases persists leases and pending revocations (bucket LeaseBucket of the node store);
@@ -71,7 +78,9 @@ type Source struct {
 	stored  leaseBuckets // cfg.Leases: leasestore.go
 	log     *slog.Logger
 	clock   clock.WithTicker
-	client  *api.Client
+	client  *api.Client // no token, root namespace; never changed after New
+	shared  *api.Client // Client(): the current token and Config.Namespace
+	hc      *http.Client
 	auth    *auth
 	gate    *gate
 	metrics *metrics
@@ -86,6 +95,7 @@ type Source struct {
 	metaDenied map[string]time.Time      // kv-v2 mounts whose metadata the daemon may not read → retry after
 	maxTTL     map[string]time.Duration  // learnt max_ttl by issue path (e.g. database/creds/app)
 	down       bool                      // last answer was "unavailable" (for logging transitions)
+	enterprise int8                      // from sys/health: 0 not asked yet, 1 Enterprise, -1 not
 	startedAt  time.Time
 	versionKey []byte // HMAC key of content versions; never leaves the process
 }
@@ -107,6 +117,14 @@ func New(cfg Config) (*Source, error) {
 		return nil, fmt.Errorf("vault source: address %q must be an http(s) URL", cfg.Address)
 	case cfg.Logger == nil:
 		return nil, errors.New("vault source: logger is required")
+	}
+	if cfg.Namespace != "" {
+		if d := vaultref.NamespaceProblem(cfg.Namespace); d != "" {
+			return nil, fmt.Errorf("vault source: namespace %s", d)
+		}
+	}
+	if cfg.Auth.Namespace == "" {
+		cfg.Auth.Namespace = cfg.Namespace
 	}
 	if err := cfg.Auth.validate(); err != nil {
 		return nil, fmt.Errorf("vault source: %w", err)
@@ -137,22 +155,25 @@ func New(cfg Config) (*Source, error) {
 	if cfg.MaxResponseBytes <= 0 {
 		cfg.MaxResponseBytes = 1 << 20
 	}
-	hc, err := newHTTPClient(cfg.CACertFile, cfg.MaxResponseBytes, cfg.RequestTimeout)
+	if cfg.Auth.Method == MethodCert && u.Scheme != "https" {
+		return nil, errors.New("vault source: auth method cert needs an https address")
+	}
+	hc, err := newHTTPClient(cfg.CACertFile, cfg.Auth.ClientCertFile, cfg.Auth.ClientKeyFile, cfg.MaxResponseBytes, cfg.RequestTimeout)
 	if err != nil {
 		return nil, fmt.Errorf("vault source: %w", err)
 	}
-	// MaxRetries 0: retries and backoff are ours, on the injected clock.
-	c, err := api.NewClient(&api.Config{Address: cfg.Address, HttpClient: hc, MaxRetries: 0, Timeout: cfg.RequestTimeout})
+	c, err := newAPIClient(cfg, hc, "")
 	if err != nil {
 		return nil, fmt.Errorf("vault source: client: %w", err)
 	}
-	// vault/api reads VAULT_TOKEN, VAULT_NAMESPACE and VAULT_HEADERS from the environment:
-	// nothing static may authenticate the daemon, so drop whatever it picked up.
-	c.ClearToken()
-	c.ClearNamespace()
-	c.SetHeaders(http.Header{api.RequestHeaderName: []string{"true"}})
+	// The shared client (Client(), for the Transit KEK) is another one: roundTrip copies c
+	// for each request's namespace, so c is never changed after this point.
+	shared, err := newAPIClient(cfg, hc, cfg.Namespace)
+	if err != nil {
+		return nil, fmt.Errorf("vault source: client: %w", err)
+	}
 	s := &Source{
-		cfg: cfg, log: cfg.Logger, clock: cfg.Clock, client: c,
+		cfg: cfg, log: cfg.Logger, clock: cfg.Clock, client: c, shared: shared, hc: hc,
 		gate:    newGate(cfg.Clock, cfg.MaxConcurrent, cfg.RequestsPerSecond, cfg.Burst, cfg.MinBackoff, cfg.MaxBackoff),
 		refLock: map[string]*refLock{}, kv: map[string]*kvEntry{}, leases: map[string]*lease{},
 		revokes: map[string]*pendingRevoke{}, metaDenied: map[string]time.Time{}, maxTTL: map[string]time.Duration{}, startedAt: cfg.Clock.Now(),
@@ -175,7 +196,27 @@ func New(cfg Config) (*Source, error) {
 
 // Client is the Vault client, carrying the daemon's current token once logged in (for the
 // Transit KEK). Do not change its token.
-func (s *Source) Client() *api.Client { return s.client }
+func (s *Source) Client() *api.Client { return s.shared }
+
+// newAPIClient returns a vault/api client on hc in namespace ns.
+func newAPIClient(cfg Config, hc *http.Client, ns string) (*api.Client, error) {
+	// MaxRetries 0: retries and backoff are ours, on the injected clock.
+	c, err := api.NewClient(&api.Config{Address: cfg.Address, HttpClient: hc, MaxRetries: 0, Timeout: cfg.RequestTimeout})
+	if err != nil {
+		return nil, err
+	}
+	// vault/api reads VAULT_TOKEN, VAULT_NAMESPACE and VAULT_HEADERS from the environment:
+	// nothing static may authenticate the daemon, so drop whatever it picked up.
+	c.ClearToken()
+	c.ClearNamespace()
+	c.SetHeaders(http.Header{api.RequestHeaderName: []string{"true"}})
+	// VAULT_WRAP_TTL would have every answer response-wrapped.
+	c.SetWrappingLookupFunc(noWrapping)
+	if ns != "" {
+		c.SetNamespace(ns)
+	}
+	return c, nil
+}
 
 // Login logs in now (for a caller that needs Vault before anything else, like the Transit
 // KEK at start-up).
@@ -211,6 +252,11 @@ func (s *Source) Fetch(ctx context.Context, path string) (*source.Secret, error)
 	spec, err := vaultref.Parse(path)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", source.ErrInvalidRef, err)
+	}
+	if spec.Namespace != "" {
+		if err := s.requireNamespaces(ctx); err != nil {
+			return nil, err
+		}
 	}
 	unlock := s.lockRef(path)
 	defer unlock()
@@ -251,13 +297,78 @@ func (s *Source) lockRef(path string) func() {
 	}
 }
 
+// nsOf is the namespace of the requests for spec: its own, else the daemon-wide one.
+func (s *Source) nsOf(spec vaultref.Spec) string {
+	if spec.Namespace != "" {
+		return spec.Namespace
+	}
+	return s.cfg.Namespace
+}
+
+// nsOfRef is nsOf for a stored reference (leases to renew or revoke).
+func (s *Source) nsOfRef(ref string) string {
+	spec, err := vaultref.Parse(ref)
+	if err != nil {
+		return s.cfg.Namespace
+	}
+	return s.nsOf(spec)
+}
+
+// healthQuery makes sys/health answer 200 whatever the node's state: only the body matters.
+var healthQuery = url.Values{"standbyok": {"true"}, "perfstandbyok": {"true"}, "sealedcode": {"200"},
+	"uninitcode": {"200"}, "drsecondarycode": {"200"}, "performancestandbycode": {"200"}, "removedcode": {"200"}}
+
+// CheckNamespaces asks Vault, when Config.Namespace or Auth.Namespace is set, whether it is
+// Vault Enterprise, so that a daemon configured with a namespace for an open-source Vault
+// stops at start (ErrNamespaceUnsupported) instead of reading the root namespace. Without a
+// namespace it does nothing. An unreachable Vault is source.ErrUnavailable: the check then
+// happens again before the first login.
+func (s *Source) CheckNamespaces(ctx context.Context) error {
+	if s.cfg.Namespace == "" && s.cfg.Auth.Namespace == "" {
+		return nil
+	}
+	return s.requireNamespaces(ctx)
+}
+
+// requireNamespaces returns nil when the server has namespaces (Vault Enterprise), else
+// ErrNamespaceUnsupported (wrapping source.ErrUnavailable: a configuration error, like a
+// refused login). It asks sys/health once and remembers a clear answer: its "enterprise"
+// field (Vault 1.13 and later), or else the "+ent" suffix of its version.
+func (s *Source) requireNamespaces(ctx context.Context) error {
+	s.mu.Lock()
+	known := s.enterprise
+	s.mu.Unlock()
+	if known == 0 {
+		resp, err := s.send(ctx, call{class: "health", method: http.MethodGet, path: "sys/health", query: healthQuery, root: true})
+		if err != nil {
+			return err
+		}
+		known = -1
+		if (resp.Enterprise != nil && *resp.Enterprise) || strings.Contains(resp.Version, "+ent") {
+			known = 1
+		}
+		s.mu.Lock()
+		s.enterprise = known
+		s.mu.Unlock()
+		if known < 0 {
+			s.log.Error("a vault namespace is configured but the server is not Vault Enterprise; requests in a namespace are refused",
+				slog.String("version", resp.Version))
+		}
+	}
+	if known < 0 {
+		return fmt.Errorf("%w: %w", source.ErrUnavailable, ErrNamespaceUnsupported)
+	}
+	return nil
+}
+
+func noWrapping(string, string) string { return "" }
+
 // do sends one authenticated (or login) request through the gate. A 403 with a token that a
 // lookup says is no longer valid (revoked out of band, expired early) makes it log in again
 // and retry once; a 403 with a valid token is the policy's answer (ErrForbidden).
 func (s *Source) do(ctx context.Context, c call) (*response, error) {
-	login := c.class == "login"
 	var tok vaultToken
-	if !login && c.token == "" {
+	if c.token == "" {
 		t, err := s.auth.get(ctx)
 		if err != nil {
 			s.metrics.requests.WithLabelValues(c.class, "unavailable").Inc()
@@ -267,7 +378,7 @@ func (s *Source) do(ctx context.Context, c call) (*response, error) {
 		c.token = string(t)
 	}
 	resp, err := s.send(ctx, c)
-	if login || tok == "" || !errors.Is(err, source.ErrForbidden) {
+	if tok == "" || !errors.Is(err, source.ErrForbidden) {
 		return resp, err
 	}
 	if s.tokenValid(ctx, tok) {
@@ -289,7 +400,7 @@ func (s *Source) do(ctx context.Context, c call) (*response, error) {
 // tokenValid asks Vault whether tok still works (lookup-self is allowed by the default policy).
 // Anything but a clear 403 counts as valid, so an outage never triggers logins.
 func (s *Source) tokenValid(ctx context.Context, tok vaultToken) bool {
-	_, err := s.send(ctx, call{class: "token-lookup", method: http.MethodGet, path: "auth/token/lookup-self", token: string(tok)})
+	_, err := s.send(ctx, call{class: "token-lookup", method: http.MethodGet, path: "auth/token/lookup-self", token: string(tok), ns: s.cfg.Auth.Namespace})
 	return !errors.Is(err, source.ErrForbidden)
 }
 
@@ -301,9 +412,48 @@ func (s *Source) send(ctx context.Context, c call) (*response, error) {
 	}
 	start := s.clock.Now()
 	resp, err := s.roundTrip(ctx, c)
-	s.metrics.duration.WithLabelValues(c.class).Observe(s.clock.Since(start).Seconds())
+	s.finish(c.class, start, err)
+	return resp, err
+}
+
+// login passes the gate and logs in (or unwraps) with m on a fresh client in the auth
+// namespace, without a token. Errors are reduced like roundTrip's: Vault's text never kept.
+func (s *Source) login(ctx context.Context, class string, m api.AuthMethod) (*api.Secret, error) {
+	if err := s.gate.acquire(ctx); err != nil {
+		s.metrics.requests.WithLabelValues(class, result(err)).Inc()
+		return nil, err
+	}
+	start := s.clock.Now()
+	sec, err := s.loginOnce(ctx, class, m)
+	s.finish(class, start, err)
+	return sec, err
+}
+
+func (s *Source) loginOnce(ctx context.Context, class string, m api.AuthMethod) (*api.Secret, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	defer cancel()
+	// A fresh client per login: the wrapped secret ID's unwrap sets the client's token.
+	c, err := newAPIClient(s.cfg, s.hc, s.cfg.Auth.Namespace)
+	if err != nil {
+		return nil, &callError{kind: source.ErrUnavailable, class: class, reason: "client"}
+	}
+	sec, err := m.Login(ctx, c)
+	var re *api.ResponseError
+	switch {
+	case err == nil:
+		return sec, nil
+	case errors.As(err, &re):
+		return nil, statusError(class, re.StatusCode, nil, nil)
+	default:
+		return nil, transportError(ctx, class, err)
+	}
+}
+
+// finish records the outcome of one request that passed the gate, and releases it.
+func (s *Source) finish(class string, start time.Time, err error) {
+	s.metrics.duration.WithLabelValues(class).Observe(s.clock.Since(start).Seconds())
 	s.gate.release()
-	s.metrics.requests.WithLabelValues(c.class, result(err)).Inc()
+	s.metrics.requests.WithLabelValues(class, result(err)).Inc()
 	var ce *callError
 	switch {
 	case err == nil:
@@ -315,7 +465,6 @@ func (s *Source) send(ctx context.Context, c call) (*response, error) {
 	case errors.Is(err, source.ErrUnavailable):
 		s.setDown(true)
 	}
-	return resp, err
 }
 
 // setDown logs transitions between reachable and unreachable once each, not per request.

@@ -65,10 +65,25 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 
 func (b *limitedBody) Close() error { return b.rc.Close() }
 
-// newHTTPClient builds the HTTP client: TLS 1.2+ with the CA bundle when given, no proxy from
-// the environment, bounded idle connections, and the response size limit.
-func newHTTPClient(caFile string, maxResponse int64, timeout time.Duration) (*http.Client, error) {
+// newHTTPClient builds the HTTP client: TLS 1.2+ with the CA bundle when given, the client
+// certificate when given (TLS cert auth; re-read from its files at every handshake, so a
+// renewed certificate is used on the next connection), no proxy from the environment,
+// bounded idle connections, and the response size limit.
+func newHTTPClient(caFile, certFile, keyFile string, maxResponse int64, timeout time.Duration) (*http.Client, error) {
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if certFile != "" {
+		// Fail at start on a missing or broken pair, not at the first handshake.
+		if _, err := tls.LoadX509KeyPair(certFile, keyFile); err != nil {
+			return nil, fmt.Errorf("load vault client certificate: %w", err)
+		}
+		tlsCfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			c, err := tls.LoadX509KeyPair(certFile, keyFile)
+			if err != nil {
+				return nil, fmt.Errorf("load vault client certificate: %w", err)
+			}
+			return &c, nil
+		}
+	}
 	if caFile != "" {
 		pem, err := os.ReadFile(caFile)
 		if err != nil {
@@ -101,7 +116,10 @@ type response struct {
 	LeaseDuration int64           `json:"lease_duration"`
 	Data          json.RawMessage `json:"data"`
 	Warnings      []string        `json:"warnings"`
-	Auth          *struct {
+	// sys/health answers at the top level.
+	Enterprise *bool  `json:"enterprise"`
+	Version    string `json:"version"`
+	Auth       *struct {
 		ClientToken   string `json:"client_token"`
 		LeaseDuration int64  `json:"lease_duration"`
 		Renewable     bool   `json:"renewable"`
@@ -164,6 +182,10 @@ type call struct {
 	query  url.Values
 	body   any
 	token  string // empty for logins
+	// ns is the namespace (X-Vault-Namespace); empty is the daemon-wide Config.Namespace.
+	ns string
+	// root sends the request without a namespace (sys/health).
+	root bool
 }
 
 // roundTrip sends c once and classifies the answer. It does not pass the gate or handle
@@ -171,7 +193,14 @@ type call struct {
 func (s *Source) roundTrip(ctx context.Context, c call) (*response, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	defer cancel()
-	req := s.client.NewRequest(c.method, "/v1/"+c.path)
+	// The client sends its own namespace (X-Vault-Namespace) with every request: a shallow
+	// copy carries this one's.
+	ns := or(c.ns, s.cfg.Namespace)
+	if c.root {
+		ns = ""
+	}
+	client := s.client.WithNamespace(ns)
+	req := client.NewRequest(c.method, "/v1/"+c.path)
 	req.ClientToken = c.token
 	if c.query != nil {
 		req.Params = c.query
@@ -185,7 +214,7 @@ func (s *Source) roundTrip(ctx context.Context, c call) (*response, error) {
 	// caller checked, so a 403 can be tied to it) and leaves the body to us (size limit, KV v2
 	// deletion markers in 404 bodies).
 	//lint:ignore SA1019 see above; the Logical() helpers use the client-wide token
-	resp, err := s.client.RawRequestWithContext(ctx, req)
+	resp, err := client.RawRequestWithContext(ctx, req)
 	if resp != nil && resp.Body != nil {
 		defer resp.Body.Close()
 	}
@@ -226,6 +255,13 @@ func (s *Source) roundTrip(ctx context.Context, c call) (*response, error) {
 // come from a broken or hostile server or proxy; converted to a time.Duration they would
 // overflow (past 292 years) into a wrong, possibly short or negative, expiry.
 const maxLeaseSeconds = 10 * 365 * 24 * 60 * 60
+
+func or(v, def string) string {
+	if v != "" {
+		return v
+	}
+	return def
+}
 
 func saneLeaseSeconds(s int64) bool { return s >= 0 && s <= maxLeaseSeconds }
 

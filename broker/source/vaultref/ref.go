@@ -67,6 +67,11 @@ type Spec struct {
 
 	// The certificate request of engine pki (empty for the others); pki.go checks them.
 	PKI PKIRequest
+
+	// Namespace is the Vault Enterprise namespace of the mount, e.g. "team-a" or
+	// "team-a/prod"; empty uses the daemon's (vault.namespace). Encoded last, so references
+	// without one keep their form.
+	Namespace string
 }
 
 // PodOwner, ServiceAccountOwner and GrantOwner build owners.
@@ -113,6 +118,9 @@ func (s Spec) encode() string {
 		add("owner", s.Owner)
 	}
 	s.PKI.encode(add)
+	if s.Namespace != "" {
+		add("namespace", s.Namespace)
+	}
 	return b.String()
 }
 
@@ -120,7 +128,7 @@ func bad(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
 }
 
-var fields = []string{"engine", "mount", "path", "role", "version", "keys", "owner", "cn", "dns", "uri", "ttl", "minttl", "keygen", "keytype"}
+var fields = []string{"engine", "mount", "path", "role", "version", "keys", "owner", "cn", "dns", "uri", "ttl", "minttl", "keygen", "keytype", "namespace"}
 
 // Parse decodes a canonical reference. Anything else — unknown or repeated fields, fields out
 // of order, a non-canonical escaping, values that break the grammar — is ErrInvalid. Error
@@ -163,6 +171,8 @@ func Parse(ref string) (Spec, error) {
 			s.Keys = strings.Split(v, ",")
 		case "owner":
 			s.Owner = v
+		case "namespace":
+			s.Namespace = v
 		default:
 			if err := s.PKI.decode(k, v); err != nil {
 				return Spec{}, err
@@ -220,6 +230,11 @@ func (s Spec) validate() error {
 		}
 	} else if s.Owner != "" {
 		return bad("owner is only used by leased engines")
+	}
+	if s.Namespace != "" {
+		if d := NamespaceProblem(s.Namespace); d != "" {
+			return bad("namespace %s", d)
+		}
 	}
 	if s.Engine != PKI && !s.PKI.IsZero() {
 		return bad("certificate fields are only used by engine pki")
@@ -287,6 +302,38 @@ func PathProblem(p string) string {
 			return `must not start or end with "/" or contain "//"`
 		case ".", "..":
 			return `must not contain "." or ".." segments`
+		}
+	}
+	return ""
+}
+
+// MaxNamespaceLen bounds a namespace path, in bytes.
+const MaxNamespaceLen = 255
+
+// NamespaceProblem checks a Vault namespace path ("team-a", "team-a/prod"): segments of
+// [a-zA-Z0-9_-] separated by "/", without a leading or trailing "/" (Vault's own names allow
+// more; these are the ones that need no escaping in a header, a reference or a log line).
+// "root" and "sys" segments are refused: "root" is the root namespace, which is written as
+// no namespace at all. It returns "" when ns is valid, else a phrase that never repeats ns.
+func NamespaceProblem(ns string) string {
+	if ns == "" {
+		return "is required"
+	}
+	if len(ns) > MaxNamespaceLen {
+		return fmt.Sprintf("must be at most %d bytes", MaxNamespaceLen)
+	}
+	for seg := range strings.SplitSeq(ns, "/") {
+		if seg == "" {
+			return `must not start or end with "/" or contain "//"`
+		}
+		if seg == "root" || seg == "sys" {
+			return `must not contain "root" or "sys" segments (leave it empty for the root namespace)`
+		}
+		for i := 0; i < len(seg); i++ {
+			c := seg[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+				return "must be segments of letters, digits, '-' and '_' separated by \"/\""
+			}
 		}
 	}
 	return ""

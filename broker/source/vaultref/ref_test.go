@@ -20,6 +20,9 @@ func TestSpec_Encode_roundTrip(t *testing.T) {
 			"engine=database&mount=database&role=app&owner=sa%2Fns%2Fapp"},
 		{"pki per pod", Spec{Engine: PKI, Mount: "pki", Role: "web", Owner: PodOwner("0f1e-22")}, "engine=pki&mount=pki&role=web&owner=pod%2F0f1e-22"},
 		{"generic per grant", Spec{Engine: Generic, Mount: "aws", Path: "creds/x", Owner: GrantOwner("g1")}, "engine=generic&mount=aws&path=creds%2Fx&owner=grant%2Fg1"},
+		{"kv-v2 in a namespace", Spec{Engine: KVv2, Mount: "secret", Path: "a", Namespace: "team-a/prod"}, "engine=kv-v2&mount=secret&path=a&namespace=team-a%2Fprod"},
+		{"database in a namespace", Spec{Engine: Database, Mount: "db", Role: "app", Owner: PodOwner("u"), Namespace: "team_b"},
+			"engine=database&mount=db&role=app&owner=pod%2Fu&namespace=team_b"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -75,6 +78,15 @@ func TestParse_rejects(t *testing.T) {
 		{"empty key", "engine=kv-v2&mount=s&path=p&keys="},
 		{"too long", long},
 		{"no equals", "engine"},
+		{"empty namespace", "engine=kv-v2&mount=s&path=p&namespace="},
+		{"namespace first", "namespace=a&engine=kv-v2&mount=s&path=p"},
+		{"namespace trailing slash", "engine=kv-v2&mount=s&path=p&namespace=team%2F"},
+		{"namespace leading slash", "engine=kv-v2&mount=s&path=p&namespace=%2Fteam"},
+		{"namespace traversal", "engine=kv-v2&mount=s&path=p&namespace=team%2F.."},
+		{"namespace root", "engine=kv-v2&mount=s&path=p&namespace=root"},
+		{"namespace space", "engine=kv-v2&mount=s&path=p&namespace=a+b"},
+		{"namespace newline", "engine=kv-v2&mount=s&path=p&namespace=a%0Ab"},
+		{"namespace too long", "engine=kv-v2&mount=s&path=p&namespace=" + strings.Repeat("n", MaxNamespaceLen+1)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -107,6 +119,8 @@ func FuzzParse(f *testing.F) {
 		"engine=pki&mount=pki&role=web&owner=pod%2Fuid-1&cn=web.shop.svc&dns=web.shop.svc%2C%2A.shop.svc&uri=spiffe%3A%2F%2Fcluster.local%2Fns%2Fshop%2Fsa%2Fweb&ttl=900&minttl=60",
 		"engine=pki&mount=pki&role=web&owner=sa%2Fshop%2Fweb&uri=spiffe%3A%2F%2Ftd%2Fx&keygen=vault",
 		"engine=pki&mount=pki&role=web&owner=pod%2Fu&keytype=rsa2048",
+		"engine=kv-v2&mount=secret&path=a&namespace=team-a%2Fprod",
+		"engine=kv-v2&mount=s&path=p&namespace=root",
 	} {
 		f.Add(s)
 	}

@@ -651,9 +651,14 @@ type CachedSecret struct {
 	Subscribers int32                  `protobuf:"varint,6,opt,name=subscribers,proto3" json:"subscribers,omitempty"`
 	LastError   string                 `protobuf:"bytes,7,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
 	// stale is true while the value served is one whose last refresh failed.
-	Stale         bool `protobuf:"varint,8,opt,name=stale,proto3" json:"stale,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Stale bool `protobuf:"varint,8,opt,name=stale,proto3" json:"stale,omitempty"`
+	// next_refresh_at is when the value is refreshed next; unset while nothing is scheduled.
+	NextRefreshAt *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=next_refresh_at,json=nextRefreshAt,proto3" json:"next_refresh_at,omitempty"`
+	// refresh_failures counts the refreshes that failed since the last success; last_error
+	// is the last one's reason (a fixed phrase, never a value or the source's own text).
+	RefreshFailures int32 `protobuf:"varint,10,opt,name=refresh_failures,json=refreshFailures,proto3" json:"refresh_failures,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *CachedSecret) Reset() {
@@ -740,6 +745,20 @@ func (x *CachedSecret) GetStale() bool {
 		return x.Stale
 	}
 	return false
+}
+
+func (x *CachedSecret) GetNextRefreshAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextRefreshAt
+	}
+	return nil
+}
+
+func (x *CachedSecret) GetRefreshFailures() int32 {
+	if x != nil {
+		return x.RefreshFailures
+	}
+	return 0
 }
 
 // GrantSourceStatus counts the grants of one source.
@@ -2244,7 +2263,7 @@ const file_keywarden_v1_admin_proto_rawDesc = "" +
 	"\x06checks\x18\x04 \x03(\v2\x18.keywarden.v1.GrantCheckR\x06checks\x12\x12\n" +
 	"\x04hint\x18\x05 \x01(\tR\x04hint\x12\x1b\n" +
 	"\tspiffe_id\x18\x06 \x01(\tR\bspiffeId\"\x12\n" +
-	"\x10GetStatusRequest\"\xa1\x02\n" +
+	"\x10GetStatusRequest\"\x90\x03\n" +
 	"\fCachedSecret\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x18\n" +
@@ -2256,7 +2275,10 @@ const file_keywarden_v1_admin_proto_rawDesc = "" +
 	"\vsubscribers\x18\x06 \x01(\x05R\vsubscribers\x12\x1d\n" +
 	"\n" +
 	"last_error\x18\a \x01(\tR\tlastError\x12\x14\n" +
-	"\x05stale\x18\b \x01(\bR\x05stale\"C\n" +
+	"\x05stale\x18\b \x01(\bR\x05stale\x12B\n" +
+	"\x0fnext_refresh_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\rnextRefreshAt\x12)\n" +
+	"\x10refresh_failures\x18\n" +
+	" \x01(\x05R\x0frefreshFailures\"C\n" +
 	"\x11GrantSourceStatus\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12\x16\n" +
 	"\x06grants\x18\x02 \x01(\x05R\x06grants\"\xf1\x01\n" +
@@ -2440,49 +2462,50 @@ var file_keywarden_v1_admin_proto_depIdxs = []int32{
 	8,  // 1: keywarden.v1.ExplainGrantResponse.checks:type_name -> keywarden.v1.GrantCheck
 	35, // 2: keywarden.v1.CachedSecret.fetched_at:type_name -> google.protobuf.Timestamp
 	35, // 3: keywarden.v1.CachedSecret.expires_at:type_name -> google.protobuf.Timestamp
-	35, // 4: keywarden.v1.GetStatusResponse.started_at:type_name -> google.protobuf.Timestamp
-	11, // 5: keywarden.v1.GetStatusResponse.secrets:type_name -> keywarden.v1.CachedSecret
-	13, // 6: keywarden.v1.GetStatusResponse.audit:type_name -> keywarden.v1.AuditStatus
-	12, // 7: keywarden.v1.GetStatusResponse.grant_sources:type_name -> keywarden.v1.GrantSourceStatus
-	34, // 8: keywarden.v1.PutSecretRequest.data:type_name -> keywarden.v1.PutSecretRequest.DataEntry
-	18, // 9: keywarden.v1.RotateNowResponse.sources:type_name -> keywarden.v1.RotatedSource
-	35, // 10: keywarden.v1.AuditTailResponse.time:type_name -> google.protobuf.Timestamp
-	25, // 11: keywarden.v1.AuditVerifyResponse.problems:type_name -> keywarden.v1.AuditProblem
-	33, // 12: keywarden.v1.RotateKeysResponse.status:type_name -> keywarden.v1.RotationStatusResponse
-	35, // 13: keywarden.v1.RotationStatusResponse.started_at:type_name -> google.protobuf.Timestamp
-	35, // 14: keywarden.v1.RotationStatusResponse.finished_at:type_name -> google.protobuf.Timestamp
-	32, // 15: keywarden.v1.RotationStatusResponse.stores:type_name -> keywarden.v1.StoreKeys
-	1,  // 16: keywarden.v1.AdminService.ListGrants:input_type -> keywarden.v1.ListGrantsRequest
-	3,  // 17: keywarden.v1.AdminService.ApplyGrant:input_type -> keywarden.v1.ApplyGrantRequest
-	5,  // 18: keywarden.v1.AdminService.DeleteGrant:input_type -> keywarden.v1.DeleteGrantRequest
-	7,  // 19: keywarden.v1.AdminService.ExplainGrant:input_type -> keywarden.v1.ExplainGrantRequest
-	10, // 20: keywarden.v1.AdminService.GetStatus:input_type -> keywarden.v1.GetStatusRequest
-	15, // 21: keywarden.v1.AdminService.PutSecret:input_type -> keywarden.v1.PutSecretRequest
-	17, // 22: keywarden.v1.AdminService.RotateNow:input_type -> keywarden.v1.RotateNowRequest
-	20, // 23: keywarden.v1.AdminService.Revoke:input_type -> keywarden.v1.RevokeRequest
-	22, // 24: keywarden.v1.AdminService.AuditTail:input_type -> keywarden.v1.AuditTailRequest
-	24, // 25: keywarden.v1.AdminService.AuditVerify:input_type -> keywarden.v1.AuditVerifyRequest
-	27, // 26: keywarden.v1.AdminService.AuditExport:input_type -> keywarden.v1.AuditExportRequest
-	29, // 27: keywarden.v1.AdminService.RotateKeys:input_type -> keywarden.v1.RotateKeysRequest
-	31, // 28: keywarden.v1.AdminService.RotationStatus:input_type -> keywarden.v1.RotationStatusRequest
-	2,  // 29: keywarden.v1.AdminService.ListGrants:output_type -> keywarden.v1.ListGrantsResponse
-	4,  // 30: keywarden.v1.AdminService.ApplyGrant:output_type -> keywarden.v1.ApplyGrantResponse
-	6,  // 31: keywarden.v1.AdminService.DeleteGrant:output_type -> keywarden.v1.DeleteGrantResponse
-	9,  // 32: keywarden.v1.AdminService.ExplainGrant:output_type -> keywarden.v1.ExplainGrantResponse
-	14, // 33: keywarden.v1.AdminService.GetStatus:output_type -> keywarden.v1.GetStatusResponse
-	16, // 34: keywarden.v1.AdminService.PutSecret:output_type -> keywarden.v1.PutSecretResponse
-	19, // 35: keywarden.v1.AdminService.RotateNow:output_type -> keywarden.v1.RotateNowResponse
-	21, // 36: keywarden.v1.AdminService.Revoke:output_type -> keywarden.v1.RevokeResponse
-	23, // 37: keywarden.v1.AdminService.AuditTail:output_type -> keywarden.v1.AuditTailResponse
-	26, // 38: keywarden.v1.AdminService.AuditVerify:output_type -> keywarden.v1.AuditVerifyResponse
-	28, // 39: keywarden.v1.AdminService.AuditExport:output_type -> keywarden.v1.AuditExportResponse
-	30, // 40: keywarden.v1.AdminService.RotateKeys:output_type -> keywarden.v1.RotateKeysResponse
-	33, // 41: keywarden.v1.AdminService.RotationStatus:output_type -> keywarden.v1.RotationStatusResponse
-	29, // [29:42] is the sub-list for method output_type
-	16, // [16:29] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	35, // 4: keywarden.v1.CachedSecret.next_refresh_at:type_name -> google.protobuf.Timestamp
+	35, // 5: keywarden.v1.GetStatusResponse.started_at:type_name -> google.protobuf.Timestamp
+	11, // 6: keywarden.v1.GetStatusResponse.secrets:type_name -> keywarden.v1.CachedSecret
+	13, // 7: keywarden.v1.GetStatusResponse.audit:type_name -> keywarden.v1.AuditStatus
+	12, // 8: keywarden.v1.GetStatusResponse.grant_sources:type_name -> keywarden.v1.GrantSourceStatus
+	34, // 9: keywarden.v1.PutSecretRequest.data:type_name -> keywarden.v1.PutSecretRequest.DataEntry
+	18, // 10: keywarden.v1.RotateNowResponse.sources:type_name -> keywarden.v1.RotatedSource
+	35, // 11: keywarden.v1.AuditTailResponse.time:type_name -> google.protobuf.Timestamp
+	25, // 12: keywarden.v1.AuditVerifyResponse.problems:type_name -> keywarden.v1.AuditProblem
+	33, // 13: keywarden.v1.RotateKeysResponse.status:type_name -> keywarden.v1.RotationStatusResponse
+	35, // 14: keywarden.v1.RotationStatusResponse.started_at:type_name -> google.protobuf.Timestamp
+	35, // 15: keywarden.v1.RotationStatusResponse.finished_at:type_name -> google.protobuf.Timestamp
+	32, // 16: keywarden.v1.RotationStatusResponse.stores:type_name -> keywarden.v1.StoreKeys
+	1,  // 17: keywarden.v1.AdminService.ListGrants:input_type -> keywarden.v1.ListGrantsRequest
+	3,  // 18: keywarden.v1.AdminService.ApplyGrant:input_type -> keywarden.v1.ApplyGrantRequest
+	5,  // 19: keywarden.v1.AdminService.DeleteGrant:input_type -> keywarden.v1.DeleteGrantRequest
+	7,  // 20: keywarden.v1.AdminService.ExplainGrant:input_type -> keywarden.v1.ExplainGrantRequest
+	10, // 21: keywarden.v1.AdminService.GetStatus:input_type -> keywarden.v1.GetStatusRequest
+	15, // 22: keywarden.v1.AdminService.PutSecret:input_type -> keywarden.v1.PutSecretRequest
+	17, // 23: keywarden.v1.AdminService.RotateNow:input_type -> keywarden.v1.RotateNowRequest
+	20, // 24: keywarden.v1.AdminService.Revoke:input_type -> keywarden.v1.RevokeRequest
+	22, // 25: keywarden.v1.AdminService.AuditTail:input_type -> keywarden.v1.AuditTailRequest
+	24, // 26: keywarden.v1.AdminService.AuditVerify:input_type -> keywarden.v1.AuditVerifyRequest
+	27, // 27: keywarden.v1.AdminService.AuditExport:input_type -> keywarden.v1.AuditExportRequest
+	29, // 28: keywarden.v1.AdminService.RotateKeys:input_type -> keywarden.v1.RotateKeysRequest
+	31, // 29: keywarden.v1.AdminService.RotationStatus:input_type -> keywarden.v1.RotationStatusRequest
+	2,  // 30: keywarden.v1.AdminService.ListGrants:output_type -> keywarden.v1.ListGrantsResponse
+	4,  // 31: keywarden.v1.AdminService.ApplyGrant:output_type -> keywarden.v1.ApplyGrantResponse
+	6,  // 32: keywarden.v1.AdminService.DeleteGrant:output_type -> keywarden.v1.DeleteGrantResponse
+	9,  // 33: keywarden.v1.AdminService.ExplainGrant:output_type -> keywarden.v1.ExplainGrantResponse
+	14, // 34: keywarden.v1.AdminService.GetStatus:output_type -> keywarden.v1.GetStatusResponse
+	16, // 35: keywarden.v1.AdminService.PutSecret:output_type -> keywarden.v1.PutSecretResponse
+	19, // 36: keywarden.v1.AdminService.RotateNow:output_type -> keywarden.v1.RotateNowResponse
+	21, // 37: keywarden.v1.AdminService.Revoke:output_type -> keywarden.v1.RevokeResponse
+	23, // 38: keywarden.v1.AdminService.AuditTail:output_type -> keywarden.v1.AuditTailResponse
+	26, // 39: keywarden.v1.AdminService.AuditVerify:output_type -> keywarden.v1.AuditVerifyResponse
+	28, // 40: keywarden.v1.AdminService.AuditExport:output_type -> keywarden.v1.AuditExportResponse
+	30, // 41: keywarden.v1.AdminService.RotateKeys:output_type -> keywarden.v1.RotateKeysResponse
+	33, // 42: keywarden.v1.AdminService.RotationStatus:output_type -> keywarden.v1.RotationStatusResponse
+	30, // [30:43] is the sub-list for method output_type
+	17, // [17:30] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_keywarden_v1_admin_proto_init() }

@@ -98,8 +98,12 @@ app.kubernetes.io/part-of: keywarden
 {{- if $limits }}{{ $_ := set $cfg "limits" $limits }}{{ end -}}
 {{- if .Values.vault.enabled -}}
 {{- $v := .Values.vault -}}
-{{- $vault := dict "address" (required "vault.address is required when vault.enabled" $v.address) "auth" (dict "method" $v.auth.method "mount" $v.auth.mount "role" $v.auth.role "tokenFile" (printf "%s/token" (include "keywarden.vaultTokenDir" .))) -}}
+{{- $auth := dict "method" $v.auth.method "mount" $v.auth.mount -}}
+{{- if has $v.auth.method (list "kubernetes" "jwt") }}{{ $_ := set $auth "role" $v.auth.role }}{{ $_ := set $auth "tokenFile" (printf "%s/token" (include "keywarden.vaultTokenDir" .)) }}{{ end -}}
+{{- $vault := dict "address" (required "vault.address is required when vault.enabled" $v.address) "auth" $auth -}}
 {{- with $v.caConfigMap }}{{ $_ := set $vault "caFile" (printf "%s/ca.crt" (include "keywarden.vaultCADir" $)) }}{{ end -}}
+{{- with $v.namespace }}{{ $_ := set $vault "namespace" . }}{{ end -}}
+{{- with $v.auth.namespace }}{{ $_ := set $vault.auth "namespace" . }}{{ end -}}
 {{- $vl := dict -}}
 {{- with $v.limits.maxConcurrent }}{{ $_ := set $vl "maxConcurrent" . }}{{ end -}}
 {{- with $v.limits.requestsPerSecond }}{{ $_ := set $vl "requestsPerSecond" . }}{{ end -}}
