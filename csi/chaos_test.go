@@ -96,7 +96,9 @@ func runPublishChaosChild(dir string) {
 		fmt.Fprintln(os.Stderr, "child kek:", err)
 		os.Exit(2)
 	}
-	db, err := store.Open(store.Config{Path: filepath.Join(dir, "node.db"), KEK: kek, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	// The volume store as the daemon opens it: without fsync (a kill -9 loses nothing the
+	// page cache holds).
+	db, err := store.Open(store.Config{Path: filepath.Join(dir, "volumes.db"), KEK: kek, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), NoSync: true,
 		FailCommit: func() error {
 			if kind == "commit" && commits.Add(1) == killAt {
 				die()

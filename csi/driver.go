@@ -59,8 +59,15 @@ type Config struct {
 	// Broker verifies tokens and delivers secrets. Required.
 	Broker Broker
 	// Store records published volumes (in a typed bucket) so a restarted daemon finds them:
-	// the node store. Required.
+	// the volume store, volumes.db. It may be opened with store.Config.NoSync: a record a
+	// power cut loses is written again by the volume's next republish (kubelet republishes
+	// every volume of a requiresRepublish driver periodically), so a publish need not wait
+	// for a disk flush. Required.
 	Store *store.DB
+	// LegacyStore, when set, is the store that held the volume records before they had their
+	// own file (node.db): Recover moves its records into Store once, flushing Store before it
+	// deletes them from LegacyStore, so no record is lost on the way. Optional.
+	LegacyStore *store.DB
 	// Mounter prepares volume directories. Required.
 	Mounter Mounter
 	// KubeletRoot is kubelet's root directory (/var/lib/kubelet); target paths must be
@@ -97,6 +104,8 @@ type Driver struct {
 	log     *slog.Logger
 	metrics *Metrics
 	volumes store.Bucket[record] // one sealed record per published volume, keyed by its ID
+	// legacy is the volume bucket of Config.LegacyStore, or the zero Bucket.
+	legacy store.Bucket[record]
 
 	locks [64]sync.Mutex // per-volume-ID publish/unpublish serialization, striped
 
@@ -167,7 +176,15 @@ func New(cfg Config) (*Driver, error) {
 	}
 	cfg.KubeletRoot = filepath.Clean(cfg.KubeletRoot)
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Driver{cfg: cfg, log: cfg.Logger, metrics: cfg.Metrics, volumes: store.NewBucket[record](cfg.Store, volumesBucket), vols: map[string]*volume{}, ctx: ctx, cancel: cancel}, nil
+	d := &Driver{cfg: cfg, log: cfg.Logger, metrics: cfg.Metrics, volumes: store.NewBucket[record](cfg.Store, volumesBucket), vols: map[string]*volume{}, ctx: ctx, cancel: cancel}
+	if cfg.LegacyStore != nil {
+		if cfg.LegacyStore == cfg.Store {
+			cancel()
+			return nil, errors.New("csi: the legacy store must be another store than Store")
+		}
+		d.legacy = store.NewBucket[record](cfg.LegacyStore, volumesBucket)
+	}
+	return d, nil
 }
 
 func (d *Driver) lock(id string) func() {

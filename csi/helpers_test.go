@@ -180,6 +180,8 @@ type env struct {
 	mount Mounter
 	// apiSocket is Config.APISocket; empty by default.
 	apiSocket string
+	// legacy is Config.LegacyStore; nil by default.
+	legacy *store.DB
 }
 
 func openTestStore(tb testing.TB, dir string) *store.DB {
@@ -188,7 +190,8 @@ func openTestStore(tb testing.TB, dir string) *store.DB {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	db, err := store.Open(store.Config{Path: filepath.Join(dir, "node.db"), KEK: kek, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	// The volume store as the daemon opens it (cmd/keywarden: volumes.db, NoSync).
+	db, err := store.Open(store.Config{Path: filepath.Join(dir, "volumes.db"), KEK: kek, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), NoSync: true})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -215,7 +218,7 @@ func (e *env) start() {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	d, err := New(Config{Broker: e.b, Store: e.db, Mounter: e.mount, KubeletRoot: e.root, NodeID: "node-a", APISocket: e.apiSocket,
+	d, err := New(Config{Broker: e.b, Store: e.db, LegacyStore: e.legacy, Mounter: e.mount, KubeletRoot: e.root, NodeID: "node-a", APISocket: e.apiSocket,
 		Metrics: m, Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond})
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -21,7 +22,8 @@ import (
 // the one kubelet gives the pod, is read-only where the mounter can make it so.
 type Mounter interface {
 	// Setup makes target a volume and returns a writable handle on its root. It is
-	// idempotent: an existing volume is kept with its files.
+	// idempotent: an existing volume is kept with its files. What keeps the handle writable
+	// lasts until Teardown of target.
 	Setup(target string, gid int) (*os.Root, error)
 	// Open returns a writable handle on the volume already at target (one recorded before a
 	// restart). It fails with ErrNotMounted when target holds no volume of this mounter.
@@ -41,6 +43,12 @@ type Mounter interface {
 // secrets volume, whatever its volumeMount says. k8s.io/mount-utils tells mount points apart.
 type TmpfsMounter struct {
 	m mount.Interface
+	// clones holds, per target, the open_tree fd of the writable clone its handle is in. It
+	// stays open until Teardown: closing the last fd of a detached mount tree unmounts it,
+	// and the kernel then waits for an RCU grace period, which on a busy node took up to tens
+	// of milliseconds; kept open, that wait is the unpublish's instead of the publish's.
+	mu     sync.Mutex
+	clones map[string]int
 	// SizeBytes caps each volume; 0 means the kernel default (half of RAM).
 	sizeBytes int64
 	// readOnlyView is false on kernels without the mount API (Linux < 5.12): the tmpfs is then
@@ -53,7 +61,7 @@ func NewTmpfsMounter(sizeBytes int64) *TmpfsMounter {
 	// mount_setattr(2) on an invalid fd answers EBADF where it exists and may be called;
 	// ENOSYS where it does not (Linux < 5.12), EPERM where a seccomp filter refuses it.
 	err := unix.MountSetattr(-1, "", unix.AT_EMPTY_PATH, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY})
-	return &TmpfsMounter{m: mount.New(""), sizeBytes: sizeBytes, readOnlyView: errors.Is(err, unix.EBADF)}
+	return &TmpfsMounter{m: mount.New(""), sizeBytes: sizeBytes, readOnlyView: errors.Is(err, unix.EBADF), clones: map[string]int{}}
 }
 
 var _ Mounter = (*TmpfsMounter)(nil)
@@ -115,7 +123,8 @@ func (t *TmpfsMounter) Setup(target string, gid int) (*os.Root, error) {
 	if err := unix.MoveMount(mfd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
 		return nil, fmt.Errorf("mount tmpfs: attach: %w", err)
 	}
-	return t.Open(target)
+	// Just attached: no need to ask again (as Open does) whether target is a mount point.
+	return t.cloneWritable(target)
 }
 
 // Open implements Mounter: the handle is a detached writable clone of the read-only mount at
@@ -127,15 +136,54 @@ func (t *TmpfsMounter) Open(target string) (*os.Root, error) {
 	if !t.readOnlyView {
 		return openRoot(target)
 	}
+	return t.cloneWritable(target)
+}
+
+// cloneWritable returns a handle on a detached writable clone of the read-only mount at
+// target. The handle is the writer's for the volume's whole life, and the clone's fd is kept
+// until Teardown (see TmpfsMounter.clones), so the clone is made once per publish or
+// recovery, never per write, and its unmount is not on the publish's path.
+func (t *TmpfsMounter) cloneWritable(target string) (*os.Root, error) {
 	fd, err := unix.OpenTree(unix.AT_FDCWD, target, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("open volume: clone mount: %w", err)
 	}
-	defer unix.Close(fd)
 	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, &unix.MountAttr{Attr_clr: unix.MOUNT_ATTR_RDONLY}); err != nil {
+		_ = unix.Close(fd)
 		return nil, fmt.Errorf("open volume: make the clone writable: %w", err)
 	}
-	return openRoot("/proc/self/fd/" + strconv.Itoa(fd))
+	root, err := openRoot("/proc/self/fd/" + strconv.Itoa(fd))
+	if err != nil {
+		_ = unix.Close(fd)
+		return nil, err
+	}
+	t.mu.Lock()
+	old, had := t.clones[target]
+	t.clones[target] = fd
+	t.mu.Unlock()
+	if had {
+		_ = unix.Close(old) // a handle opened again (Setup of a mounted target): the old one's writer is gone
+	}
+	return root, nil
+}
+
+// releaseClone closes the clone fd kept for target, if any.
+func (t *TmpfsMounter) releaseClone(target string) {
+	t.mu.Lock()
+	fd, ok := t.clones[target]
+	delete(t.clones, target)
+	t.mu.Unlock()
+	if ok {
+		_ = unix.Close(fd)
+	}
+}
+
+// Clones is the number of writable clones kept open (one per volume handed out and not torn
+// down).
+func (t *TmpfsMounter) Clones() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.clones)
 }
 
 func openRoot(dir string) (*os.Root, error) {
@@ -185,6 +233,7 @@ func sameFile(a, b string) bool {
 
 // Teardown implements Mounter.
 func (t *TmpfsMounter) Teardown(target string) error {
+	t.releaseClone(target)
 	if _, err := os.Lstat(target); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}

@@ -3,6 +3,7 @@ package csi
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/keywarden/keywarden/broker/grant"
 	"github.com/keywarden/keywarden/broker/identity"
 	"github.com/keywarden/keywarden/broker/source"
+	"github.com/keywarden/keywarden/broker/store"
 )
 
 // What happens to a volume after its first publish: its watch follows the secrets through the
@@ -202,6 +204,13 @@ func (d *Driver) Close() {
 // rotation, and binds the workload socket into them again. Call it once, after the workload
 // socket listens and before serving publishes. A record whose target is gone is dropped.
 func (d *Driver) Recover() error {
+	if d.cfg.LegacyStore != nil {
+		if err := d.migrate(); err != nil {
+			// The records stay in the legacy store and the move is tried at the next
+			// start; until then those volumes are recorded again by their next republish.
+			d.log.Error("volume records not moved from the legacy store", slog.Any("error", err))
+		}
+	}
 	recs, err := d.volumes.List()
 	if err != nil {
 		return err
@@ -268,6 +277,57 @@ func (d *Driver) Recover() error {
 	if n > 0 {
 		d.log.Info("volumes recovered", slog.Int("volumes", n))
 	}
+	return nil
+}
+
+// migrate moves the volume records of the legacy store into the volume store: a record the
+// volume store already holds (a move interrupted after its copy) is kept as it is, since it
+// may be newer. The copy is flushed to disk before the legacy records are deleted, so a power
+// cut in between leaves them in one file or both, never in neither.
+func (d *Driver) migrate() error {
+	items, err := d.legacy.List()
+	if err != nil {
+		return fmt.Errorf("list legacy volume records: %w", err)
+	}
+	if len(items) == 0 {
+		return nil
+	}
+	copied := 0
+	err = d.volumes.Update(func(tx store.TxBucket[record]) error {
+		for _, it := range items {
+			if it.Err != nil {
+				continue // Recover would drop it anyway
+			}
+			if _, err := tx.Get(it.Key); err == nil {
+				continue
+			} else if !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+			if err := tx.Put(it.Key, it.Value); err != nil {
+				return err
+			}
+			copied++
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("copy volume records: %w", err)
+	}
+	if err := d.cfg.Store.Sync(); err != nil {
+		return fmt.Errorf("flush volume records: %w", err)
+	}
+	err = d.legacy.Update(func(tx store.TxBucket[record]) error {
+		for _, it := range items {
+			if err := tx.Delete(it.Key); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("delete legacy volume records: %w", err)
+	}
+	d.log.Info("volume records moved to the volume store", slog.Int("records", copied), slog.Int("legacy_records", len(items)))
 	return nil
 }
 

@@ -50,6 +50,9 @@ func TestTmpfsMounter_podViewIsReadOnly(t *testing.T) {
 	if opts := mountOptions(t, r.TargetPath); len(opts) != 1 || !strings.HasPrefix(opts[0], "ro,") {
 		t.Fatalf("mounts at the target: %q; want one, read-only", opts)
 	}
+	if n := m.Clones(); n != 1 {
+		t.Fatalf("writable clones kept after a publish: %d, want 1", n)
+	}
 	refused := func(what string, err error) {
 		t.Helper()
 		if !errors.Is(err, syscall.EROFS) {
@@ -79,8 +82,14 @@ func TestTmpfsMounter_podViewIsReadOnly(t *testing.T) {
 	if opts := mountOptions(t, r.TargetPath); len(opts) != 1 || !strings.HasPrefix(opts[0], "ro,") {
 		t.Fatalf("mounts at the target after a restart: %q; want one, read-only", opts)
 	}
+	if n := m.Clones(); n != 1 {
+		t.Fatalf("writable clones kept after a recovery: %d, want 1 (the recovery's replaces the old)", n)
+	}
 	if err := e.d.Unpublish(context.Background(), r.VolumeID, r.TargetPath); err != nil {
 		t.Fatal(err)
+	}
+	if n := m.Clones(); n != 0 {
+		t.Fatalf("writable clones kept after the unpublish: %d, want 0", n)
 	}
 	if _, err := os.Stat(r.TargetPath); !os.IsNotExist(err) || len(mountOptions(t, r.TargetPath)) != 0 {
 		t.Fatalf("unpublish left the target (%v) or a mount (%q)", err, mountOptions(t, r.TargetPath))

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
 	"slices"
 	"sync"
 	"time"
@@ -48,6 +49,9 @@ type CachingVerifier struct {
 	cfg CacheConfig
 	key []byte
 	sf  singleflight.Group
+	// macs pools *digester: a keyed HMAC and a scratch buffer for the token, so a cache hit
+	// allocates neither (hmac.New and the token's copy were the lookup's main allocations).
+	macs sync.Pool
 
 	mu      sync.Mutex
 	entries map[[sha256.Size]byte]cacheEntry
@@ -83,14 +87,26 @@ func NewCachingVerifier(cfg CacheConfig) (*CachingVerifier, error) {
 	if _, err := rand.Read(key); err != nil {
 		return nil, fmt.Errorf("identity cache: %w", err)
 	}
-	return &CachingVerifier{cfg: cfg, key: key, entries: map[[sha256.Size]byte]cacheEntry{}}, nil
+	c := &CachingVerifier{cfg: cfg, key: key, entries: map[[sha256.Size]byte]cacheEntry{}}
+	c.macs.New = func() any { return &digester{mac: hmac.New(sha256.New, c.key)} }
+	return c, nil
+}
+
+// digester is one pooled HMAC with the buffer the token is copied into for it.
+type digester struct {
+	mac hash.Hash
+	buf []byte
 }
 
 func (c *CachingVerifier) digest(tok Token) [sha256.Size]byte {
-	m := hmac.New(sha256.New, c.key)
-	m.Write([]byte(tok.Reveal()))
+	d := c.macs.Get().(*digester)
+	d.mac.Reset()
+	d.buf = append(d.buf[:0], tok.Reveal()...)
+	d.mac.Write(d.buf)
+	clear(d.buf) // no copy of a token outlives the call in the pool
 	var out [sha256.Size]byte
-	m.Sum(out[:0])
+	d.mac.Sum(out[:0])
+	c.macs.Put(d)
 	return out
 }
 

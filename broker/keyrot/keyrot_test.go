@@ -16,7 +16,11 @@ import (
 	"github.com/keywarden/keywarden/crypto"
 )
 
-var storeNames = []string{"state", "node"}
+// storeNames are the daemon's stores; "volumes" commits without fsync, as the daemon opens it.
+var storeNames = []string{"state", "node", "volumes"}
+
+// noSync reports whether the daemon opens the store named n with store.Config.NoSync.
+func noSync(n string) bool { return n == "volumes" }
 
 func recordValue(storeName, bucket, key string) string {
 	return fmt.Sprintf("%s/%s/%s=secret-%d", storeName, bucket, key, len(key)*7+len(bucket))
@@ -33,7 +37,7 @@ var recordBuckets = []string{"leases", "volumes"}
 
 func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-// openStores opens the two stores of dir with the local KEK file in it.
+// openStores opens the stores of dir with the local KEK file in it.
 func openStores(tb testing.TB, dir string, mod func(*store.Config)) []*store.DB {
 	tb.Helper()
 	kek, err := crypto.LoadLocalKEK(filepath.Join(dir, "kek.json"))
@@ -42,7 +46,7 @@ func openStores(tb testing.TB, dir string, mod func(*store.Config)) []*store.DB 
 	}
 	var dbs []*store.DB
 	for _, n := range storeNames {
-		cfg := store.Config{Path: filepath.Join(dir, n+".db"), KEK: kek, Logger: discard()}
+		cfg := store.Config{Path: filepath.Join(dir, n+".db"), KEK: kek, Logger: discard(), NoSync: noSync(n)}
 		if mod != nil {
 			mod(&cfg)
 		}
@@ -64,7 +68,7 @@ func closeAll(tb testing.TB, dbs []*store.DB) {
 	}
 }
 
-// seed creates kek.json and the two stores of dir with n records per bucket.
+// seed creates kek.json and the stores of dir with n records per bucket.
 func seed(tb testing.TB, dir string, n int) {
 	tb.Helper()
 	if _, err := crypto.LoadOrCreateLocalKEK(filepath.Join(dir, "kek.json")); err != nil {
@@ -168,7 +172,7 @@ func TestManager_rotatesBothKeysOfEveryStore(t *testing.T) {
 		}
 	}
 	closeAll(t, dbs)
-	if got := verify(t, dir, n); got != 2*2*n {
+	if got := verify(t, dir, n); got != len(storeNames)*len(recordBuckets)*n {
 		t.Fatalf("verified %d records", got)
 	}
 }

@@ -115,7 +115,27 @@ func newStackTB(t testing.TB) *stack { return newStackLimits(t, server.Limits{})
 // newStackLimits is newStack whose workload server has the given limits.
 func newStackLimits(t testing.TB, limits server.Limits) *stack {
 	t.Helper()
+	return newStackWith(t, limits, false)
+}
+
+// newStackWith is newStackLimits; with auditLog the broker audits to an audit.Log in the
+// state store, as the daemon does (queued, written in batches), instead of to the test's log
+// buffer, so benchmarks measure the daemon's hot path.
+func newStackWith(t testing.TB, limits server.Limits, auditLog bool) *stack {
+	t.Helper()
 	bs := newBase(t)
+	var rec audit.Recorder = audit.NewSlogRecorder(bs.log)
+	if auditLog {
+		l, err := audit.Open(audit.Config{DB: bs.db, Logger: bs.log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); _ = l.Run(ctx) }()
+		t.Cleanup(func() { cancel(); <-done })
+		rec = l
+	}
 	cached, err := identity.NewCachingVerifier(identity.CacheConfig{Verifier: bs.ver})
 	if err != nil {
 		t.Fatal(err)
@@ -125,7 +145,7 @@ func newStackLimits(t testing.TB, limits server.Limits) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := broker.New(broker.Config{Verifier: cached, Cache: eng, Audit: audit.NewSlogRecorder(bs.log), Logger: bs.log})
+	b, err := broker.New(broker.Config{Verifier: cached, Cache: eng, Audit: rec, Logger: bs.log})
 	if err != nil {
 		t.Fatal(err)
 	}

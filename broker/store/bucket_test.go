@@ -1,6 +1,7 @@
 package store
 
 import (
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -143,5 +144,30 @@ func TestBucket_Keys_listsWithoutOpening(t *testing.T) {
 	}
 	if _, err := (Bucket[thing]{}).Keys(); !errors.Is(err, ErrClosed) {
 		t.Fatalf("zero bucket: %v", err)
+	}
+}
+
+// A json.RawMessage bucket stores valid JSON as given and refuses anything else, without
+// quoting it in the error and without writing it.
+func TestBucket_Put_rawMessage(t *testing.T) {
+	cfg, _ := testConfig(t)
+	db := mustOpen(t, cfg)
+	b := NewBucket[json.RawMessage](db, "raw")
+	in := json.RawMessage(`{"seq": 1, "event": {"x": "y"}}`)
+	if err := b.Put("ok", in); err != nil {
+		t.Fatal(err)
+	}
+	got, err := b.Get("ok")
+	if err != nil || string(got) != string(in) {
+		t.Fatalf("Get = %s, %v; want %s", got, err, in)
+	}
+	for _, bad := range []string{`s3cr3t`, `{"a":`, ``} {
+		err := b.Put("bad", json.RawMessage(bad))
+		if err == nil || strings.Contains(err.Error(), "s3cr3t") {
+			t.Fatalf("Put of %q: %v; want an error that does not quote it", bad, err)
+		}
+	}
+	if _, err := b.Get("bad"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a refused record was written: %v", err)
 	}
 }

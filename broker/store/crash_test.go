@@ -20,6 +20,9 @@ import (
 // TestDB_crashSafety; its value is the data directory.
 const crashChildEnv = "KEYWARDEN_STORE_CRASH_CHILD_DIR"
 
+// crashNoSyncEnv, when "1", makes the child open its store with Config.NoSync.
+const crashNoSyncEnv = "KEYWARDEN_STORE_CRASH_NOSYNC"
+
 const (
 	crashTrials    = 20
 	crashMaxAcks   = 40 // kill after 1..crashMaxAcks acknowledged puts
@@ -36,7 +39,7 @@ func crashValue(key string) []byte {
 }
 
 // runCrashChild opens the store, puts keys forever and prints each key only
-// after Put returned (committed and fsynced).
+// after Put returned (committed and fsynced, or with NoSync in the page cache).
 func runCrashChild(dir string) {
 	kek, err := crypto.LoadLocalKEK(filepath.Join(dir, "kek.json"))
 	if err != nil {
@@ -47,6 +50,7 @@ func runCrashChild(dir string) {
 		Path:   filepath.Join(dir, "store.db"),
 		KEK:    kek,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		NoSync: os.Getenv(crashNoSyncEnv) == "1",
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "child open:", err)
@@ -74,6 +78,9 @@ func runCrashChild(dir string) {
 	os.Exit(0)
 }
 
+// TestDB_crashSafety kills a writing child with SIGKILL and checks that every acknowledged
+// commit is in the file, with fsync and with NoSync: a killed process loses nothing the
+// kernel's page cache holds (only a power loss or kernel crash can lose NoSync commits).
 func TestDB_crashSafety(t *testing.T) {
 	if dir := os.Getenv(crashChildEnv); dir != "" {
 		runCrashChild(dir)
@@ -82,12 +89,18 @@ func TestDB_crashSafety(t *testing.T) {
 	if testing.Short() {
 		t.Skip("spawns child processes")
 	}
+	t.Run("fsync", func(t *testing.T) { crashSafety(t, false) })
+	t.Run("noSync", func(t *testing.T) { crashSafety(t, true) })
+}
+
+func crashSafety(t *testing.T, noSync bool) {
 	dir := t.TempDir()
 	kek := testKEK(t, dir) // creates kek.json for the children
 	cfg := Config{
 		Path:   filepath.Join(dir, "store.db"),
 		KEK:    kek,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		NoSync: noSync,
 	}
 	rng := rand.New(rand.NewPCG(uint64(os.Getpid()), 42))
 	var acked []string
@@ -96,6 +109,9 @@ func TestDB_crashSafety(t *testing.T) {
 		killAfter := 1 + rng.IntN(crashMaxAcks)
 		cmd := exec.Command(os.Args[0], "-test.run=^TestDB_crashSafety$", "-test.count=1")
 		cmd.Env = append(os.Environ(), crashChildEnv+"="+dir)
+		if noSync {
+			cmd.Env = append(cmd.Env, crashNoSyncEnv+"=1")
+		}
 		var stderr strings.Builder
 		cmd.Stderr = &stderr
 		stdout, err := cmd.StdoutPipe()

@@ -92,6 +92,9 @@ func (db *DB) RotateDEK() error {
 	if err != nil {
 		return err
 	}
+	if err := db.flushKeys(); err != nil {
+		return fmt.Errorf("rotate dek: %w", err)
+	}
 	// Swapped only after commit; a writer that began before still seals with
 	// the previous primary, which the new keyset also holds (Reseal catches it).
 	db.kr.Store(nk)
@@ -283,6 +286,11 @@ func (db *DB) finishReseal() (finished bool, err error) {
 	if err != nil {
 		return false, err
 	}
+	if finished {
+		if err := db.flushKeys(); err != nil {
+			return false, fmt.Errorf("reseal %s: %w", db.path, err)
+		}
+	}
 	if nk != nil {
 		db.kr.Store(nk)
 	}
@@ -332,6 +340,9 @@ func (db *DB) RewrapKeyset(kek tink.AEAD) error {
 	if err != nil {
 		return err
 	}
+	if err := db.flushKeys(); err != nil {
+		return fmt.Errorf("rewrap keyset: %w", err)
+	}
 	db.kr.Store(nk)
 	db.log.Info("store keyset re-wrapped", attrPath, db.path, attrWrapped, crypto.WrappingKeyOf(wrapped))
 	return nil
@@ -377,4 +388,14 @@ func (db *DB) KeyStatus() (ks KeyStatus, err error) {
 		})
 	})
 	return ks, err
+}
+
+// flushKeys makes a NoSync store's last commit durable when it changed the keyset: the KEK
+// rotation retires the old KEK once every store reports its keyset re-wrapped, and a keyset a
+// power cut took back to the old wrapping would then open under no KEK at all.
+func (db *DB) flushKeys() error {
+	if !db.noSync {
+		return nil
+	}
+	return db.Sync()
 }

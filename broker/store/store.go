@@ -80,6 +80,12 @@ type Config struct {
 	// ResealBatch is how many records one transaction of Reseal examines (default
 	// DefaultResealBatch). Negative is invalid.
 	ResealBatch int
+	// NoSync commits without fsync (bbolt's NoSync): a commit reaches the page cache, so it
+	// survives the process being killed (kill -9, a crash) but a power loss or kernel crash
+	// may lose the last commits, and an unflushed file may even be unreadable afterwards
+	// (OpenOrQuarantine then starts it empty). Only for a store whose records can be rebuilt;
+	// Sync flushes it on demand. Rotation and reseal commits of such a store are flushed too.
+	NoSync bool
 }
 
 func (c *Config) validate() error {
@@ -133,6 +139,8 @@ func (r Record) LogValue() slog.Value {
 // DB is an open store. It is safe for concurrent use.
 type DB struct {
 	path string
+	// noSync is Config.NoSync; reopen opens the file again with it.
+	noSync bool
 	// bdb is the open bbolt handle. Transactions hold handleMu for reading; reopen replaces
 	// bdb holding it for writing.
 	bdb         *bolt.DB
@@ -190,11 +198,11 @@ func Open(cfg Config) (*DB, error) {
 	if err := os.MkdirAll(filepath.Dir(cfg.Path), dirMode); err != nil {
 		return nil, fmt.Errorf("open store: create directory: %w", err)
 	}
-	bdb, err := openBolt(cfg.Path, cfg.LockTimeout)
+	bdb, err := openBolt(cfg.Path, cfg.LockTimeout, cfg.NoSync)
 	if err != nil {
 		return nil, err
 	}
-	db := &DB{path: cfg.Path, bdb: bdb, lockTimeout: cfg.LockTimeout, log: cfg.Logger, clock: cfg.Clock, onCommit: cfg.OnCommit, failCommit: cfg.FailCommit, resealBatchSize: cfg.ResealBatch}
+	db := &DB{path: cfg.Path, noSync: cfg.NoSync, bdb: bdb, lockTimeout: cfg.LockTimeout, log: cfg.Logger, clock: cfg.Clock, onCommit: cfg.OnCommit, failCommit: cfg.FailCommit, resealBatchSize: cfg.ResealBatch}
 	created, err := db.loadMeta(cfg.KEK)
 	if err != nil {
 		_ = bdb.Close()
@@ -207,10 +215,11 @@ func Open(cfg Config) (*DB, error) {
 
 // openBolt opens the bbolt file and maps bbolt's errors (and panics: bbolt
 // can panic on damaged pages) to ours.
-func openBolt(path string, timeout time.Duration) (bdb *bolt.DB, err error) {
+func openBolt(path string, timeout time.Duration, noSync bool) (bdb *bolt.DB, err error) {
 	var file *os.File
 	opts := &bolt.Options{
 		Timeout: timeout,
+		NoSync:  noSync,
 		OpenFile: func(name string, flag int, mode os.FileMode) (*os.File, error) {
 			f, err := os.OpenFile(name, flag, mode)
 			file = f
@@ -388,6 +397,33 @@ func quarantine(path string, now time.Time) (string, error) {
 	return target, nil
 }
 
+// NoSync reports whether commits skip fsync (Config.NoSync).
+func (db *DB) NoSync() bool { return db.noSync }
+
+// Sync flushes the file to disk (fdatasync). Commits of a store opened without NoSync are
+// already durable; a NoSync store calls it where a commit must not be lost to a power cut
+// (before the only other copy of its records is deleted, after a key rotation).
+func (db *DB) Sync() error {
+	if db.closed.Load() {
+		return ErrClosed
+	}
+	if db.broken.Load() {
+		if err := db.reopen(); err != nil {
+			return err
+		}
+	}
+	db.handleMu.RLock()
+	defer db.handleMu.RUnlock()
+	if db.bdb == nil {
+		return ErrClosed
+	}
+	if err := db.bdb.Sync(); err != nil {
+		db.broken.Store(true) // the same distrust as after a failed commit's fsync
+		return fmt.Errorf("store %s: sync: %v", db.path, err)
+	}
+	return nil
+}
+
 // Path returns the bbolt file path.
 func (db *DB) Path() string { return db.path }
 
@@ -511,7 +547,7 @@ func (db *DB) reopen() error {
 		return fmt.Errorf("store %s: reopen after a failed commit: %w", db.path, err)
 	}
 	dropPageCache(db.path)
-	bdb, err := openBolt(db.path, db.lockTimeout)
+	bdb, err := openBolt(db.path, db.lockTimeout, db.noSync)
 	if err != nil {
 		return fmt.Errorf("store %s: reopen after a failed commit: %w", db.path, err)
 	}

@@ -107,7 +107,7 @@ func (d *daemon) setupCSI(log *slog.Logger, pods *identity.PodIndex) error {
 		mounter = csi.DirMounter{}
 	}
 	cfg := csi.Config{
-		Broker: d.broker, Store: d.node, Mounter: mounter, KubeletRoot: d.cfg.CSI.KubeletRoot, NodeID: d.cfg.NodeName,
+		Broker: d.broker, Store: d.volumes, LegacyStore: d.node, Mounter: mounter, KubeletRoot: d.cfg.CSI.KubeletRoot, NodeID: d.cfg.NodeName,
 		DriverName: d.cfg.CSI.DriverName, APISocket: d.cfg.Socket.Path, Metrics: metrics, Logger: log,
 		Audience: csiAudience(d.cfg.Identity.Audiences), MaxBackoff: retryBackoffCap(d.cfg.Rotation.PollInterval),
 	}

@@ -59,6 +59,19 @@ func TestDaemon_csiTakesTheTokenOfTheConfiguredAudience(t *testing.T) {
 			t.Errorf("unpublish: %v", err)
 		}
 	})
+	// The volume's record is in volumes.db (committed without fsync), not in node.db.
+	if d.volumes == nil || !d.volumes.NoSync() {
+		t.Fatal("volumes.db is not open, or commits with fsync")
+	}
+	if recs, err := d.volumes.List("csi.volumes"); err != nil || len(recs) != 1 {
+		t.Fatalf("volumes.db holds %d volume records (%v), want 1", len(recs), err)
+	}
+	if recs, err := d.node.List("csi.volumes"); err != nil || len(recs) != 0 {
+		t.Fatalf("node.db holds %d volume records (%v), want 0", len(recs), err)
+	}
+	if st := d.keys.Status(); len(st.Stores) != 3 || st.Stores[2].Name != "volumes" {
+		t.Fatalf("key rotation covers %+v, want state, node and volumes", st.Stores)
+	}
 	err = publish(csi.DefaultAudience, "b")
 	if !errors.Is(err, csi.ErrInvalidRequest) || !strings.Contains(err.Error(), `no token for audience "kw-prod"`) {
 		t.Fatalf("publish with only a %q token: %v, want ErrInvalidRequest naming kw-prod", csi.DefaultAudience, err)

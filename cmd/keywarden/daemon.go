@@ -36,16 +36,18 @@ import (
 
 // daemon is a running Keywarden daemon, built from a config. It is the composition root.
 type daemon struct {
-	cfg    config
-	log    *slog.Logger
-	state  *store.DB
-	node   *store.DB // node.db: this node's volume records, Vault leases and last values (stores.go)
-	local  *local.Store
-	broker *broker.Broker
-	engine *rotate.Engine
-	files  *grant.FileSource
-	grants *grant.StoreSource
-	dev    *identity.DevIssuer
+	cfg   config
+	log   *slog.Logger
+	state *store.DB
+	node  *store.DB // node.db: this node's Vault leases and last values (stores.go)
+	// volumes is volumes.db, the CSI volume records (stores.go); nil without the CSI driver.
+	volumes *store.DB
+	local   *local.Store
+	broker  *broker.Broker
+	engine  *rotate.Engine
+	files   *grant.FileSource
+	grants  *grant.StoreSource
+	dev     *identity.DevIssuer
 	// metrics is the daemon's Prometheus registry, served on /metrics.
 	metrics *prometheus.Registry
 	// runners are long-lived parts started with the servers (key refresh, pod watch, …).
@@ -370,7 +372,7 @@ func (d *daemon) close() {
 	}
 	d.closeAdminTCP() // admin_api.go
 	d.closeAuditLog() // auditlog.go: flush the audit log before the stores close
-	for _, db := range []*store.DB{d.node, d.state} {
+	for _, db := range []*store.DB{d.volumes, d.node, d.state} {
 		if db != nil {
 			if err := db.Close(); err != nil {
 				d.log.Error("close store", slog.String("path", db.Path()), slog.Any("error", err))

@@ -16,9 +16,13 @@ func (d *daemon) newKeyRotation(kek tink.AEAD) error {
 	if d.cfg.KEK.Provider == kekTransit {
 		k = keyrot.Rewrap{AEAD: kek} // Vault rotates the Transit key; the daemon re-wraps
 	}
+	stores := []keyrot.NamedStore{{Name: "state", Store: d.state}, {Name: "node", Store: d.node}}
+	if d.volumes != nil {
+		stores = append(stores, keyrot.NamedStore{Name: "volumes", Store: d.volumes})
+	}
 	var err error
 	d.keys, err = keyrot.New(keyrot.Config{
-		Stores:   []keyrot.NamedStore{{Name: "state", Store: d.state}, {Name: "node", Store: d.node}},
+		Stores:   stores,
 		KEK:      k,
 		Provider: d.cfg.KEK.Provider,
 		Logger:   d.log.With(slog.String("component", "keyrot")),

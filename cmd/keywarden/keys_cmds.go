@@ -30,7 +30,7 @@ func newKeysRotateCommand(g *globals) *cobra.Command {
 		Short: "Rotate the stores' DEK keyset, the KEK, or both (the default), while the daemon serves",
 		Long: `Rotate starts a key rotation in the daemon and returns; --wait follows it to the end.
 
---dek gives every store (state.db, node.db) a new primary DEK key, re-encrypts every record under
+--dek gives every store (state.db, node.db, volumes.db) a new primary DEK key, re-encrypts every record under
 it in the background, in small transactions, and deletes the old keys once no record uses them.
 --kek re-wraps every store's DEK keyset under a new KEK: with the local keyset file, a new key
 is added to the file, every keyset re-wrapped, then the old key removed from the file; with

@@ -18,11 +18,12 @@ import (
 
 // Store names: the only values of the db label.
 const (
-	storeState = "state"
-	storeNode  = "node"
+	storeState   = "state"
+	storeNode    = "node"
+	storeVolumes = "volumes"
 )
 
-// storeMetrics time the commits of the two stores.
+// storeMetrics time the commits of the stores.
 type storeMetrics struct {
 	duration *prometheus.HistogramVec
 	errors   *prometheus.CounterVec
@@ -32,7 +33,7 @@ func newStoreMetrics(reg prometheus.Registerer) (*storeMetrics, error) {
 	m := &storeMetrics{
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "keywarden", Subsystem: "store", Name: "commit_duration_seconds",
-			Help:    "Duration of write transactions (fsync included) by store (state, node).",
+			Help:    "Duration of write transactions (fsync included, except for volumes, which commits without fsync) by store (state, node, volumes).",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 		}, []string{"db"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -40,7 +41,7 @@ func newStoreMetrics(reg prometheus.Registerer) (*storeMetrics, error) {
 			Help: "Write transactions whose commit failed (disk full, I/O error, store closed), by store.",
 		}, []string{"db"}),
 	}
-	for _, db := range []string{storeState, storeNode} {
+	for _, db := range []string{storeState, storeNode, storeVolumes} {
 		m.duration.WithLabelValues(db)
 		m.errors.WithLabelValues(db)
 	}

@@ -24,9 +24,14 @@ const (
 	nodeFile = "node.db"
 	// legacyNodeFile is nodeFile's name in earlier releases; it is renamed on first start.
 	legacyNodeFile = "cache.db"
+	// volumesFile holds the records of published CSI volumes, committed without fsync so a
+	// publish does not wait for the disk: a record lost to a power cut is written again by
+	// the volume's next republish (requiresRepublish). Earlier releases kept these records
+	// in node.db; the CSI driver moves them here once (csi.Config.LegacyStore).
+	volumesFile = "volumes.db"
 )
 
-// openStores opens state.db and node.db with the KEK.
+// openStores opens state.db, node.db and, with the CSI driver, volumes.db with the KEK.
 func (d *daemon) openStores(kek tink.AEAD, commits *storeMetrics) error {
 	cfg := d.cfg
 	statePath := filepath.Join(cfg.DataDir, stateFile)
@@ -54,8 +59,21 @@ func (d *daemon) openStores(kek tink.AEAD, commits *storeMetrics) error {
 		return kekUnavailable(err, nodePath, cfg.KEK.Provider) // kek.go
 	}
 	if quarantined != "" {
-		d.log.Error("node store was unreadable and started empty: volumes published before are no longer refreshed (their files stay until the pod is deleted or the volume republished), and Vault leases handed out before are no longer renewed or revoked by this node (they expire at their Vault TTL; revoke them by prefix to end them now)",
+		d.log.Error("node store was unreadable and started empty: Vault leases handed out before are no longer renewed or revoked by this node (they expire at their Vault TTL; revoke them by prefix to end them now), and volumes whose records it still held (written by a release before volumes.db) are no longer refreshed until their next republish records them again",
 			slog.String("path", nodePath), slog.String("kept_as", quarantined))
+	}
+	if cfg.CSI.Socket == "" {
+		return nil
+	}
+	volumesPath := filepath.Join(cfg.DataDir, volumesFile)
+	d.volumes, quarantined, err = store.OpenOrQuarantine(store.Config{Path: volumesPath, KEK: kek, LockTimeout: cfg.Store.LockTimeout, Logger: d.log,
+		OnCommit: commits.onCommit(storeVolumes), NoSync: true})
+	if err != nil {
+		return kekUnavailable(err, volumesPath, cfg.KEK.Provider) // kek.go
+	}
+	if quarantined != "" {
+		d.log.Error("volume store was unreadable and started empty: each volume published before is recorded again at its next republish; until then it is not rotated (its files stay)",
+			slog.String("path", volumesPath), slog.String("kept_as", quarantined))
 	}
 	return nil
 }
