@@ -907,6 +907,7 @@ func TestScenario_node(t *testing.T) {
 //
 // KEYWARDEN_SCENARIO_PODS (default 250) sets the pods, 25 per namespace;
 // KEYWARDEN_SCENARIO_POLL (default 10s) the poll interval of the daemon and the baseline;
+// KEYWARDEN_SCENARIO_WINDOW (default the longer of 1m and 3 polls) each audit-counted window;
 // KEYWARDEN_SCENARIO_PROFILES a directory for the daemon's CPU and allocation profiles.
 // `go run ./internal/benchtable` turns the output into one table.
 func BenchmarkScenario_node(b *testing.B) {
@@ -926,6 +927,14 @@ func BenchmarkScenario_node(b *testing.B) {
 		}
 		poll = d
 	}
+	window := max(time.Minute, 3*poll)
+	if v := os.Getenv("KEYWARDEN_SCENARIO_WINDOW"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < poll {
+			b.Fatalf("KEYWARDEN_SCENARIO_WINDOW=%q: want a duration of at least the poll interval", v)
+		}
+		window = d
+	}
 	dir := os.Getenv("KEYWARDEN_SCENARIO_PROFILES")
 	if dir != "" {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -933,7 +942,7 @@ func BenchmarkScenario_node(b *testing.B) {
 		}
 	}
 	for range b.N {
-		s := runScenario(b, scenarioConfig{pods: pods, namespaces: max(1, min(64, (pods+24)/25)), poll: poll, window: max(time.Minute, 3*poll),
+		s := runScenario(b, scenarioConfig{pods: pods, namespaces: max(1, min(64, (pods+24)/25)), poll: poll, window: window,
 			rotations: 3, bench: true, getFor: 10 * time.Second, profileDir: dir})
 		b.StopTimer()
 		for _, unit := range s.order {

@@ -2,6 +2,8 @@ package framework
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net/http"
 	"os"
@@ -79,15 +81,16 @@ var (
 )
 
 // DaemonBinary builds ./cmd/keywarden from this checkout once per test
-// process (the Go build cache keeps it quick) into the tools dir and returns
-// its path.
+// process (the Go build cache keeps it quick) and returns its path.
 func DaemonBinary(t testing.TB) string {
 	t.Helper()
 	return BuildBinary(t, "./cmd/keywarden", "keywarden-e2e")
 }
 
 // BuildBinary builds the main package pkg (relative to the repository root) of this checkout
-// once per test process into the tools dir as name and returns its path.
+// once per test process as name and returns its path. The binary goes to a directory of this
+// checkout's own under the system temp dir: a shared tools dir would let a test process of
+// another checkout replace it between a daemon's start and its Restart.
 func BuildBinary(t testing.TB, pkg, name string) string {
 	t.Helper()
 	buildMu.Lock()
@@ -96,7 +99,8 @@ func BuildBinary(t testing.TB, pkg, name string) string {
 		return bin
 	}
 	root := RepoRoot(t)
-	dir := ToolsDir(t)
+	sum := sha256.Sum256([]byte(root))
+	dir := filepath.Join(os.TempDir(), "keywarden-e2e-bin-"+hex.EncodeToString(sum[:6]))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
