@@ -325,6 +325,8 @@ func (s *scenario) auditWindow(d time.Duration) auditCount {
 	}
 	start := time.Now()
 	time.Sleep(d)
+	c, cancel = context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 	if err := sys.DisableAuditWithContext(c, name); err != nil {
 		s.tb.Fatalf("disable audit: %v", err)
 	}
