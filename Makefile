@@ -12,6 +12,11 @@ PKGS      := ./...
 GOTEST    := $(GO) test -race -count=1
 FUZZTIME  ?= 10s
 BENCHTIME ?= 1s
+# `make bench`: pods of the node-scale scenario, and where its output and the daemon's pprof
+# profiles go.
+BENCH_PODS ?= 250
+BENCH_DIR  := $(CURDIR)/bin/bench
+BENCH_OUT  := $(BENCH_DIR)/bench.txt
 # Real servers for the e2e suite (kube-apiserver, etcd, Vault, csi-sanity) are built from the Go
 # module proxy into this cache, one file per name and version. CI points it outside the clone
 # so builds survive between runs on the same machine.
@@ -62,12 +67,17 @@ e2e: tools ## End-to-end tests against real etcd + kube-apiserver, Vault and Pos
 	$(GOTEST) -tags e2e -timeout $(E2E_TIMEOUT) ./e2e/...
 
 .PHONY: bench
-bench: tools ## Benchmarks (ratios are printed by the benchmarks that compare against a baseline)
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) $(PKGS)
-	# Warm GetSecret through the daemon vs a direct vault/api KV read (real Vault: needs `make tools`).
-	$(GO) test -tags e2e -run '^$$' -bench '^BenchmarkVault_' -benchtime $(BENCHTIME) ./e2e/
-	# NodePublishVolume p50/p99, warm cache and with a Vault fetch (a fixed count: fresh secrets are finite).
-	$(GO) test -tags e2e -run '^$$' -bench '^BenchmarkCSI_publish' -benchtime 100x ./e2e/
+bench: tools ## Micro benchmarks + the node-scale scenario (BENCH_PODS pods) and its per-pod baseline; prints one table, writes bench/results.md
+	@mkdir -p $(BENCH_DIR) bench; rm -f $(BENCH_DIR)/scenario-*.pprof; : > $(BENCH_OUT); status=0; \
+	run() { echo "+ $$*" | tee -a $(BENCH_OUT); "$$@" 2>&1 | tee -a $(BENCH_OUT) | grep -E '^(Benchmark|--- |ok|FAIL|PASS|\s+\S+_test.go)' || status=1; }; \
+	run $(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) $(PKGS); \
+	run $(GO) test -tags e2e -run '^$$' -bench '^BenchmarkVault_' -benchtime $(BENCHTIME) ./e2e/; \
+	run $(GO) test -tags e2e -run '^$$' -bench '^BenchmarkCSI_publish' -benchtime 100x ./e2e/; \
+	export KEYWARDEN_SCENARIO_PODS=$(BENCH_PODS) KEYWARDEN_SCENARIO_PROFILES=$(BENCH_DIR); \
+	run $(GO) test -tags e2e -timeout 30m -run '^$$' -bench '^BenchmarkScenario_node$$' -benchtime 1x ./e2e/; \
+	echo; $(GO) run ./internal/benchtable -o bench/results.md < $(BENCH_OUT) || status=1; \
+	echo "full output: $(BENCH_OUT); the daemon's profiles during the scenario: $(BENCH_DIR)/scenario-*.pprof"; \
+	echo "(e.g. go tool pprof -top $(BENCH_DIR)/scenario-cpu-getsecret.pprof)"; exit $$status
 
 .PHONY: chaos
 chaos: tools ## Fault campaign, long settings (CHAOS_TRIALS per campaign, 25 pods, 10-min Vault outage); prints one table

@@ -54,6 +54,9 @@ type csiVaultOptions struct {
 	// vaultAddress, when set, maps the real Vault's address to the one the daemon is given
 	// (a proxy in front of it).
 	vaultAddress func(t testing.TB, real string) string
+	// extraConfig is appended to the daemon's configuration (top-level keys the default
+	// configuration does not set, e.g. "health: {pprof: true}").
+	extraConfig string
 }
 
 // csiVaultGrant lets namespace ns / service account app read secret/app/api (KV v2) as "api"
@@ -132,7 +135,7 @@ vault:
   leases: {grace: 500ms}%s
 csi: {socket: %s, kubeletRoot: %s, tmpfsSize: 1Mi}
 log: {level: %s}
-`, e.node, e.grants, rotation, vaultAddr, limits, e.csiSock, e.kubeletRoot, or(o.logLevel, "debug"))
+`, e.node, e.grants, rotation, vaultAddr, limits, e.csiSock, e.kubeletRoot, or(o.logLevel, "debug")) + o.extraConfig
 	// Runs after the daemon stopped: whatever a failed test left mounted is detached so the
 	// temp dirs can go.
 	t.Cleanup(func() { unmountUnder(t, e.kubeletRoot) })

@@ -55,6 +55,9 @@ type rawSocket struct {
 
 type rawHealth struct {
 	Addr string `json:"addr"`
+	// Pprof serves net/http/pprof at /debug/pprof/ on the health address, to loopback peers
+	// only (profiling a node under load; off by default).
+	Pprof bool `json:"pprof"`
 }
 
 type rawIdentity struct {
@@ -118,6 +121,7 @@ type config struct {
 	Socket      socketConfig
 	AdminSocket socketConfig
 	HealthAddr  string
+	HealthPprof bool // health.pprof: /debug/pprof/ for loopback peers
 
 	Identity identityConfig
 	Grants   grantsConfig
@@ -233,6 +237,7 @@ func (r rawConfig) typed() (config, error) {
 		Socket:      socketConfig{Path: or(r.Socket.Path, defaultSocket)},
 		AdminSocket: socketConfig{Path: or(r.AdminSocket.Path, defaultAdminSocket)},
 		HealthAddr:  or(r.Health.Addr, defaultHealthAddr),
+		HealthPprof: r.Health.Pprof,
 		Grants:      grantsConfig{File: r.Grants.File},
 		KEK:         kekConfig{File: r.KEK.LocalKeysetFile},
 		Sources:     sourcesConfig{Local: r.Sources.Local.Enabled != nil && *r.Sources.Local.Enabled},

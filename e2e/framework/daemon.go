@@ -2,6 +2,8 @@ package framework
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net/http"
 	"os"
@@ -74,44 +76,49 @@ type Daemon struct {
 }
 
 var (
-	daemonBuildOnce sync.Once
-	daemonBin       string
-	daemonBuildErr  error
+	buildMu  sync.Mutex
+	builtBin = map[string]string{} // package → binary, per test process
 )
 
 // DaemonBinary builds ./cmd/keywarden from this checkout once per test
-// process (the Go build cache keeps it quick) into the tools dir and returns
-// its path.
+// process (the Go build cache keeps it quick) and returns its path.
 func DaemonBinary(t testing.TB) string {
 	t.Helper()
-	daemonBuildOnce.Do(func() {
-		root := RepoRoot(t)
-		dir := ToolsDir(t)
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			daemonBuildErr = err
-			return
-		}
-		out := filepath.Join(dir, "keywarden-e2e")
-		// Build to a private name and rename: another test process may be
-		// running the previous binary (writing over it fails with ETXTBSY).
-		tmp := fmt.Sprintf("%s.%d.tmp", out, os.Getpid())
-		cmd := exec.Command("go", "build", "-o", tmp, "./cmd/keywarden")
-		cmd.Dir = root
-		if b, err := cmd.CombinedOutput(); err != nil {
-			_ = os.Remove(tmp)
-			daemonBuildErr = fmt.Errorf("go build ./cmd/keywarden: %w\n%s", err, b)
-			return
-		}
-		if err := os.Rename(tmp, out); err != nil {
-			daemonBuildErr = fmt.Errorf("install keywarden binary: %w", err)
-			return
-		}
-		daemonBin = out
-	})
-	if daemonBuildErr != nil {
-		t.Fatal(daemonBuildErr)
+	return BuildBinary(t, "./cmd/keywarden", "keywarden-e2e")
+}
+
+// BuildBinary builds the main package pkg (relative to the repository root) of this checkout
+// once per test process as name and returns its path. The binary goes to a directory of this
+// checkout's own under the system temp dir: a shared tools dir would let a test process of
+// another checkout replace it between a daemon's start and its Restart.
+func BuildBinary(t testing.TB, pkg, name string) string {
+	t.Helper()
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	if bin, ok := builtBin[pkg]; ok {
+		return bin
 	}
-	return daemonBin
+	root := RepoRoot(t)
+	sum := sha256.Sum256([]byte(root))
+	dir := filepath.Join(os.TempDir(), "keywarden-e2e-bin-"+hex.EncodeToString(sum[:6]))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, name)
+	// Build to a private name and rename: another test process may be
+	// running the previous binary (writing over it fails with ETXTBSY).
+	tmp := fmt.Sprintf("%s.%d.tmp", out, os.Getpid())
+	cmd := exec.Command("go", "build", "-o", tmp, pkg)
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		_ = os.Remove(tmp)
+		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
+	}
+	if err := os.Rename(tmp, out); err != nil {
+		t.Fatalf("install %s: %v", name, err)
+	}
+	builtBin[pkg] = out
+	return out
 }
 
 // StartDaemon builds and starts the Keywarden daemon under test with its own
