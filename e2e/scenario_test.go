@@ -792,6 +792,16 @@ func runScenario(tb testing.TB, cfg scenarioConfig) *scenario {
 	tb.Logf("%d pods: %d daemon requests to Vault in %v (%d for pod 0's secrets; %v), %d others", cfg.pods, all.daemon, all.elapsed.Round(time.Millisecond), all.daemonSame, all.byPath, all.other)
 	rss := float64(rssBytes(tb, d.Process.Pid())) / (1 << 20)
 	goroutines := scenMetric(tb, d, "go_goroutines")
+	// Where the RSS goes: anonymous memory (Go heap, stacks, runtime) against file pages
+	// (the bbolt files' mappings, the binary), and what the Go runtime says it holds.
+	anon, file := rssParts(tb, d.Process.Pid())
+	heapInuse := scenMetric(tb, d, "go_memstats_heap_inuse_bytes") / (1 << 20)
+	heapIdle := scenMetric(tb, d, "go_memstats_heap_idle_bytes") / (1 << 20)
+	heapReleased := scenMetric(tb, d, "go_memstats_heap_released_bytes") / (1 << 20)
+	stacks := scenMetric(tb, d, "go_memstats_stack_inuse_bytes") / (1 << 20)
+	goSys := scenMetric(tb, d, "go_memstats_sys_bytes") / (1 << 20)
+	tb.Logf("RSS %.1f MiB: anonymous %.1f, file-backed %.1f; Go heap in use %.1f, idle %.1f (released to the OS %.1f), stacks %.1f, runtime total %.1f MiB",
+		rss, anon, file, heapInuse, heapIdle, heapReleased, stacks, goSys)
 	streams := scenMetric(tb, d, "keywarden_grpc_watch_streams")
 	if want := float64((cfg.pods + 2) / 3); streams != want {
 		tb.Errorf("%v watch streams open, want %v", streams, want)
@@ -891,6 +901,9 @@ func runScenario(tb testing.TB, cfg scenarioConfig) *scenario {
 		s.report("vault-req/min-samesecrets", samePerMin)
 		s.report("vault-req/min", perMin(all.daemon, all.elapsed))
 		s.report("rss-MiB", rss)
+		s.report("rss-anon-MiB", anon)
+		s.report("rss-file-MiB", file)
+		s.report("heap-inuse-MiB", heapInuse)
 		s.report("goroutines", goroutines)
 		s.report("restart-ms", ms(restart))
 		s.report("publish-retries", float64(s.retries))
@@ -963,4 +976,25 @@ func BenchmarkScenario_node(b *testing.B) {
 		}
 	}
 	b.ReportMetric(0, "ns/op") // one run of many phases: the figures are the result
+}
+
+// rssParts is the process's resident memory split into anonymous and file-backed pages, in MiB.
+func rssParts(tb testing.TB, pid int) (anon, file float64) {
+	tb.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		tb.Fatalf("read the daemon's memory: %v", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		for prefix, dst := range map[string]*float64{"RssAnon:": &anon, "RssFile:": &file} {
+			if rest, ok := strings.CutPrefix(line, prefix); ok {
+				kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
+				if err != nil {
+					tb.Fatalf("%s %q: %v", prefix, rest, err)
+				}
+				*dst = kb / 1024
+			}
+		}
+	}
+	return anon, file
 }

@@ -130,6 +130,9 @@ func Rows(res Results) []Row {
 	}
 	vs("daemon RSS (MiB) at "+pods+" pods vs per-pod baseline process", "rss-MiB", "baseline-rss-MiB", "< 64 MiB",
 		func(kw, _, _ float64) bool { return kw < 64 })
+	vs("daemon RSS, of which anonymous (MiB: Go heap, stacks, runtime)", "rss-anon-MiB", "", "", nil)
+	vs("daemon RSS, of which file-backed (MiB: the binary, the bbolt files' mappings)", "rss-file-MiB", "", "", nil)
+	vs("daemon Go heap in use (MiB)", "heap-inuse-MiB", "", "", nil)
 	vs("secret read as a pod sees it, p50 (µs): GetSecret vs per-pod Vault read", "getsecret-p50-µs", "baseline-read-p50-µs", "", nil)
 	vs("secret read as a pod sees it, p99 (µs): GetSecret vs per-pod Vault read", "getsecret-p99-µs", "baseline-read-p99-µs", "", nil)
 	vs("daemon goroutines at "+pods+" pods", "goroutines", "", "", nil)
