@@ -46,6 +46,7 @@ type csiVaultOptions struct {
 	pollInterval    time.Duration // KV metadata polls; default 1s
 	logLevel        string        // default debug
 	tokenTTL        time.Duration // of pod tokens; default the framework's (10m, the minimum)
+	orphanGrace     time.Duration // vault.leases.orphanGrace; default the daemon's (5m)
 	// extraGrants returns more grant documents (each starting with "---") for namespace ns,
 	// appended to the grants file.
 	extraGrants func(ns string) string
@@ -101,6 +102,10 @@ func startCSIVault(t testing.TB, o csiVaultOptions) *csiVaultEnv {
 	if o.pollInterval == 0 {
 		o.pollInterval = time.Second
 	}
+	leases := "grace: 500ms"
+	if o.orphanGrace > 0 {
+		leases += ", orphanGrace: " + o.orphanGrace.String()
+	}
 	vaultAddr := e.vault.Addr
 	if o.vaultAddress != nil {
 		vaultAddr = o.vaultAddress(t, vaultAddr)
@@ -119,10 +124,10 @@ rotation: {pollInterval: %s}
 vault:
   address: %s
   auth: {method: kubernetes, role: keywarden, tokenFile: {{.TokenFile}}}
-  leases: {grace: 500ms}
+  leases: {%s}
 csi: {socket: %s, kubeletRoot: %s, tmpfsSize: 1Mi}
 log: {level: %s}
-`, e.node, e.grants, o.pollInterval, vaultAddr, e.csiSock, e.kubeletRoot, or(o.logLevel, "debug"))
+`, e.node, e.grants, o.pollInterval, vaultAddr, leases, e.csiSock, e.kubeletRoot, or(o.logLevel, "debug"))
 	// Runs after the daemon stopped: whatever a failed test left mounted is detached so the
 	// temp dirs can go.
 	t.Cleanup(func() { unmountUnder(t, e.kubeletRoot) })

@@ -67,6 +67,7 @@ func (s *Source) fetchLeased(ctx context.Context, ref string, spec vaultref.Spec
 	if cur != nil {
 		cur.claimed = true
 	}
+	seq := s.released.seq // a Release of ref after this point wins over this fetch
 	s.mu.Unlock()
 
 	reason := "new"
@@ -80,7 +81,7 @@ func (s *Source) fetchLeased(ctx context.Context, ref string, spec vaultref.Spec
 			// role): replace the credential now, while the old one still overlaps.
 			reason = "max_ttl"
 		} else if cur.Renewable {
-			renewed, why, err := s.renewLease(ctx, cur)
+			renewed, why, err := s.renewLease(ctx, cur, seq)
 			if err != nil {
 				return nil, err // transient: the engine serves the cached value until it expires
 			}
@@ -92,11 +93,12 @@ func (s *Source) fetchLeased(ctx context.Context, ref string, spec vaultref.Spec
 	} else if cur != nil {
 		reason = "expired"
 	}
-	return s.issue(ctx, ref, spec, cur, reason)
+	return s.issue(ctx, ref, spec, cur, reason, seq)
 }
 
-// renewLease renews l. It returns the renewed lease, or nil and the reason to re-issue.
-func (s *Source) renewLease(ctx context.Context, l *lease) (*lease, string, error) {
+// renewLease renews l. It returns the renewed lease, or nil and the reason to re-issue. seq
+// is the release sequence when the fetch began (see Release).
+func (s *Source) renewLease(ctx context.Context, l *lease, seq uint64) (*lease, string, error) {
 	resp, err := s.do(ctx, call{class: "lease-renew", method: http.MethodPut, path: "sys/leases/renew",
 		body: map[string]any{"lease_id": l.LeaseID, "increment": int64(l.TTL / time.Second)}})
 	var ce *callError
@@ -130,6 +132,11 @@ func (s *Source) renewLease(ctx context.Context, l *lease) (*lease, string, erro
 	}
 	s.metrics.renewals.WithLabelValues("ok").Inc()
 	s.mu.Lock()
+	if s.released.since(l.Ref, seq) {
+		// Its consumers went while it was renewed: Release already scheduled its revocation.
+		s.mu.Unlock()
+		return nil, "", errReleased
+	}
 	next := *l
 	next.Data = maps.Clone(l.Data)
 	next.RenewedAt, next.ExpiresAt, next.RenewAt, next.Renewable, next.claimed = now, now.Add(got), renewAt(now, got), resp.Renewable, true
@@ -142,8 +149,10 @@ func (s *Source) renewLease(ctx context.Context, l *lease) (*lease, string, erro
 	return &next, "", nil
 }
 
-// issue asks the engine for a new credential and schedules the revocation of old.
-func (s *Source) issue(ctx context.Context, ref string, spec vaultref.Spec, old *lease, reason string) (*source.Secret, error) {
+// issue asks the engine for a new credential and schedules the revocation of old. seq is the
+// release sequence when the fetch began: a credential whose reference was released meanwhile
+// is revoked at once and not handed out.
+func (s *Source) issue(ctx context.Context, ref string, spec vaultref.Spec, old *lease, reason string, seq uint64) (*source.Secret, error) {
 	c := call{class: "lease-issue"}
 	switch spec.Engine {
 	case vaultref.Database:
@@ -185,6 +194,15 @@ func (s *Source) issue(ctx context.Context, ref string, spec vaultref.Spec, old 
 		Version: "lease-" + shortHash(resp.LeaseID), Data: raw, claimed: true}
 	var rev *pendingRevoke
 	s.mu.Lock()
+	if s.released.since(ref, seq) {
+		rev = &pendingRevoke{LeaseID: l.LeaseID, Ref: ref, Owner: l.Owner, RevokeAt: now, ExpiresAt: l.ExpiresAt}
+		s.revokes[l.LeaseID] = rev
+		s.mu.Unlock()
+		s.persistRevoke(rev)
+		s.wake()
+		s.log.Info("revoking a credential whose consumers went while it was issued", slog.String("lease_id", l.LeaseID))
+		return nil, errReleased
+	}
 	if at, ok := s.reissueAtLocked(l); ok && at.Before(l.RenewAt) {
 		l.RenewAt = at
 	}
@@ -278,6 +296,7 @@ func (s *Source) reap(ctx context.Context) {
 			delete(s.kv, ref)
 		}
 	}
+	s.released.prune(now)
 	s.mu.Unlock()
 	for _, ref := range expired {
 		s.forgetLease(ref)
@@ -300,7 +319,7 @@ func (s *Source) revoke(ctx context.Context, r *pendingRevoke) {
 		return
 	}
 	s.metrics.revocations.WithLabelValues("ok").Inc()
-	s.log.Info("revoked a replaced lease", slog.String("lease_id", r.LeaseID))
+	s.log.Info("revoked a lease", slog.String("lease_id", r.LeaseID), slog.String("owner", r.Owner))
 	s.mu.Lock()
 	delete(s.revokes, r.LeaseID)
 	s.mu.Unlock()
@@ -325,4 +344,85 @@ func (s *Source) Leases() []LeaseStatus {
 		out = append(out, LeaseStatus{Ref: l.Ref, Owner: l.Owner, LeaseID: l.LeaseID, ExpiresAt: l.ExpiresAt, RenewAt: l.RenewAt})
 	}
 	return out
+}
+
+// errReleased answers a fetch whose reference was released while it was under way: the
+// credential it got is being revoked. A consumer that still wants the secret fetches again.
+var errReleased = fmt.Errorf("%w: the credential was released by its consumers while it was fetched; try again", source.ErrUnavailable)
+
+// releases remembers recent Release calls, so that a fetch under way at that moment neither
+// keeps nor hands out the credential it gets. seq numbers the calls; a fetch notes seq when
+// it begins.
+type releases struct {
+	seq uint64
+	at  map[string]releaseMark // by reference
+}
+
+type releaseMark struct {
+	seq  uint64
+	when time.Time
+}
+
+// releaseMemory is how long a Release is remembered: longer than any fetch may take.
+const releaseMemory = 10 * time.Minute
+
+func (r *releases) mark(ref string, now time.Time) {
+	r.seq++
+	r.at[ref] = releaseMark{seq: r.seq, when: now}
+}
+
+// since reports whether ref was released after the sequence number seq was read.
+func (r *releases) since(ref string, seq uint64) bool {
+	m, ok := r.at[ref]
+	return ok && m.seq > seq
+}
+
+func (r *releases) prune(now time.Time) {
+	for ref, m := range r.at {
+		if now.Sub(m.when) > releaseMemory {
+			delete(r.at, ref)
+		}
+	}
+}
+
+// Release gives up the credential of the reference path because its last consumer went (a
+// pod deleted, a volume unpublished, a grant withdrawn): the lease is forgotten and revoked in
+// Vault within a reap interval, its revocation recorded first and retried with backoff until
+// the lease expires, so a restart finishes it. A fetch of path under way meanwhile gets
+// errReleased, and the credential it obtained is revoked too. The next Fetch of path issues a
+// new credential. Release reports whether path had a lease.
+func (s *Source) Release(path string) bool {
+	now := s.clock.Now()
+	s.mu.Lock()
+	s.released.mark(path, now)
+	l := s.leases[path]
+	var rev *pendingRevoke
+	if l != nil {
+		delete(s.leases, path)
+		if now.Before(l.ExpiresAt) {
+			rev = &pendingRevoke{LeaseID: l.LeaseID, Ref: path, Owner: l.Owner, RevokeAt: now, ExpiresAt: l.ExpiresAt}
+			s.revokes[l.LeaseID] = rev
+		}
+	}
+	s.mu.Unlock()
+	if l == nil {
+		return false
+	}
+	// The revocation is recorded before the lease record goes, so a crash in between
+	// leaves something that a restart finishes (a revocation, or an unclaimed lease).
+	if rev != nil {
+		s.persistRevoke(rev)
+	}
+	s.forgetLease(path)
+	s.log.Info("lease released by its last consumer; revoking", slog.String("lease_id", l.LeaseID), slog.String("owner", l.Owner))
+	s.wake()
+	return true
+}
+
+// wake makes Run reap now rather than at its next tick.
+func (s *Source) wake() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
 }

@@ -80,6 +80,16 @@ func (s *Source) persistLease(l *lease, rev *pendingRevoke) {
 	}
 }
 
+// persistRevoke records a pending revocation on its own.
+func (s *Source) persistRevoke(rev *pendingRevoke) {
+	if s.cfg.Leases == nil {
+		return
+	}
+	if err := s.stored.revokes.Put(shortHash(rev.LeaseID), *rev); err != nil {
+		s.log.Error("record pending lease revocation", slog.String("lease_id", rev.LeaseID), slog.String("error", err.Error()))
+	}
+}
+
 func (s *Source) forgetLease(ref string) {
 	if s.cfg.Leases != nil {
 		_ = s.stored.leases.Delete(shortHash(ref))
