@@ -408,12 +408,12 @@ func (s *Source) Release(path string) bool {
 	if l == nil {
 		return false
 	}
-	// The revocation is recorded before the lease record goes, so a crash in between
-	// leaves something that a restart finishes (a revocation, or an unclaimed lease).
-	if rev != nil {
-		s.persistRevoke(rev)
+	// The revocation is recorded as the lease record goes, in one transaction.
+	if s.cfg.Leases != nil {
+		if err := s.commit(rev, nil, path); err != nil {
+			s.log.Error("record lease release", slog.String("lease_id", l.LeaseID), slog.String("error", err.Error()))
+		}
 	}
-	s.forgetLease(path)
 	s.log.Info("lease released by its last consumer; revoking", slog.String("lease_id", l.LeaseID), slog.String("owner", l.Owner))
 	s.wake()
 	return true

@@ -144,3 +144,35 @@ func TestSource_Release_duringRenewal(t *testing.T) {
 		t.Fatal("renewal put the released lease back")
 	}
 }
+
+// A lease recorded both as current and as pending revocation (a crash of an older release
+// between its two writes) is not served again after a restart: it is revoked, and the next
+// fetch issues a new credential.
+func TestSource_restore_leaseAlsoPendingRevocationIsNotCurrent(t *testing.T) {
+	e := newEnv(t, nil)
+	r := dbRef(t, vaultref.PodOwner("uid-1"))
+	s1, err := e.s.Fetch(ctxT(t), r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev := pendingRevoke{LeaseID: s1.LeaseID, Ref: r, RevokeAt: e.clock.Now(), ExpiresAt: s1.ExpiresAt}
+	if err := e.s.stored.revokes.Put(shortHash(s1.LeaseID), rev); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := New(e.s.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s2.Leases()) != 0 || e.store.keys("lease/") != 0 {
+		t.Fatal("a lease pending revocation was restored as current")
+	}
+	s2.reap(context.Background())
+	if !e.f.lease(s1.LeaseID).revoked {
+		t.Fatal("not revoked")
+	}
+	s3, err := s2.Fetch(ctxT(t), r)
+	if err != nil || s3.LeaseID == s1.LeaseID {
+		t.Fatalf("fetch after restore: %v, %v", s3, err)
+	}
+}
+
