@@ -293,8 +293,8 @@ func (d *Driver) Publish(ctx context.Context, r PublishRequest) (err error) {
 
 	names, secrets, payload, err := d.fetch(consumerCtx(ctx, r.VolumeID), w, vc.Request, r.GID)
 	if err != nil {
-		if v == nil {
-			// Leased credentials fetched before the failure have no volume to hold them.
+		if v == nil || !v.isWritten() {
+			// Leased credentials fetched before the failure have no volume files to hold them.
 			d.releaseLeases(r.VolumeID)
 		}
 		return err

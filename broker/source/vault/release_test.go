@@ -175,4 +175,3 @@ func TestSource_restore_leaseAlsoPendingRevocationIsNotCurrent(t *testing.T) {
 		t.Fatalf("fetch after restore: %v, %v", s3, err)
 	}
 }
-
