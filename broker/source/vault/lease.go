@@ -43,6 +43,11 @@ type pendingRevoke struct {
 	Failures  int       `json:"failures"`
 }
 
+// vaultEnd bounds when Vault ends l: ExpiresAt is when the daemon last learnt it, but a
+// renewal whose answer was lost (a timeout, a kill before the answer was recorded) may have
+// extended it by up to one TTL. A lease dropped before then is revoked, not left to expire.
+func (l *lease) vaultEnd() time.Time { return l.ExpiresAt.Add(l.TTL) }
+
 func (l *lease) secret() *source.Secret {
 	data := make(map[string]source.Value, len(l.Data))
 	for k, v := range l.Data {
@@ -207,8 +212,8 @@ func (s *Source) issue(ctx context.Context, ref string, spec vaultref.Spec, old 
 		l.RenewAt = at
 	}
 	s.leases[ref] = l
-	if old != nil && old.LeaseID != l.LeaseID && now.Before(old.ExpiresAt) {
-		rev = &pendingRevoke{LeaseID: old.LeaseID, Ref: ref, Owner: old.Owner, RevokeAt: minTime(now.Add(s.cfg.LeaseGrace), old.ExpiresAt), ExpiresAt: old.ExpiresAt}
+	if old != nil && old.LeaseID != l.LeaseID && now.Before(old.vaultEnd()) {
+		rev = &pendingRevoke{LeaseID: old.LeaseID, Ref: ref, Owner: old.Owner, RevokeAt: minTime(now.Add(s.cfg.LeaseGrace), old.ExpiresAt), ExpiresAt: old.vaultEnd()}
 		s.revokes[old.LeaseID] = rev
 	}
 	s.mu.Unlock()
@@ -265,21 +270,25 @@ func minTime(a, b time.Time) time.Time {
 func (s *Source) reap(ctx context.Context) {
 	now := s.clock.Now()
 	var due []*pendingRevoke
-	var expired []string
+	dropped := map[string]*pendingRevoke{} // reference → the revocation of its lease, or nil
 	s.mu.Lock()
 	for ref, l := range s.leases {
-		switch {
-		case !now.Before(l.ExpiresAt):
-			delete(s.leases, ref)
-			expired = append(expired, ref)
-		case !l.claimed && now.Sub(s.startedAt) >= s.cfg.OrphanGrace:
-			// Restored after a restart and nobody asked for it: revoke rather than leave a
-			// live credential that no one renews or uses.
-			delete(s.leases, ref)
-			expired = append(expired, ref)
-			rev := &pendingRevoke{LeaseID: l.LeaseID, Ref: ref, Owner: l.Owner, RevokeAt: now, ExpiresAt: l.ExpiresAt}
+		orphan := !l.claimed && now.Sub(s.startedAt) >= s.cfg.OrphanGrace
+		if now.Before(l.ExpiresAt) && !orphan {
+			continue
+		}
+		// Expired as far as the daemon knows (Vault may still hold it: vaultEnd), or restored
+		// after a restart and nobody asked for it: revoke rather than leave a live credential
+		// that no one renews or uses.
+		delete(s.leases, ref)
+		dropped[ref] = nil
+		if now.Before(l.vaultEnd()) {
+			rev := &pendingRevoke{LeaseID: l.LeaseID, Ref: ref, Owner: l.Owner, RevokeAt: now, ExpiresAt: l.vaultEnd()}
 			s.revokes[l.LeaseID] = rev
-			s.log.Info("revoking a restored lease that no consumer claimed", slog.String("lease_id", l.LeaseID))
+			dropped[ref] = rev
+			if orphan {
+				s.log.Info("revoking a restored lease that no consumer claimed", slog.String("lease_id", l.LeaseID))
+			}
 		}
 	}
 	for id, r := range s.revokes {
@@ -298,8 +307,10 @@ func (s *Source) reap(ctx context.Context) {
 	}
 	s.released.prune(now)
 	s.mu.Unlock()
-	for _, ref := range expired {
-		s.forgetLease(ref)
+	for ref, rev := range dropped {
+		if err := s.commit(rev, nil, ref); err != nil {
+			s.log.Error("record lease revocation", slog.String("error", err.Error()))
+		}
 	}
 	for _, r := range due {
 		s.revoke(ctx, r)
@@ -399,8 +410,8 @@ func (s *Source) Release(path string) bool {
 	var rev *pendingRevoke
 	if l != nil {
 		delete(s.leases, path)
-		if now.Before(l.ExpiresAt) {
-			rev = &pendingRevoke{LeaseID: l.LeaseID, Ref: path, Owner: l.Owner, RevokeAt: now, ExpiresAt: l.ExpiresAt}
+		if now.Before(l.vaultEnd()) {
+			rev = &pendingRevoke{LeaseID: l.LeaseID, Ref: path, Owner: l.Owner, RevokeAt: now, ExpiresAt: l.vaultEnd()}
 			s.revokes[l.LeaseID] = rev
 		}
 	}
@@ -409,10 +420,8 @@ func (s *Source) Release(path string) bool {
 		return false
 	}
 	// The revocation is recorded as the lease record goes, in one transaction.
-	if s.cfg.Leases != nil {
-		if err := s.commit(rev, nil, path); err != nil {
-			s.log.Error("record lease release", slog.String("lease_id", l.LeaseID), slog.String("error", err.Error()))
-		}
+	if err := s.commit(rev, nil, path); err != nil {
+		s.log.Error("record lease release", slog.String("lease_id", l.LeaseID), slog.String("error", err.Error()))
 	}
 	s.log.Info("lease released by its last consumer; revoking", slog.String("lease_id", l.LeaseID), slog.String("owner", l.Owner))
 	s.wake()

@@ -46,6 +46,16 @@ func (s *Source) restore() error {
 			continue
 		}
 		if !now.Before(l.ExpiresAt) {
+			// Expired as far as the record says; a renewal answered as the process died may
+			// have extended it, so it is revoked unless Vault has certainly ended it.
+			if now.Before(l.vaultEnd()) {
+				p := &pendingRevoke{LeaseID: l.LeaseID, Ref: l.Ref, Owner: l.Owner, RevokeAt: now, ExpiresAt: l.vaultEnd()}
+				s.revokes[p.LeaseID] = p
+				if err := s.commit(p, nil, l.Ref); err != nil {
+					s.log.Error("record lease revocation", slog.String("error", err.Error()))
+				}
+				continue
+			}
 			_ = s.stored.leases.Delete(r.Key)
 			continue
 		}
@@ -87,6 +97,9 @@ func (s *Source) persistLease(l *lease, rev *pendingRevoke) {
 // commit writes, in one transaction, the pending revocation rev and the current lease l (each
 // when not nil) and deletes the lease record of the reference forget (when not empty).
 func (s *Source) commit(rev *pendingRevoke, l *lease, forget string) error {
+	if s.cfg.Leases == nil {
+		return nil
+	}
 	var revRaw, leaseRaw []byte
 	var err error
 	if rev != nil {
