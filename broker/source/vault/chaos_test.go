@@ -218,13 +218,25 @@ func TestSource_killDashNineLeaseCampaign(t *testing.T) {
 				}
 			}
 		}
-		time.Sleep(3 * 10 * time.Millisecond) // the last replaced lease's grace and a reap
+		// The leases the last reads replaced are revoked after their grace, at the next reap:
+		// wait for the revocations the source has pending (a bound, not a measure).
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			s.mu.Lock()
+			n := len(s.revokes)
+			s.mu.Unlock()
+			if n == 0 || time.Now().After(deadline) {
+				break
+			}
+		}
 		held := map[string]bool{}
 		for _, l := range s.Leases() {
 			held[l.LeaseID] = true
 		}
 		s.mu.Lock()
-		pending := len(s.revokes)
+		pending := map[string]bool{}
+		for id := range s.revokes {
+			pending[id] = true
+		}
 		s.mu.Unlock()
 		now := time.Now()
 		f.mu.Lock()
@@ -241,7 +253,7 @@ func TestSource_killDashNineLeaseCampaign(t *testing.T) {
 				continue
 			}
 			orphans++
-			t.Errorf("trial %d (mode %d): orphaned lease %s (logged by the daemon: %v; %d revocations pending)", trial, mode, id, known[id], pending)
+			t.Errorf("trial %d (mode %d): orphaned lease %s (logged by the daemon: %v; its revocation pending: %v)", trial, mode, id, known[id], pending[id])
 		}
 		f.mu.Unlock()
 		if len(held) != chaosPods {

@@ -142,6 +142,12 @@ func (s *Source) renewLease(ctx context.Context, l *lease, seq uint64) (*lease, 
 		s.mu.Unlock()
 		return nil, "", errReleased
 	}
+	if s.leases[l.Ref] != l {
+		// Dropped meanwhile (expired as far as the reaper knew): its revocation is scheduled,
+		// so the consumer gets a new credential rather than this one back.
+		s.mu.Unlock()
+		return nil, "expired", nil
+	}
 	next := *l
 	next.Data = maps.Clone(l.Data)
 	next.RenewedAt, next.ExpiresAt, next.RenewAt, next.Renewable, next.claimed = now, now.Add(got), renewAt(now, got), resp.Renewable, true
