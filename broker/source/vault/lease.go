@@ -276,7 +276,11 @@ func minTime(a, b time.Time) time.Time {
 func (s *Source) reap(ctx context.Context) {
 	now := s.clock.Now()
 	var due []*pendingRevoke
-	dropped := map[string]*pendingRevoke{} // reference → the revocation of its lease, or nil
+	type drop struct {
+		leaseID string
+		rev     *pendingRevoke // nil: Vault has certainly ended it
+	}
+	dropped := map[string]drop{} // by reference
 	s.mu.Lock()
 	for ref, l := range s.leases {
 		orphan := !l.claimed && now.Sub(s.startedAt) >= s.cfg.OrphanGrace
@@ -287,15 +291,15 @@ func (s *Source) reap(ctx context.Context) {
 		// after a restart and nobody asked for it: revoke rather than leave a live credential
 		// that no one renews or uses.
 		delete(s.leases, ref)
-		dropped[ref] = nil
+		d := drop{leaseID: l.LeaseID}
 		if now.Before(l.vaultEnd()) {
-			rev := &pendingRevoke{LeaseID: l.LeaseID, Ref: ref, Owner: l.Owner, RevokeAt: now, ExpiresAt: l.vaultEnd()}
-			s.revokes[l.LeaseID] = rev
-			dropped[ref] = rev
+			d.rev = &pendingRevoke{LeaseID: l.LeaseID, Ref: ref, Owner: l.Owner, RevokeAt: now, ExpiresAt: l.vaultEnd()}
+			s.revokes[l.LeaseID] = d.rev
 			if orphan {
 				s.log.Info("revoking a restored lease that no consumer claimed", slog.String("lease_id", l.LeaseID))
 			}
 		}
+		dropped[ref] = d
 	}
 	for id, r := range s.revokes {
 		switch {
@@ -313,8 +317,10 @@ func (s *Source) reap(ctx context.Context) {
 	}
 	s.released.prune(now)
 	s.mu.Unlock()
-	for ref, rev := range dropped {
-		if err := s.commit(rev, nil, ref); err != nil {
+	for ref, d := range dropped {
+		// Only if the record still holds the dropped lease: a fetch may have recorded its
+		// successor since.
+		if err := s.commit(d.rev, nil, ref, d.leaseID); err != nil {
 			s.log.Error("record lease revocation", slog.String("error", err.Error()))
 		}
 	}
@@ -426,7 +432,7 @@ func (s *Source) Release(path string) bool {
 		return false
 	}
 	// The revocation is recorded as the lease record goes, in one transaction.
-	if err := s.commit(rev, nil, path); err != nil {
+	if err := s.commit(rev, nil, path, l.LeaseID); err != nil {
 		s.log.Error("record lease release", slog.String("lease_id", l.LeaseID), slog.String("error", err.Error()))
 	}
 	s.log.Info("lease released by its last consumer; revoking", slog.String("lease_id", l.LeaseID), slog.String("owner", l.Owner))

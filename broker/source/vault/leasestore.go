@@ -51,7 +51,7 @@ func (s *Source) restore() error {
 			if now.Before(l.vaultEnd()) {
 				p := &pendingRevoke{LeaseID: l.LeaseID, Ref: l.Ref, Owner: l.Owner, RevokeAt: now, ExpiresAt: l.vaultEnd()}
 				s.revokes[p.LeaseID] = p
-				if err := s.commit(p, nil, l.Ref); err != nil {
+				if err := s.commit(p, nil, l.Ref, l.LeaseID); err != nil {
 					s.log.Error("record lease revocation", slog.String("error", err.Error()))
 				}
 				continue
@@ -89,14 +89,16 @@ func (s *Source) persistLease(l *lease, rev *pendingRevoke) {
 	if s.cfg.Leases == nil {
 		return
 	}
-	if err := s.commit(rev, l, ""); err != nil {
+	if err := s.commit(rev, l, "", ""); err != nil {
 		s.log.Error("record lease", slog.String("lease_id", l.LeaseID), slog.String("error", err.Error()))
 	}
 }
 
 // commit writes, in one transaction, the pending revocation rev and the current lease l (each
-// when not nil) and deletes the lease record of the reference forget (when not empty).
-func (s *Source) commit(rev *pendingRevoke, l *lease, forget string) error {
+// when not nil) and deletes the lease record of the reference forget (when not empty) if it
+// still holds the lease forgetID: commits of one reference may land in another order than
+// the decisions were taken under s.mu, and a successor must not lose its record.
+func (s *Source) commit(rev *pendingRevoke, l *lease, forget, forgetID string) error {
 	if s.cfg.Leases == nil {
 		return nil
 	}
@@ -123,10 +125,21 @@ func (s *Source) commit(rev *pendingRevoke, l *lease, forget string) error {
 				return err
 			}
 		}
-		if forget != "" {
-			return tx.Delete(LeaseBucket, "lease/"+shortHash(forget))
+		if forget == "" {
+			return nil
 		}
-		return nil
+		key := "lease/" + shortHash(forget)
+		raw, err := tx.Get(LeaseBucket, key)
+		if err != nil {
+			return nil // gone already (or unreadable: restore drops it)
+		}
+		var cur struct {
+			LeaseID string `json:"leaseId"`
+		}
+		if json.Unmarshal(raw, &cur) == nil && cur.LeaseID != forgetID {
+			return nil
+		}
+		return tx.Delete(LeaseBucket, key)
 	})
 }
 
