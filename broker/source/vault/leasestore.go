@@ -153,12 +153,6 @@ func (s *Source) persistRevoke(rev *pendingRevoke) {
 	}
 }
 
-func (s *Source) forgetLease(ref string) {
-	if s.cfg.Leases != nil {
-		_ = s.stored.leases.Delete(shortHash(ref))
-	}
-}
-
 func (s *Source) forgetRevoke(id string) {
 	if s.cfg.Leases != nil {
 		_ = s.stored.revokes.Delete(shortHash(id))
