@@ -29,7 +29,7 @@ UNIT_TIMEOUT ?= 25m
 CHAOS_TRIALS  ?= 1000
 CHAOS_TIMEOUT ?= 4h
 CHAOS_REPORT  := $(CURDIR)/bin/chaos-report.tsv
-CHAOS_UNIT    := ^(TestManager_killDashNineCampaign|TestDriver_killDashNineCampaign|TestDB_FailCommit_campaign|TestDB_diskFull_campaign|TestDB_fsyncError_campaign)$$
+CHAOS_UNIT    := ^(TestManager_killDashNineCampaign|TestSource_killDashNineLeaseCampaign|TestDriver_killDashNineCampaign|TestDB_FailCommit_campaign|TestDB_diskFull_campaign|TestDB_fsyncError_campaign)$$
 CRDGEN    := object paths=./broker/grant/ crd:crdVersions=v1
 CHART     := deploy/helm/keywarden
 # The chart templates the CRD (so `helm upgrade` upgrades it) from its own copy of deploy/crd.
@@ -83,7 +83,7 @@ bench: tools ## Micro benchmarks + the node-scale scenario (BENCH_PODS pods) and
 chaos: tools ## Fault campaign, long settings (CHAOS_TRIALS per campaign, 25 pods, 10-min Vault outage); prints one table
 	@mkdir -p bin; rm -f $(CHAOS_REPORT); status=0; \
 	export KEYWARDEN_CHAOS_TRIALS=$(CHAOS_TRIALS) KEYWARDEN_CHAOS_LONG=1 KEYWARDEN_CHAOS_REPORT=$(CHAOS_REPORT); \
-	$(GO) test -count=1 -timeout $(CHAOS_TIMEOUT) -run '$(CHAOS_UNIT)' -v ./broker/keyrot/ ./broker/store/ ./csi/ 2>&1 | tee bin/chaos.log | grep -E '^(=== RUN|--- |ok|FAIL|\s+\S+_test.go)' || status=1; \
+	$(GO) test -count=1 -timeout $(CHAOS_TIMEOUT) -run '$(CHAOS_UNIT)' -v ./broker/keyrot/ ./broker/store/ ./broker/source/vault/ ./csi/ 2>&1 | tee bin/chaos.log | grep -E '^(=== RUN|--- |ok|FAIL|\s+\S+_test.go)' || status=1; \
 	$(GO) test -tags e2e -count=1 -timeout $(CHAOS_TIMEOUT) -run '^TestChaos_' -v ./e2e/ 2>&1 | tee -a bin/chaos.log | grep -E '^(=== RUN|--- |ok|FAIL|\s+\S+_test.go)' || status=1; \
 	echo; awk -F'\t' 'BEGIN { printf "%-50s %7s %7s %7s %5s %12s %15s  %s\n", "campaign", "trials", "faults", "losses", "torn", "wrong allows", "orphaned leases", "notes" } \
 	  { printf "%-50s %7s %7s %7s %5s %12s %15s  %s\n", $$2, $$3, $$4, $$5, $$6, $$7, $$8, $$9 }' $(CHAOS_REPORT) 2>/dev/null || echo "no campaign reported"; \

@@ -54,6 +54,9 @@ type Config struct {
 	RecheckInterval time.Duration
 	// Metrics counts access decisions. Nil records nothing.
 	Metrics *Metrics
+	// Leases gives up a leased credential when its last consumer goes (holds.go). Nil keeps
+	// leased credentials until the cache evicts them and their leases expire.
+	Leases LeaseReleaser
 }
 
 // BindingChecker tells whether a verified workload's pod is still on this node.
@@ -71,6 +74,7 @@ type Broker struct {
 	binding      BindingChecker
 	recheckEvery time.Duration
 	metrics      *Metrics
+	holds        *holds // consumers of leased credentials: holds.go
 
 	grants atomic.Pointer[grant.Set]
 	// mu guards the per-source grant sets and grantsChanged. grantsChanged is closed and
@@ -105,7 +109,7 @@ func New(cfg Config) (*Broker, error) {
 		return nil, err
 	}
 	b := &Broker{verifier: cfg.Verifier, cache: cfg.Cache, audit: cfg.Audit, log: cfg.Logger, clock: cfg.Clock,
-		binding: cfg.Binding, recheckEvery: cfg.RecheckInterval, metrics: cfg.Metrics,
+		binding: cfg.Binding, recheckEvery: cfg.RecheckInterval, metrics: cfg.Metrics, holds: newHolds(cfg.Leases),
 		sources: map[string]*grant.Set{}, grantsChanged: make(chan struct{})}
 	b.grants.Store(empty)
 	return b, nil
@@ -140,6 +144,9 @@ func (b *Broker) UpdateGrantSource(name string, s *grant.Set) error {
 	close(b.grantsChanged)
 	b.grantsChanged = make(chan struct{})
 	b.log.Info("grants updated", slog.String("source", name), slog.Int("source_grants", s.Len()), slog.Int("grants", merged.Len()))
+	if n := b.holds.regrant(merged); n > 0 {
+		b.log.Info("leased credentials given up: the grants no longer allow their consumers", slog.Int("released", n))
+	}
 	return nil
 }
 
@@ -261,7 +268,7 @@ func (b *Broker) GetSecret(ctx context.Context, w identity.Workload, name string
 	if err != nil {
 		return nil, err
 	}
-	s, err := b.fetch(ctx, w, name, dec)
+	s, err := b.fetch(ctx, w, name, d, dec)
 	if err != nil {
 		return nil, err
 	}
@@ -269,7 +276,7 @@ func (b *Broker) GetSecret(ctx context.Context, w identity.Workload, name string
 	return s, nil
 }
 
-func (b *Broker) fetch(ctx context.Context, w identity.Workload, name string, dec grant.Decision) (*source.Secret, error) {
+func (b *Broker) fetch(ctx context.Context, w identity.Workload, name string, d grant.Delivery, dec grant.Decision) (*source.Secret, error) {
 	ref, keys, err := resolveFor(w, dec)
 	if err != nil {
 		b.log.Error("grant cannot be served", slog.String("grant", dec.Grant), slog.String("secret", name), slog.Any("error", err))
@@ -278,6 +285,16 @@ func (b *Broker) fetch(ctx context.Context, w identity.Workload, name string, de
 			return nil, newError(ErrUnavailable, fmt.Sprintf("secret %q: the grant %q cannot make a certificate request for this workload: %v", name, dec.Grant, err))
 		}
 		return nil, newError(ErrUnavailable, fmt.Sprintf("secret %q: the grant %q names a source this daemon does not serve", name, dec.Grant))
+	}
+	// A leased credential is fetched only by a consumer that holds it, so that it is given up
+	// when the last one goes.
+	if err := b.holds.acquire(consumerFor(ctx, w), ref, name, holding{w: w, d: d}, func() bool {
+		now := b.grants.Load().Evaluate(requestFor(w, name, d))
+		r, _, err := resolveFor(w, now)
+		return now.Allowed && err == nil && r == ref
+	}); err != nil {
+		b.audit.Record(ctx, withWorkload(audit.Event{Kind: audit.KindRevocation, Outcome: audit.OutcomeDeny, Secret: name, Delivery: string(d), Grant: dec.Grant, Reason: err.Error()}, w))
+		return nil, err
 	}
 	s, err := b.cache.Get(ctx, ref)
 	if err == nil {

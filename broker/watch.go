@@ -45,6 +45,13 @@ func (b *Broker) Watch(ctx context.Context, w identity.Workload, names []string,
 	}
 	b.watchers.Add(1)
 	defer b.watchers.Add(-1)
+	if _, ok := ConsumerOf(ctx); !ok {
+		// The stream holds its leased credentials while it is open (a volume's watch runs
+		// under the volume's consumer, which outlives the stream's retries).
+		id := b.holds.newStream()
+		ctx = WithConsumer(ctx, id)
+		defer b.holds.releaseConsumer(id)
+	}
 	// Take the change signal before the first authorization, so a grant change at any later
 	// moment is noticed.
 	grantsChanged := b.grantsChangedCh()
@@ -62,7 +69,7 @@ func (b *Broker) Watch(ctx context.Context, w identity.Workload, names []string,
 		}
 		ref, keys, err := resolveFor(w, dec)
 		if err != nil {
-			_, ferr := b.fetch(ctx, w, n, dec)
+			_, ferr := b.fetch(ctx, w, n, d, dec)
 			return ferr
 		}
 		// Subscribe before the first read so no change between the two is missed.
@@ -193,7 +200,7 @@ func firstDup(sorted []string) int {
 
 // deliver sends x's current value when its version differs from the last one sent.
 func (b *Broker) deliver(ctx context.Context, w identity.Workload, d grant.Delivery, x *watched, send SendFunc) error {
-	s, err := b.fetch(ctx, w, x.name, x.dec)
+	s, err := b.fetch(ctx, w, x.name, d, x.dec)
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
 			b.audit.Record(ctx, withWorkload(audit.Event{Kind: audit.KindRevocation, Outcome: audit.OutcomeDeny, Secret: x.name, Delivery: string(d), Grant: x.dec.Grant, Reason: "secret deleted in source"}, w))
@@ -226,7 +233,7 @@ func (b *Broker) recheck(ctx context.Context, w identity.Workload, d grant.Deliv
 	}
 	ref, keys, err := resolveFor(w, dec)
 	if err != nil {
-		_, ferr := b.fetch(ctx, w, x.name, dec)
+		_, ferr := b.fetch(ctx, w, x.name, d, dec)
 		return false, ferr
 	}
 	x.dec = dec

@@ -33,6 +33,8 @@ type Broker interface {
 	Watch(ctx context.Context, w identity.Workload, names []string, d grant.Delivery, send broker.SendFunc) error
 	ExpandSecrets(grantName string, names []string) ([]string, error)
 	GrantTemplates(grantName string) []grant.TemplateFile
+	// ReleaseConsumer gives up the leased credentials a volume held (broker.WithConsumer).
+	ReleaseConsumer(id string) int
 }
 
 var _ Broker = (*broker.Broker)(nil)
@@ -306,8 +308,12 @@ func (d *Driver) Publish(ctx context.Context, r PublishRequest) (err error) {
 		return nil
 	}
 
-	names, secrets, payload, err := d.fetch(ctx, w, vc.Request, r.GID)
+	names, secrets, payload, err := d.fetch(consumerCtx(ctx, r.VolumeID), w, vc.Request, r.GID)
 	if err != nil {
+		if v == nil || !v.isWritten() {
+			// Leased credentials fetched before the failure have no volume files to hold them.
+			d.releaseLeases(r.VolumeID)
+		}
 		return err
 	}
 	if v != nil {
@@ -321,6 +327,7 @@ func (d *Driver) Publish(ctx context.Context, r PublishRequest) (err error) {
 	v = &volume{id: r.VolumeID, target: r.TargetPath, req: vc.Request, pod: vc.Pod, gid: r.GID, names: names, w: w,
 		secrets: secrets, versions: map[string]string{}}
 	if err := d.create(v, payload, log); err != nil {
+		d.releaseLeases(r.VolumeID)
 		return err
 	}
 	log.Info("volume published", slog.Int("secrets", len(names)))
@@ -605,6 +612,7 @@ func (d *Driver) Unpublish(_ context.Context, volumeID, target string) error {
 	delete(d.vols, v.id)
 	d.metrics.volumes.Set(float64(len(d.vols)))
 	d.mu.Unlock()
+	d.releaseLeases(v.id)
 	d.log.Info("volume unpublished", slog.String("volume_id", v.id), slog.String("pod_uid", v.pod.UID))
 	return nil
 }

@@ -38,11 +38,13 @@ type fakeBroker struct {
 	templates map[string][]grant.TemplateFile
 	gets      int
 	watchRuns int
+	held      map[string]int // consumer id -> reads under it (broker.WithConsumer)
+	released  []string       // ReleaseConsumer calls
 }
 
 func newFakeBroker() *fakeBroker {
 	return &fakeBroker{tokens: map[string]identity.Workload{}, secrets: map[string]*source.Secret{}, denied: map[string]bool{},
-		changed: make(chan struct{}), grants: map[string][]string{}}
+		changed: make(chan struct{}), grants: map[string][]string{}, held: map[string]int{}}
 }
 
 func (b *fakeBroker) Authenticate(_ context.Context, tok identity.Token) (identity.Workload, error) {
@@ -79,10 +81,13 @@ func (e *kindErr) Is(target error) bool {
 	return target == e.kind || (e.class != nil && target == e.class)
 }
 
-func (b *fakeBroker) GetSecret(_ context.Context, _ identity.Workload, name string, _ grant.Delivery) (*source.Secret, error) {
+func (b *fakeBroker) GetSecret(ctx context.Context, _ identity.Workload, name string, _ grant.Delivery) (*source.Secret, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.gets++
+	if id, ok := broker.ConsumerOf(ctx); ok {
+		b.held[id]++
+	}
 	if b.getErr != nil {
 		return nil, b.getErr
 	}
@@ -136,6 +141,13 @@ func (b *fakeBroker) ExpandSecrets(grantName string, names []string) ([]string, 
 		return s, nil
 	}
 	return nil, brokerErr(broker.ErrInvalidArgument)
+}
+
+func (b *fakeBroker) ReleaseConsumer(id string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.released = append(b.released, id)
+	return 0
 }
 
 func (b *fakeBroker) GrantTemplates(grantName string) []grant.TemplateFile {

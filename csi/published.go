@@ -58,7 +58,7 @@ func (d *Driver) watch(ctx context.Context, v *volume, w identity.Workload) {
 	backoff := d.cfg.MinBackoff
 	for {
 		delivered := false
-		err := d.cfg.Broker.Watch(ctx, w, v.names, grant.DeliveryCSI, func(name string, s *source.Secret) error {
+		err := d.cfg.Broker.Watch(consumerCtx(ctx, v.id), w, v.names, grant.DeliveryCSI, func(name string, s *source.Secret) error {
 			delivered = true
 			d.deliver(ctx, v, name, s)
 			return nil
@@ -171,6 +171,22 @@ func (d *Driver) revoke(v *volume) {
 	}
 	if err := d.save(v); err != nil {
 		d.log.Error("record volume", slog.String("volume_id", v.id), slog.Any("error", err))
+	}
+	d.releaseLeases(v.id)
+}
+
+// consumerCtx is ctx under which the broker counts the volume id as the consumer of the
+// leased credentials it reads: they live from the volume's publish to its unpublish or the
+// removal of its files, across the retries of its watch.
+func consumerCtx(ctx context.Context, id string) context.Context {
+	return broker.WithConsumer(ctx, broker.ConsumerVolume+id)
+}
+
+// releaseLeases gives up the leased credentials volume id held; the broker revokes those
+// that no other consumer holds.
+func (d *Driver) releaseLeases(id string) {
+	if n := d.cfg.Broker.ReleaseConsumer(broker.ConsumerVolume + id); n > 0 {
+		d.log.Info("volume's leased credentials released", slog.String("volume_id", id), slog.Int("released", n))
 	}
 }
 

@@ -48,6 +48,7 @@ type csiVaultOptions struct {
 	requestTimeout  time.Duration // vault.limits.requestTimeout; default the daemon's (10s)
 	logLevel        string        // default debug
 	tokenTTL        time.Duration // of pod tokens; default the framework's (10m, the minimum)
+	orphanGrace     time.Duration // vault.leases.orphanGrace; default the daemon's (5m)
 	// extraGrants returns more grant documents (each starting with "---") for namespace ns,
 	// appended to the grants file.
 	extraGrants func(ns string) string
@@ -114,6 +115,10 @@ func startCSIVault(t testing.TB, o csiVaultOptions) *csiVaultEnv {
 	if o.requestTimeout > 0 {
 		limits = fmt.Sprintf("\n  limits: {requestTimeout: %s}", o.requestTimeout)
 	}
+	leases := "grace: 500ms"
+	if o.orphanGrace > 0 {
+		leases += ", orphanGrace: " + o.orphanGrace.String()
+	}
 	vaultAddr := e.vault.Addr
 	if o.vaultAddress != nil {
 		vaultAddr = o.vaultAddress(t, vaultAddr)
@@ -132,10 +137,10 @@ rotation: {%s}
 vault:
   address: %s
   auth: {method: kubernetes, role: keywarden, tokenFile: {{.TokenFile}}}
-  leases: {grace: 500ms}%s
+  leases: {%s}%s
 csi: {socket: %s, kubeletRoot: %s, tmpfsSize: 1Mi}
 log: {level: %s}
-`, e.node, e.grants, rotation, vaultAddr, limits, e.csiSock, e.kubeletRoot, or(o.logLevel, "debug")) + o.extraConfig
+`, e.node, e.grants, rotation, vaultAddr, leases, limits, e.csiSock, e.kubeletRoot, or(o.logLevel, "debug")) + o.extraConfig
 	// Runs after the daemon stopped: whatever a failed test left mounted is detached so the
 	// temp dirs can go.
 	t.Cleanup(func() { unmountUnder(t, e.kubeletRoot) })

@@ -128,6 +128,23 @@ func (p *PodIndex) markDown(reason string) {
 	}
 }
 
+// OnDelete calls fn with the UID of every pod of this node that the informer sees deleted
+// (including a deletion noticed only at a re-list). Call it before Run; fn must not block.
+func (p *PodIndex) OnDelete(fn func(uid string)) error {
+	_, err := p.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{DeleteFunc: func(obj any) {
+		if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			obj = d.Obj
+		}
+		if pod, ok := obj.(*corev1.Pod); ok && pod.UID != "" {
+			fn(string(pod.UID))
+		}
+	}})
+	if err != nil {
+		return fmt.Errorf("pod index: %w", err)
+	}
+	return nil
+}
+
 // Synced implements PodLookup.
 func (p *PodIndex) Synced() bool { return p.synced.Load() }
 

@@ -161,8 +161,14 @@ func newDaemon(cfg config, log *slog.Logger) (_ *daemon, err error) {
 		Audit:    d.auditLog,
 		Logger:   log.With(slog.String("component", "broker")),
 		Metrics:  brokerMetrics,
+		Leases:   newLeaseReleaser(d.engine, sources), // leases.go
 	}); err != nil {
 		return nil, err
+	}
+	if vp.pods != nil {
+		if err := d.releaseOnPodDeletion(log.With(slog.String("component", "broker")), vp.pods); err != nil {
+			return nil, err
+		}
 	}
 
 	// Grant sources: the admin store always, the file when configured. Both feed the broker,

@@ -43,6 +43,11 @@ type pendingRevoke struct {
 	Failures  int       `json:"failures"`
 }
 
+// vaultEnd bounds when Vault ends l: ExpiresAt is when the daemon last learnt it, but a
+// renewal whose answer was lost (a timeout, a kill before the answer was recorded) may have
+// extended it by up to one TTL. A lease dropped before then is revoked, not left to expire.
+func (l *lease) vaultEnd() time.Time { return l.ExpiresAt.Add(l.TTL) }
+
 func (l *lease) secret() *source.Secret {
 	data := make(map[string]source.Value, len(l.Data))
 	for k, v := range l.Data {
@@ -67,6 +72,7 @@ func (s *Source) fetchLeased(ctx context.Context, ref string, spec vaultref.Spec
 	if cur != nil {
 		cur.claimed = true
 	}
+	seq := s.released.seq // a Release of ref after this point wins over this fetch
 	s.mu.Unlock()
 
 	reason := "new"
@@ -80,7 +86,7 @@ func (s *Source) fetchLeased(ctx context.Context, ref string, spec vaultref.Spec
 			// role): replace the credential now, while the old one still overlaps.
 			reason = "max_ttl"
 		} else if cur.Renewable {
-			renewed, why, err := s.renewLease(ctx, cur)
+			renewed, why, err := s.renewLease(ctx, cur, seq)
 			if err != nil {
 				return nil, err // transient: the engine serves the cached value until it expires
 			}
@@ -92,11 +98,12 @@ func (s *Source) fetchLeased(ctx context.Context, ref string, spec vaultref.Spec
 	} else if cur != nil {
 		reason = "expired"
 	}
-	return s.issue(ctx, ref, spec, cur, reason)
+	return s.issue(ctx, ref, spec, cur, reason, seq)
 }
 
-// renewLease renews l. It returns the renewed lease, or nil and the reason to re-issue.
-func (s *Source) renewLease(ctx context.Context, l *lease) (*lease, string, error) {
+// renewLease renews l. It returns the renewed lease, or nil and the reason to re-issue. seq
+// is the release sequence when the fetch began (see Release).
+func (s *Source) renewLease(ctx context.Context, l *lease, seq uint64) (*lease, string, error) {
 	resp, err := s.do(ctx, call{class: "lease-renew", method: http.MethodPut, path: "sys/leases/renew",
 		body: map[string]any{"lease_id": l.LeaseID, "increment": int64(l.TTL / time.Second)}, ns: s.nsOfRef(l.Ref)})
 	var ce *callError
@@ -130,6 +137,17 @@ func (s *Source) renewLease(ctx context.Context, l *lease) (*lease, string, erro
 	}
 	s.metrics.renewals.WithLabelValues("ok").Inc()
 	s.mu.Lock()
+	if s.released.since(l.Ref, seq) {
+		// Its consumers went while it was renewed: Release already scheduled its revocation.
+		s.mu.Unlock()
+		return nil, "", errReleased
+	}
+	if s.leases[l.Ref] != l {
+		// Dropped meanwhile (expired as far as the reaper knew): its revocation is scheduled,
+		// so the consumer gets a new credential rather than this one back.
+		s.mu.Unlock()
+		return nil, "expired", nil
+	}
 	next := *l
 	next.Data = maps.Clone(l.Data)
 	next.RenewedAt, next.ExpiresAt, next.RenewAt, next.Renewable, next.claimed = now, now.Add(got), renewAt(now, got), resp.Renewable, true
@@ -142,8 +160,10 @@ func (s *Source) renewLease(ctx context.Context, l *lease) (*lease, string, erro
 	return &next, "", nil
 }
 
-// issue asks the engine for a new credential and schedules the revocation of old.
-func (s *Source) issue(ctx context.Context, ref string, spec vaultref.Spec, old *lease, reason string) (*source.Secret, error) {
+// issue asks the engine for a new credential and schedules the revocation of old. seq is the
+// release sequence when the fetch began: a credential whose reference was released meanwhile
+// is revoked at once and not handed out.
+func (s *Source) issue(ctx context.Context, ref string, spec vaultref.Spec, old *lease, reason string, seq uint64) (*source.Secret, error) {
 	c := call{class: "lease-issue", ns: s.nsOf(spec)}
 	switch spec.Engine {
 	case vaultref.Database:
@@ -185,12 +205,21 @@ func (s *Source) issue(ctx context.Context, ref string, spec vaultref.Spec, old 
 		Version: "lease-" + shortHash(resp.LeaseID), Data: raw, claimed: true}
 	var rev *pendingRevoke
 	s.mu.Lock()
+	if s.released.since(ref, seq) {
+		rev = &pendingRevoke{LeaseID: l.LeaseID, Ref: ref, Owner: l.Owner, RevokeAt: now, ExpiresAt: l.ExpiresAt}
+		s.revokes[l.LeaseID] = rev
+		s.mu.Unlock()
+		s.persistRevoke(rev)
+		s.wake()
+		s.log.Info("revoking a credential whose consumers went while it was issued", slog.String("lease_id", l.LeaseID))
+		return nil, errReleased
+	}
 	if at, ok := s.reissueAtLocked(l); ok && at.Before(l.RenewAt) {
 		l.RenewAt = at
 	}
 	s.leases[ref] = l
-	if old != nil && old.LeaseID != l.LeaseID && now.Before(old.ExpiresAt) {
-		rev = &pendingRevoke{LeaseID: old.LeaseID, Ref: ref, Owner: old.Owner, RevokeAt: minTime(now.Add(s.cfg.LeaseGrace), old.ExpiresAt), ExpiresAt: old.ExpiresAt}
+	if old != nil && old.LeaseID != l.LeaseID && now.Before(old.vaultEnd()) {
+		rev = &pendingRevoke{LeaseID: old.LeaseID, Ref: ref, Owner: old.Owner, RevokeAt: minTime(now.Add(s.cfg.LeaseGrace), old.ExpiresAt), ExpiresAt: old.vaultEnd()}
 		s.revokes[old.LeaseID] = rev
 	}
 	s.mu.Unlock()
@@ -247,22 +276,30 @@ func minTime(a, b time.Time) time.Time {
 func (s *Source) reap(ctx context.Context) {
 	now := s.clock.Now()
 	var due []*pendingRevoke
-	var expired []string
+	type drop struct {
+		leaseID string
+		rev     *pendingRevoke // nil: Vault has certainly ended it
+	}
+	dropped := map[string]drop{} // by reference
 	s.mu.Lock()
 	for ref, l := range s.leases {
-		switch {
-		case !now.Before(l.ExpiresAt):
-			delete(s.leases, ref)
-			expired = append(expired, ref)
-		case !l.claimed && now.Sub(s.startedAt) >= s.cfg.OrphanGrace:
-			// Restored after a restart and nobody asked for it: revoke rather than leave a
-			// live credential that no one renews or uses.
-			delete(s.leases, ref)
-			expired = append(expired, ref)
-			rev := &pendingRevoke{LeaseID: l.LeaseID, Ref: ref, Owner: l.Owner, RevokeAt: now, ExpiresAt: l.ExpiresAt}
-			s.revokes[l.LeaseID] = rev
-			s.log.Info("revoking a restored lease that no consumer claimed", slog.String("lease_id", l.LeaseID))
+		orphan := !l.claimed && now.Sub(s.startedAt) >= s.cfg.OrphanGrace
+		if now.Before(l.ExpiresAt) && !orphan {
+			continue
 		}
+		// Expired as far as the daemon knows (Vault may still hold it: vaultEnd), or restored
+		// after a restart and nobody asked for it: revoke rather than leave a live credential
+		// that no one renews or uses.
+		delete(s.leases, ref)
+		d := drop{leaseID: l.LeaseID}
+		if now.Before(l.vaultEnd()) {
+			d.rev = &pendingRevoke{LeaseID: l.LeaseID, Ref: ref, Owner: l.Owner, RevokeAt: now, ExpiresAt: l.vaultEnd()}
+			s.revokes[l.LeaseID] = d.rev
+			if orphan {
+				s.log.Info("revoking a restored lease that no consumer claimed", slog.String("lease_id", l.LeaseID))
+			}
+		}
+		dropped[ref] = d
 	}
 	for id, r := range s.revokes {
 		switch {
@@ -278,9 +315,14 @@ func (s *Source) reap(ctx context.Context) {
 			delete(s.kv, ref)
 		}
 	}
+	s.released.prune(now)
 	s.mu.Unlock()
-	for _, ref := range expired {
-		s.forgetLease(ref)
+	for ref, d := range dropped {
+		// Only if the record still holds the dropped lease: a fetch may have recorded its
+		// successor since.
+		if err := s.commit(d.rev, nil, ref, d.leaseID); err != nil {
+			s.log.Error("record lease revocation", slog.String("error", err.Error()))
+		}
 	}
 	for _, r := range due {
 		s.revoke(ctx, r)
@@ -300,7 +342,7 @@ func (s *Source) revoke(ctx context.Context, r *pendingRevoke) {
 		return
 	}
 	s.metrics.revocations.WithLabelValues("ok").Inc()
-	s.log.Info("revoked a replaced lease", slog.String("lease_id", r.LeaseID))
+	s.log.Info("revoked a lease", slog.String("lease_id", r.LeaseID), slog.String("owner", r.Owner))
 	s.mu.Lock()
 	delete(s.revokes, r.LeaseID)
 	s.mu.Unlock()
@@ -325,4 +367,83 @@ func (s *Source) Leases() []LeaseStatus {
 		out = append(out, LeaseStatus{Ref: l.Ref, Owner: l.Owner, LeaseID: l.LeaseID, ExpiresAt: l.ExpiresAt, RenewAt: l.RenewAt})
 	}
 	return out
+}
+
+// errReleased answers a fetch whose reference was released while it was under way: the
+// credential it got is being revoked. A consumer that still wants the secret fetches again.
+var errReleased = fmt.Errorf("%w: the credential was released by its consumers while it was fetched; try again", source.ErrUnavailable)
+
+// releases remembers recent Release calls, so that a fetch under way at that moment neither
+// keeps nor hands out the credential it gets. seq numbers the calls; a fetch notes seq when
+// it begins.
+type releases struct {
+	seq uint64
+	at  map[string]releaseMark // by reference
+}
+
+type releaseMark struct {
+	seq  uint64
+	when time.Time
+}
+
+// releaseMemory is how long a Release is remembered: longer than any fetch may take.
+const releaseMemory = 10 * time.Minute
+
+func (r *releases) mark(ref string, now time.Time) {
+	r.seq++
+	r.at[ref] = releaseMark{seq: r.seq, when: now}
+}
+
+// since reports whether ref was released after the sequence number seq was read.
+func (r *releases) since(ref string, seq uint64) bool {
+	m, ok := r.at[ref]
+	return ok && m.seq > seq
+}
+
+func (r *releases) prune(now time.Time) {
+	for ref, m := range r.at {
+		if now.Sub(m.when) > releaseMemory {
+			delete(r.at, ref)
+		}
+	}
+}
+
+// Release gives up the credential of the reference path because its last consumer went (a
+// pod deleted, a volume unpublished, a grant withdrawn): the lease is forgotten and revoked in
+// Vault within a reap interval, its revocation recorded first and retried with backoff until
+// the lease expires, so a restart finishes it. A fetch of path under way meanwhile gets
+// errReleased, and the credential it obtained is revoked too. The next Fetch of path issues a
+// new credential. Release reports whether path had a lease.
+func (s *Source) Release(path string) bool {
+	now := s.clock.Now()
+	s.mu.Lock()
+	s.released.mark(path, now)
+	l := s.leases[path]
+	var rev *pendingRevoke
+	if l != nil {
+		delete(s.leases, path)
+		if now.Before(l.vaultEnd()) {
+			rev = &pendingRevoke{LeaseID: l.LeaseID, Ref: path, Owner: l.Owner, RevokeAt: now, ExpiresAt: l.vaultEnd()}
+			s.revokes[l.LeaseID] = rev
+		}
+	}
+	s.mu.Unlock()
+	if l == nil {
+		return false
+	}
+	// The revocation is recorded as the lease record goes, in one transaction.
+	if err := s.commit(rev, nil, path, l.LeaseID); err != nil {
+		s.log.Error("record lease release", slog.String("lease_id", l.LeaseID), slog.String("error", err.Error()))
+	}
+	s.log.Info("lease released by its last consumer; revoking", slog.String("lease_id", l.LeaseID), slog.String("owner", l.Owner))
+	s.wake()
+	return true
+}
+
+// wake makes Run reap now rather than at its next tick.
+func (s *Source) wake() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
 }

@@ -96,6 +96,8 @@ type Source struct {
 	maxTTL     map[string]time.Duration  // learnt max_ttl by issue path (e.g. database/creds/app)
 	down       bool                      // last answer was "unavailable" (for logging transitions)
 	enterprise int8                      // from sys/health: 0 not asked yet, 1 Enterprise, -1 not
+	released   releases                  // leases given up by their consumers: lease.go
+	kick       chan struct{}             // wakes Run's reaper after a Release
 	startedAt  time.Time
 	versionKey []byte // HMAC key of content versions; never leaves the process
 }
@@ -176,7 +178,7 @@ func New(cfg Config) (*Source, error) {
 		cfg: cfg, log: cfg.Logger, clock: cfg.Clock, client: c, shared: shared, hc: hc,
 		gate:    newGate(cfg.Clock, cfg.MaxConcurrent, cfg.RequestsPerSecond, cfg.Burst, cfg.MinBackoff, cfg.MaxBackoff),
 		refLock: map[string]*refLock{}, kv: map[string]*kvEntry{}, leases: map[string]*lease{},
-		revokes: map[string]*pendingRevoke{}, metaDenied: map[string]time.Time{}, maxTTL: map[string]time.Duration{}, startedAt: cfg.Clock.Now(),
+		revokes: map[string]*pendingRevoke{}, released: releases{at: map[string]releaseMark{}}, kick: make(chan struct{}, 1), metaDenied: map[string]time.Time{}, maxTTL: map[string]time.Duration{}, startedAt: cfg.Clock.Now(),
 		versionKey: make([]byte, 32),
 	}
 	s.stored.leases = store.NewBucket[lease](cfg.Leases, LeaseBucket).Prefix("lease/")
@@ -242,6 +244,8 @@ func (s *Source) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C():
+			s.reap(source.Background(ctx))
+		case <-s.kick:
 			s.reap(source.Background(ctx))
 		}
 	}
