@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/keywarden/keywarden/broker/store"
 	"github.com/keywarden/keywarden/crypto"
@@ -54,7 +55,9 @@ func TestDriver_Recover_movesLegacyRecords(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	newer.Versions = map[string]string{"db": "newer"}
+	// Marked in a field that a redelivery keeps: the recovered volume's watch may rewrite its
+	// record's versions at any time after the start.
+	newer.Workload.IssuedAt = newer.Workload.IssuedAt.Add(time.Second)
 	if err := store.NewBucket[record](newDB, volumesBucket).Put(r2.VolumeID, newer); err != nil {
 		t.Fatal(err)
 	}
@@ -74,8 +77,8 @@ func TestDriver_Recover_movesLegacyRecords(t *testing.T) {
 		t.Fatalf("volumes.db holds %d records (err %v), want 2", len(moved), err)
 	}
 	for _, it := range moved {
-		if it.Key == r2.VolumeID && it.Value.Versions["db"] != "newer" {
-			t.Fatalf("the record volumes.db already held was overwritten: %v", it.Value.Versions)
+		if it.Key == r2.VolumeID && !it.Value.Workload.IssuedAt.Equal(newer.Workload.IssuedAt) {
+			t.Fatalf("the record volumes.db already held was overwritten: issued at %v, want %v", it.Value.Workload.IssuedAt, newer.Workload.IssuedAt)
 		}
 	}
 	if !strings.Contains(e.logs.String(), "volume records moved to the volume store") {
