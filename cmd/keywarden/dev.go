@@ -54,12 +54,13 @@ lets namespace "demo", service account "app" read it. State lives in the data di
 			if healthAddr != "" {
 				cfg.HealthAddr = healthAddr
 			}
+			// The demo secret is seeded before the sockets listen: a "get" that reaches
+			// the daemon always finds it.
 			return serve(cmd, g, cfg, func(d *daemon) {
 				if err := seedDemo(cmd, d); err != nil {
 					d.log.Error("seed demo secret", "error", err)
 				}
-				printDevHelp(g, dir)
-			})
+			}, func(*daemon) { printDevHelp(g, dir) })
 		},
 	}
 	cmd.Flags().StringVar(&healthAddr, "health-addr", "", "serve /healthz, /readyz and /metrics on host:port (default off)")

@@ -30,7 +30,7 @@ rejected). The README's Configuration section lists every key.`,
 			if healthAddr != "" {
 				cfg.HealthAddr = healthAddr
 			}
-			return serve(cmd, g, cfg, nil)
+			return serve(cmd, g, cfg, nil, nil)
 		},
 	}
 	cmd.Flags().StringVar(&configPath, "config", "", "config file (required)")
@@ -40,8 +40,10 @@ rejected). The README's Configuration section lists every key.`,
 	return cmd
 }
 
-// serve builds a daemon from cfg and runs it until the command's context ends.
-func serve(cmd *cobra.Command, g *globals, cfg config, onReady func(*daemon)) error {
+// serve builds a daemon from cfg and runs it until the command's context ends. prepare, when
+// set, runs before any listener is up (so no caller can see the daemon before it is done);
+// onReady once the daemon is ready.
+func serve(cmd *cobra.Command, g *globals, cfg config, prepare, onReady func(*daemon)) error {
 	setUmask()
 	log := newLogger(g.stderr, cfg.Log.Level, cfg.Log.Format)
 	d, err := newDaemon(cfg, log)
@@ -49,6 +51,9 @@ func serve(cmd *cobra.Command, g *globals, cfg config, onReady func(*daemon)) er
 		return err
 	}
 	defer d.close()
+	if prepare != nil {
+		prepare(d)
+	}
 	var ready func()
 	if onReady != nil {
 		ready = func() { onReady(d) }
