@@ -122,7 +122,7 @@ func TestSource_killDashNineLeaseCampaign(t *testing.T) {
 	var killIssue int
 	var killChild func()
 	var inFlightAt []string // leases issued by a request the kill interrupted
-	f.srv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	f.setHandler(func(w http.ResponseWriter, r *http.Request) {
 		rec := httptest.NewRecorder()
 		f.serve(rec, r)
 		if strings.Contains(r.URL.Path, "/creds/") {

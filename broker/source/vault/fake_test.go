@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -32,6 +33,8 @@ type fakeVault struct {
 	t     testing.TB
 	srv   *httptest.Server
 	clock clock.PassiveClock
+	// handler, when set (setHandler), answers instead of serve; it may call serve itself.
+	handler atomic.Pointer[http.HandlerFunc]
 
 	mu        sync.Mutex
 	role      string
@@ -78,10 +81,19 @@ func newFakeVault(t testing.TB, c clock.PassiveClock) *fakeVault {
 		kv2: map[string]*kv2Secret{}, kv1: map[string]map[string]any{}, forbidden: map[string]bool{},
 		leases: map[string]*fakeLease{}, leaseTTL: 60, maxTTL: 300, renewable: true, calls: map[string]int{},
 		namespaces: map[string]map[string]bool{}, approle: map[string]string{}, wrapped: map[string]string{}, health: map[string]any{"initialized": true, "sealed": false, "version": "1.21.0", "enterprise": false}}
-	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
+	f.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if h := f.handler.Load(); h != nil {
+			(*h)(w, r)
+			return
+		}
+		f.serve(w, r)
+	}))
 	t.Cleanup(f.srv.Close)
 	return f
 }
+
+// setHandler makes h answer every request from now on, safely while the server runs.
+func (f *fakeVault) setHandler(h http.HandlerFunc) { f.handler.Store(&h) }
 
 func (f *fakeVault) count(key string) int {
 	f.mu.Lock()
