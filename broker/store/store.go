@@ -404,19 +404,11 @@ func (db *DB) NoSync() bool { return db.noSync }
 // already durable; a NoSync store calls it where a commit must not be lost to a power cut
 // (before the only other copy of its records is deleted, after a key rotation).
 func (db *DB) Sync() error {
-	if db.closed.Load() {
-		return ErrClosed
+	release, err := db.handle()
+	if err != nil {
+		return err
 	}
-	if db.broken.Load() {
-		if err := db.reopen(); err != nil {
-			return err
-		}
-	}
-	db.handleMu.RLock()
-	defer db.handleMu.RUnlock()
-	if db.bdb == nil {
-		return ErrClosed
-	}
+	defer release()
 	if err := db.bdb.Sync(); err != nil {
 		db.broken.Store(true) // the same distrust as after a failed commit's fsync
 		return fmt.Errorf("store %s: sync: %v", db.path, err)
@@ -456,20 +448,31 @@ func (db *DB) View(fn func(tx *Tx) error) error {
 	return db.run(false, fn)
 }
 
-func (db *DB) run(writable bool, fn func(tx *Tx) error) (err error) {
+// handle returns with the bbolt handle held for use (reopened first after a failed commit),
+// until release is called; ErrClosed when the store is closed, also while this call waited.
+func (db *DB) handle() (release func(), err error) {
 	if db.closed.Load() {
-		return ErrClosed
+		return nil, ErrClosed
 	}
 	if db.broken.Load() {
 		if err := db.reopen(); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	db.handleMu.RLock()
-	defer db.handleMu.RUnlock()
 	if db.bdb == nil {
-		return ErrClosed // closed while this call waited for the handle
+		db.handleMu.RUnlock()
+		return nil, ErrClosed // closed while this call waited for the handle
 	}
+	return db.handleMu.RUnlock, nil
+}
+
+func (db *DB) run(writable bool, fn func(tx *Tx) error) (err error) {
+	release, err := db.handle()
+	if err != nil {
+		return err
+	}
+	defer release()
 	// A page pointer into the mmap beyond the end of a damaged file faults
 	// (SIGBUS). Only such memory faults become ErrCorrupt (bbolt has rolled
 	// the transaction back by then); any other panic, including one from
@@ -611,16 +614,11 @@ func (db *DB) Check() (err error) {
 			err = fmt.Errorf("check store %s: bbolt failed walking the file: %w", db.path, ErrCorrupt)
 		}
 	}()
-	if db.broken.Load() {
-		if err := db.reopen(); err != nil {
-			return err
-		}
+	release, err := db.handle()
+	if err != nil {
+		return err
 	}
-	db.handleMu.RLock()
-	defer db.handleMu.RUnlock()
-	if db.bdb == nil {
-		return ErrClosed
-	}
+	defer release()
 	var problems []error
 	err = db.bdb.View(func(tx *bolt.Tx) error {
 		for e := range tx.Check() {
