@@ -83,6 +83,19 @@ type AdminConfig struct {
 	// Keys rotates the stores' DEK and KEK; nil makes RotateKeys and RotationStatus answer
 	// FailedPrecondition.
 	Keys KeyRotator
+	// Leases lists the Vault leases the node tracks for GetStatus; nil lists none.
+	Leases LeaseLister
+}
+
+// LeaseLister lists the Vault leases a node tracks.
+type LeaseLister interface {
+	TrackedLeases() []TrackedLease
+}
+
+// TrackedLease is one Vault lease a node tracks (keywarden.v1.VaultLease).
+type TrackedLease struct {
+	LeaseID, Path, Owner, State string
+	ExpiresAt                   time.Time
 }
 
 // AdminService implements keywarden.v1.AdminService. It is served only on the admin socket,

@@ -104,3 +104,36 @@ func TestAdminService_RotationStatus_states(t *testing.T) {
 		}
 	}
 }
+
+type fakeLeases []server.TrackedLease
+
+func (f fakeLeases) TrackedLeases() []server.TrackedLease { return f }
+
+// GetStatus lists the Vault leases the node tracks, in both states, without a credential.
+func TestAdminService_GetStatus_vaultLeases(t *testing.T) {
+	exp := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	leases := fakeLeases{
+		{LeaseID: "database/creds/app/a", Path: "database/creds/app", Owner: "uid-1", State: "held", ExpiresAt: exp},
+		{LeaseID: "database/creds/app/b", Path: "database/creds/app", State: "revoking", ExpiresAt: exp},
+	}
+	c := serveAdmin(t, server.AdminConfig{Broker: fakeAdminBroker{}, Cache: fakeCacheStatus{}, TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"),
+		Logger: slog.New(slog.NewJSONHandler(&testlog.Buffer{}, nil)), Leases: leases})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := c.GetStatus(ctx, &keywardenv1.GetStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := st.GetVaultLeases()
+	if len(got) != 2 || got[0].GetLeaseId() != "database/creds/app/a" || got[0].GetOwner() != "uid-1" || got[0].GetState() != "held" ||
+		!got[0].GetExpiresAt().AsTime().Equal(exp) || got[1].GetState() != "revoking" || got[1].GetOwner() != "" {
+		t.Fatalf("vault leases %v", got)
+	}
+
+	// Without a lister (no Vault), none.
+	c = serveAdmin(t, server.AdminConfig{Broker: fakeAdminBroker{}, Cache: fakeCacheStatus{}, TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"),
+		Logger: slog.New(slog.NewJSONHandler(&testlog.Buffer{}, nil))})
+	if st, err = c.GetStatus(ctx, &keywardenv1.GetStatusRequest{}); err != nil || len(st.GetVaultLeases()) != 0 {
+		t.Fatalf("without Vault: %v, %v", st.GetVaultLeases(), err)
+	}
+}

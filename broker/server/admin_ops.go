@@ -112,7 +112,8 @@ func auditStream(rec audit.Recorder) grpc.StreamServerInterceptor {
 	}
 }
 
-// statusDetails adds the grant sources, revocations and audit log state to a status.
+// statusDetails adds the grant sources, revocations, Vault leases and audit log state to a
+// status.
 func (a *AdminService) statusDetails(out *keywardenv1.GetStatusResponse) {
 	counts := map[string]int32{}
 	var order []string
@@ -127,6 +128,15 @@ func (a *AdminService) statusDetails(out *keywardenv1.GetStatusResponse) {
 	}
 	if a.cfg.Revoker != nil {
 		out.Revocations = a.cfg.Revoker.Names()
+	}
+	if a.cfg.Leases != nil {
+		for _, l := range a.cfg.Leases.TrackedLeases() {
+			vl := &keywardenv1.VaultLease{LeaseId: l.LeaseID, Path: l.Path, Owner: l.Owner, State: l.State}
+			if !l.ExpiresAt.IsZero() {
+				vl.ExpiresAt = timestamppb.New(l.ExpiresAt)
+			}
+			out.VaultLeases = append(out.VaultLeases, vl)
+		}
 	}
 	out.Audit = &keywardenv1.AuditStatus{}
 	if a.cfg.Audit != nil {

@@ -102,6 +102,9 @@ func (d *daemon) adminAPIConfig(version string, metrics *server.Metrics) server.
 	if d.keys != nil {
 		cfg.Keys = d.keys
 	}
+	if d.vault != nil {
+		cfg.Leases = trackedLeases{d.vault} // leases.go
+	}
 	return cfg
 }
 

@@ -459,6 +459,16 @@ func printStatusDetails(w io.Writer, st *keywardenv1.GetStatusResponse) {
 	if len(st.GetRevocations()) > 0 {
 		fmt.Fprintf(w, "revocations: %s\n", strings.Join(st.GetRevocations(), ", "))
 	}
+	if ls := st.GetVaultLeases(); len(ls) > 0 {
+		fmt.Fprintf(w, "vault leases: %d\n", len(ls))
+		for _, l := range ls {
+			owner := l.GetOwner()
+			if owner == "" {
+				owner = "shared"
+			}
+			fmt.Fprintf(w, "  %s  %s  %s  owner %s  expires %s\n", l.GetLeaseId(), l.GetState(), l.GetPath(), owner, l.GetExpiresAt().AsTime().Format(time.RFC3339))
+		}
+	}
 	a := st.GetAudit()
 	switch {
 	case a == nil:

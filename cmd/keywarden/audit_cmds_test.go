@@ -11,9 +11,12 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	"github.com/keywarden/keywarden/broker/audit"
 	"github.com/keywarden/keywarden/broker/store"
 	"github.com/keywarden/keywarden/crypto"
+	keywardenv1 "github.com/keywarden/keywarden/proto/keywarden/v1"
 )
 
 // anchoredExport writes n audit events to a fresh log and returns its export and the anchors
@@ -137,5 +140,20 @@ func TestAuditVerify_anchor(t *testing.T) {
 		if code == 0 || !strings.Contains(errOut, tc.want) {
 			t.Errorf("%s: %d %q, want an error containing %q", tc.name, code, errOut, tc.want)
 		}
+	}
+}
+
+func TestPrintStatusDetails_vaultLeases(t *testing.T) {
+	exp := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	var b strings.Builder
+	printStatusDetails(&b, &keywardenv1.GetStatusResponse{VaultLeases: []*keywardenv1.VaultLease{
+		{LeaseId: "database/creds/app/a", Path: "database/creds/app", Owner: "uid-1", State: "held", ExpiresAt: timestamppb.New(exp)},
+		{LeaseId: "database/creds/app/b", Path: "database/creds/app", State: "revoking", ExpiresAt: timestamppb.New(exp)},
+	}})
+	want := "vault leases: 2\n" +
+		"  database/creds/app/a  held  database/creds/app  owner uid-1  expires 2025-01-02T03:04:05Z\n" +
+		"  database/creds/app/b  revoking  database/creds/app  owner shared  expires 2025-01-02T03:04:05Z\n"
+	if got := b.String(); got != want {
+		t.Fatalf("got\n%s\nwant\n%s", got, want)
 	}
 }

@@ -31,6 +31,7 @@ import (
 	"github.com/keywarden/keywarden/broker/server"
 	"github.com/keywarden/keywarden/broker/source"
 	"github.com/keywarden/keywarden/broker/source/local"
+	"github.com/keywarden/keywarden/broker/source/vault"
 	"github.com/keywarden/keywarden/broker/store"
 	"github.com/keywarden/keywarden/internal/grpcx"
 )
@@ -58,6 +59,7 @@ type daemon struct {
 	anchorer *audit.Anchorer // auditlog.go; nil without audit.anchor
 	revoker  *revoke.Manager // revocations.go
 	keys     *keyrot.Manager // keys.go
+	vault    *vault.Source   // vault.go; nil without Vault
 	adminTCP net.Listener    // admin_api.go; nil unless admin.tcp is set
 	csi      *csiParts       // csi.go; nil when csi.socket is unset
 	ready    atomic.Bool
@@ -122,6 +124,7 @@ func newDaemon(cfg config, log *slog.Logger) (_ *daemon, err error) {
 	if err := d.addVaultSource(context.Background(), sources); err != nil { // vault.go
 		return nil, fmt.Errorf("vault source: %w", err)
 	}
+	d.vault, _ = sources[broker.VaultSourceName].(*vault.Source)
 	if len(sources) == 0 {
 		return nil, errors.New("no secret source is enabled: set sources.local.enabled or the vault section")
 	}

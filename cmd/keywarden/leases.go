@@ -5,6 +5,7 @@ import (
 
 	"github.com/keywarden/keywarden/broker"
 	"github.com/keywarden/keywarden/broker/rotate"
+	"github.com/keywarden/keywarden/broker/server"
 	"github.com/keywarden/keywarden/broker/source"
 	"github.com/keywarden/keywarden/broker/source/vault"
 )
@@ -25,6 +26,18 @@ func (r leaseReleaser) Release(ref source.Ref) {
 	}
 	r.engine.Drop(ref)
 	r.vault.Release(ref.Path)
+}
+
+// trackedLeases lists the Vault source's leases for `keywarden status`.
+type trackedLeases struct{ vault *vault.Source }
+
+func (l trackedLeases) TrackedLeases() []server.TrackedLease {
+	ls := l.vault.Tracked()
+	out := make([]server.TrackedLease, 0, len(ls))
+	for _, x := range ls {
+		out = append(out, server.TrackedLease{LeaseID: x.LeaseID, Path: x.Ref, Owner: x.Owner, State: x.State, ExpiresAt: x.ExpiresAt})
+	}
+	return out
 }
 
 // newLeaseReleaser returns the releaser of the daemon's sources, or nil without Vault.

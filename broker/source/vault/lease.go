@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/keywarden/keywarden/broker/source"
@@ -355,7 +357,9 @@ type LeaseStatus struct {
 	Owner     string
 	LeaseID   string
 	ExpiresAt time.Time
-	RenewAt   time.Time
+	// RenewAt is when a held lease is renewed next, or when a revoking one is tried next.
+	RenewAt time.Time
+	State   string // LeaseHeld or LeaseRevoking
 }
 
 // Leases lists the current leases.
@@ -364,8 +368,35 @@ func (s *Source) Leases() []LeaseStatus {
 	defer s.mu.Unlock()
 	out := make([]LeaseStatus, 0, len(s.leases))
 	for _, l := range s.leases {
-		out = append(out, LeaseStatus{Ref: l.Ref, Owner: l.Owner, LeaseID: l.LeaseID, ExpiresAt: l.ExpiresAt, RenewAt: l.RenewAt})
+		out = append(out, LeaseStatus{Ref: l.Ref, Owner: l.Owner, LeaseID: l.LeaseID, ExpiresAt: l.ExpiresAt, RenewAt: l.RenewAt, State: LeaseHeld})
 	}
+	return out
+}
+
+// The states of a tracked lease (LeaseStatus.State).
+const (
+	// LeaseHeld: the current credential of a reference, renewed or re-issued while used
+	// (restored leases not yet claimed after a restart included).
+	LeaseHeld = "held"
+	// LeaseRevoking: given up (replaced, released or orphaned) and waiting for its revocation.
+	LeaseRevoking = "revoking"
+)
+
+// Tracked lists every lease the node tracks: the current ones and those waiting to be
+// revoked. Every lease Vault issued to this node and still lists is one of them, unless its
+// answer was lost with the process that asked for it; a lease missing from both is an orphan.
+// Sorted by lease id.
+func (s *Source) Tracked() []LeaseStatus {
+	s.mu.Lock()
+	out := make([]LeaseStatus, 0, len(s.leases)+len(s.revokes))
+	for _, l := range s.leases {
+		out = append(out, LeaseStatus{Ref: l.Ref, Owner: l.Owner, LeaseID: l.LeaseID, ExpiresAt: l.ExpiresAt, RenewAt: l.RenewAt, State: LeaseHeld})
+	}
+	for _, r := range s.revokes {
+		out = append(out, LeaseStatus{Ref: r.Ref, Owner: r.Owner, LeaseID: r.LeaseID, ExpiresAt: r.ExpiresAt, RenewAt: r.RevokeAt, State: LeaseRevoking})
+	}
+	s.mu.Unlock()
+	slices.SortFunc(out, func(a, b LeaseStatus) int { return strings.Compare(a.LeaseID, b.LeaseID) })
 	return out
 }
 

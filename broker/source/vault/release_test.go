@@ -54,6 +54,7 @@ func TestSource_Release_failedRevocationRetriedAndSurvivesRestart(t *testing.T) 
 	if err != nil {
 		t.Fatal(err)
 	}
+	wantTracked(t, e.s, s1.LeaseID, LeaseHeld)
 	fail := true
 	e.f.mu.Lock()
 	e.f.fault = func(w http.ResponseWriter, req *http.Request) bool {
@@ -69,6 +70,7 @@ func TestSource_Release_failedRevocationRetriedAndSurvivesRestart(t *testing.T) 
 	if e.f.lease(s1.LeaseID).revoked || e.store.keys("revoke/") != 1 {
 		t.Fatal("a failed revocation must stay recorded")
 	}
+	wantTracked(t, e.s, s1.LeaseID, LeaseRevoking)
 
 	// A restart (a new Source on the same store) finishes it.
 	e.f.mu.Lock()
@@ -78,9 +80,26 @@ func TestSource_Release_failedRevocationRetriedAndSurvivesRestart(t *testing.T) 
 	if err != nil {
 		t.Fatal(err)
 	}
+	wantTracked(t, s2, s1.LeaseID, LeaseRevoking) // restored, before its retry
 	s2.reap(context.Background())
 	if !e.f.lease(s1.LeaseID).revoked || e.store.keys("revoke/") != 0 {
 		t.Fatal("restarted source did not finish the recorded revocation")
+	}
+	wantTracked(t, s2, "", "")
+}
+
+// wantTracked checks that s tracks exactly one lease, id in state, or none when id is "".
+func wantTracked(t *testing.T, s *Source, id, state string) {
+	t.Helper()
+	got := s.Tracked()
+	if id == "" {
+		if len(got) != 0 {
+			t.Fatalf("Tracked() = %+v, want none", got)
+		}
+		return
+	}
+	if len(got) != 1 || got[0].LeaseID != id || got[0].State != state {
+		t.Fatalf("Tracked() = %+v, want %s %s", got, id, state)
 	}
 }
 

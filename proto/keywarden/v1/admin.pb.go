@@ -929,7 +929,11 @@ type GetStatusResponse struct {
 	Audit        *AuditStatus           `protobuf:"bytes,6,opt,name=audit,proto3" json:"audit,omitempty"`
 	GrantSources []*GrantSourceStatus   `protobuf:"bytes,7,rep,name=grant_sources,json=grantSources,proto3" json:"grant_sources,omitempty"`
 	// revocations are the names of the revocations in force.
-	Revocations   []string `protobuf:"bytes,8,rep,name=revocations,proto3" json:"revocations,omitempty"`
+	Revocations []string `protobuf:"bytes,8,rep,name=revocations,proto3" json:"revocations,omitempty"`
+	// vault_leases are the Vault leases this node tracks: held for a consumer, or given up and
+	// waiting to be revoked. Each is in Vault's own lease list until it is revoked or expires,
+	// so an operator can compare the two.
+	VaultLeases   []*VaultLease `protobuf:"bytes,9,rep,name=vault_leases,json=vaultLeases,proto3" json:"vault_leases,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1020,6 +1024,95 @@ func (x *GetStatusResponse) GetRevocations() []string {
 	return nil
 }
 
+func (x *GetStatusResponse) GetVaultLeases() []*VaultLease {
+	if x != nil {
+		return x.VaultLeases
+	}
+	return nil
+}
+
+// VaultLease is one Vault lease the node tracks, without its credential.
+type VaultLease struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	LeaseId string                 `protobuf:"bytes,1,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
+	// path is the Vault reference it was issued for.
+	Path string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// owner is the pod UID of a per-pod credential; empty when shared.
+	Owner string `protobuf:"bytes,3,opt,name=owner,proto3" json:"owner,omitempty"`
+	// state is "held" (renewed or re-issued while consumers use it) or "revoking" (given up;
+	// the revocation is pending or being retried).
+	State string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	// expires_at is when the lease ends as far as the node knows.
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VaultLease) Reset() {
+	*x = VaultLease{}
+	mi := &file_keywarden_v1_admin_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VaultLease) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VaultLease) ProtoMessage() {}
+
+func (x *VaultLease) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_v1_admin_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VaultLease.ProtoReflect.Descriptor instead.
+func (*VaultLease) Descriptor() ([]byte, []int) {
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *VaultLease) GetLeaseId() string {
+	if x != nil {
+		return x.LeaseId
+	}
+	return ""
+}
+
+func (x *VaultLease) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *VaultLease) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *VaultLease) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *VaultLease) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
 // PutSecretRequest writes a secret in the embedded store.
 type PutSecretRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1031,7 +1124,7 @@ type PutSecretRequest struct {
 
 func (x *PutSecretRequest) Reset() {
 	*x = PutSecretRequest{}
-	mi := &file_keywarden_v1_admin_proto_msgTypes[15]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1043,7 +1136,7 @@ func (x *PutSecretRequest) String() string {
 func (*PutSecretRequest) ProtoMessage() {}
 
 func (x *PutSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_v1_admin_proto_msgTypes[15]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1056,7 +1149,7 @@ func (x *PutSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutSecretRequest.ProtoReflect.Descriptor instead.
 func (*PutSecretRequest) Descriptor() ([]byte, []int) {
-	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PutSecretRequest) GetName() string {
@@ -1083,7 +1176,7 @@ type PutSecretResponse struct {
 
 func (x *PutSecretResponse) Reset() {
 	*x = PutSecretResponse{}
-	mi := &file_keywarden_v1_admin_proto_msgTypes[16]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1095,7 +1188,7 @@ func (x *PutSecretResponse) String() string {
 func (*PutSecretResponse) ProtoMessage() {}
 
 func (x *PutSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_v1_admin_proto_msgTypes[16]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1108,7 +1201,7 @@ func (x *PutSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutSecretResponse.ProtoReflect.Descriptor instead.
 func (*PutSecretResponse) Descriptor() ([]byte, []int) {
-	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PutSecretResponse) GetVersion() string {
@@ -1128,7 +1221,7 @@ type RotateNowRequest struct {
 
 func (x *RotateNowRequest) Reset() {
 	*x = RotateNowRequest{}
-	mi := &file_keywarden_v1_admin_proto_msgTypes[17]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1140,7 +1233,7 @@ func (x *RotateNowRequest) String() string {
 func (*RotateNowRequest) ProtoMessage() {}
 
 func (x *RotateNowRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_v1_admin_proto_msgTypes[17]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1153,7 +1246,7 @@ func (x *RotateNowRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateNowRequest.ProtoReflect.Descriptor instead.
 func (*RotateNowRequest) Descriptor() ([]byte, []int) {
-	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RotateNowRequest) GetSecret() string {
@@ -1178,7 +1271,7 @@ type RotatedSource struct {
 
 func (x *RotatedSource) Reset() {
 	*x = RotatedSource{}
-	mi := &file_keywarden_v1_admin_proto_msgTypes[18]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1190,7 +1283,7 @@ func (x *RotatedSource) String() string {
 func (*RotatedSource) ProtoMessage() {}
 
 func (x *RotatedSource) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_v1_admin_proto_msgTypes[18]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1203,7 +1296,7 @@ func (x *RotatedSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotatedSource.ProtoReflect.Descriptor instead.
 func (*RotatedSource) Descriptor() ([]byte, []int) {
-	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RotatedSource) GetSource() string {
@@ -1244,7 +1337,7 @@ type RotateNowResponse struct {
 
 func (x *RotateNowResponse) Reset() {
 	*x = RotateNowResponse{}
-	mi := &file_keywarden_v1_admin_proto_msgTypes[19]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1256,7 +1349,7 @@ func (x *RotateNowResponse) String() string {
 func (*RotateNowResponse) ProtoMessage() {}
 
 func (x *RotateNowResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_v1_admin_proto_msgTypes[19]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1269,7 +1362,7 @@ func (x *RotateNowResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateNowResponse.ProtoReflect.Descriptor instead.
 func (*RotateNowResponse) Descriptor() ([]byte, []int) {
-	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RotateNowResponse) GetSources() []*RotatedSource {
@@ -1297,7 +1390,7 @@ type RevokeRequest struct {
 
 func (x *RevokeRequest) Reset() {
 	*x = RevokeRequest{}
-	mi := &file_keywarden_v1_admin_proto_msgTypes[20]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1309,7 +1402,7 @@ func (x *RevokeRequest) String() string {
 func (*RevokeRequest) ProtoMessage() {}
 
 func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_v1_admin_proto_msgTypes[20]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1322,7 +1415,7 @@ func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeRequest) Descriptor() ([]byte, []int) {
-	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RevokeRequest) GetSecret() string {
@@ -1380,7 +1473,7 @@ type RevokeResponse struct {
 
 func (x *RevokeResponse) Reset() {
 	*x = RevokeResponse{}
-	mi := &file_keywarden_v1_admin_proto_msgTypes[21]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1392,7 +1485,7 @@ func (x *RevokeResponse) String() string {
 func (*RevokeResponse) ProtoMessage() {}
 
 func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_v1_admin_proto_msgTypes[21]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1405,7 +1498,7 @@ func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeResponse.ProtoReflect.Descriptor instead.
 func (*RevokeResponse) Descriptor() ([]byte, []int) {
-	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RevokeResponse) GetRevocation() string {
@@ -1435,7 +1528,7 @@ type AuditTailRequest struct {
 
 func (x *AuditTailRequest) Reset() {
 	*x = AuditTailRequest{}
-	mi := &file_keywarden_v1_admin_proto_msgTypes[22]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1447,7 +1540,7 @@ func (x *AuditTailRequest) String() string {
 func (*AuditTailRequest) ProtoMessage() {}
 
 func (x *AuditTailRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_v1_admin_proto_msgTypes[22]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1460,7 +1553,7 @@ func (x *AuditTailRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditTailRequest.ProtoReflect.Descriptor instead.
 func (*AuditTailRequest) Descriptor() ([]byte, []int) {
-	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *AuditTailRequest) GetLast() uint32 {
@@ -1490,7 +1583,7 @@ type AuditTailResponse struct {
 
 func (x *AuditTailResponse) Reset() {
 	*x = AuditTailResponse{}
-	mi := &file_keywarden_v1_admin_proto_msgTypes[23]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1502,7 +1595,7 @@ func (x *AuditTailResponse) String() string {
 func (*AuditTailResponse) ProtoMessage() {}
 
 func (x *AuditTailResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_v1_admin_proto_msgTypes[23]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1515,7 +1608,7 @@ func (x *AuditTailResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditTailResponse.ProtoReflect.Descriptor instead.
 func (*AuditTailResponse) Descriptor() ([]byte, []int) {
-	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *AuditTailResponse) GetSeq() uint64 {
@@ -1548,7 +1641,7 @@ type AuditVerifyRequest struct {
 
 func (x *AuditVerifyRequest) Reset() {
 	*x = AuditVerifyRequest{}
-	mi := &file_keywarden_v1_admin_proto_msgTypes[24]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1560,7 +1653,7 @@ func (x *AuditVerifyRequest) String() string {
 func (*AuditVerifyRequest) ProtoMessage() {}
 
 func (x *AuditVerifyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_v1_admin_proto_msgTypes[24]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1573,7 +1666,7 @@ func (x *AuditVerifyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditVerifyRequest.ProtoReflect.Descriptor instead.
 func (*AuditVerifyRequest) Descriptor() ([]byte, []int) {
-	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 // AuditProblem is one finding of the verifier.
@@ -1590,7 +1683,7 @@ type AuditProblem struct {
 
 func (x *AuditProblem) Reset() {
 	*x = AuditProblem{}
-	mi := &file_keywarden_v1_admin_proto_msgTypes[25]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1602,7 +1695,7 @@ func (x *AuditProblem) String() string {
 func (*AuditProblem) ProtoMessage() {}
 
 func (x *AuditProblem) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_v1_admin_proto_msgTypes[25]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1615,7 +1708,7 @@ func (x *AuditProblem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditProblem.ProtoReflect.Descriptor instead.
 func (*AuditProblem) Descriptor() ([]byte, []int) {
-	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *AuditProblem) GetSeq() uint64 {
@@ -1660,7 +1753,7 @@ type AuditVerifyResponse struct {
 
 func (x *AuditVerifyResponse) Reset() {
 	*x = AuditVerifyResponse{}
-	mi := &file_keywarden_v1_admin_proto_msgTypes[26]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1672,7 +1765,7 @@ func (x *AuditVerifyResponse) String() string {
 func (*AuditVerifyResponse) ProtoMessage() {}
 
 func (x *AuditVerifyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_v1_admin_proto_msgTypes[26]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1685,7 +1778,7 @@ func (x *AuditVerifyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditVerifyResponse.ProtoReflect.Descriptor instead.
 func (*AuditVerifyResponse) Descriptor() ([]byte, []int) {
-	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *AuditVerifyResponse) GetOk() bool {
@@ -1769,7 +1862,7 @@ type AuditExportRequest struct {
 
 func (x *AuditExportRequest) Reset() {
 	*x = AuditExportRequest{}
-	mi := &file_keywarden_v1_admin_proto_msgTypes[27]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1781,7 +1874,7 @@ func (x *AuditExportRequest) String() string {
 func (*AuditExportRequest) ProtoMessage() {}
 
 func (x *AuditExportRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_v1_admin_proto_msgTypes[27]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1794,7 +1887,7 @@ func (x *AuditExportRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditExportRequest.ProtoReflect.Descriptor instead.
 func (*AuditExportRequest) Descriptor() ([]byte, []int) {
-	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *AuditExportRequest) GetFromSeq() uint64 {
@@ -1814,7 +1907,7 @@ type AuditExportResponse struct {
 
 func (x *AuditExportResponse) Reset() {
 	*x = AuditExportResponse{}
-	mi := &file_keywarden_v1_admin_proto_msgTypes[28]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1826,7 +1919,7 @@ func (x *AuditExportResponse) String() string {
 func (*AuditExportResponse) ProtoMessage() {}
 
 func (x *AuditExportResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_v1_admin_proto_msgTypes[28]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1839,7 +1932,7 @@ func (x *AuditExportResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditExportResponse.ProtoReflect.Descriptor instead.
 func (*AuditExportResponse) Descriptor() ([]byte, []int) {
-	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *AuditExportResponse) GetData() []byte {
@@ -1865,7 +1958,7 @@ type RotateKeysRequest struct {
 
 func (x *RotateKeysRequest) Reset() {
 	*x = RotateKeysRequest{}
-	mi := &file_keywarden_v1_admin_proto_msgTypes[29]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1877,7 +1970,7 @@ func (x *RotateKeysRequest) String() string {
 func (*RotateKeysRequest) ProtoMessage() {}
 
 func (x *RotateKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_v1_admin_proto_msgTypes[29]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1890,7 +1983,7 @@ func (x *RotateKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeysRequest.ProtoReflect.Descriptor instead.
 func (*RotateKeysRequest) Descriptor() ([]byte, []int) {
-	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RotateKeysRequest) GetDek() bool {
@@ -1917,7 +2010,7 @@ type RotateKeysResponse struct {
 
 func (x *RotateKeysResponse) Reset() {
 	*x = RotateKeysResponse{}
-	mi := &file_keywarden_v1_admin_proto_msgTypes[30]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1929,7 +2022,7 @@ func (x *RotateKeysResponse) String() string {
 func (*RotateKeysResponse) ProtoMessage() {}
 
 func (x *RotateKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_v1_admin_proto_msgTypes[30]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1942,7 +2035,7 @@ func (x *RotateKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeysResponse.ProtoReflect.Descriptor instead.
 func (*RotateKeysResponse) Descriptor() ([]byte, []int) {
-	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RotateKeysResponse) GetStatus() *RotationStatusResponse {
@@ -1961,7 +2054,7 @@ type RotationStatusRequest struct {
 
 func (x *RotationStatusRequest) Reset() {
 	*x = RotationStatusRequest{}
-	mi := &file_keywarden_v1_admin_proto_msgTypes[31]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1973,7 +2066,7 @@ func (x *RotationStatusRequest) String() string {
 func (*RotationStatusRequest) ProtoMessage() {}
 
 func (x *RotationStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_v1_admin_proto_msgTypes[31]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1986,7 +2079,7 @@ func (x *RotationStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotationStatusRequest.ProtoReflect.Descriptor instead.
 func (*RotationStatusRequest) Descriptor() ([]byte, []int) {
-	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 // StoreKeys is one store's DEK keyset.
@@ -2016,7 +2109,7 @@ type StoreKeys struct {
 
 func (x *StoreKeys) Reset() {
 	*x = StoreKeys{}
-	mi := &file_keywarden_v1_admin_proto_msgTypes[32]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2028,7 +2121,7 @@ func (x *StoreKeys) String() string {
 func (*StoreKeys) ProtoMessage() {}
 
 func (x *StoreKeys) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_v1_admin_proto_msgTypes[32]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2041,7 +2134,7 @@ func (x *StoreKeys) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreKeys.ProtoReflect.Descriptor instead.
 func (*StoreKeys) Descriptor() ([]byte, []int) {
-	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *StoreKeys) GetName() string {
@@ -2131,7 +2224,7 @@ type RotationStatusResponse struct {
 
 func (x *RotationStatusResponse) Reset() {
 	*x = RotationStatusResponse{}
-	mi := &file_keywarden_v1_admin_proto_msgTypes[33]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2143,7 +2236,7 @@ func (x *RotationStatusResponse) String() string {
 func (*RotationStatusResponse) ProtoMessage() {}
 
 func (x *RotationStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_v1_admin_proto_msgTypes[33]
+	mi := &file_keywarden_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2156,7 +2249,7 @@ func (x *RotationStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotationStatusResponse.ProtoReflect.Descriptor instead.
 func (*RotationStatusResponse) Descriptor() ([]byte, []int) {
-	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_keywarden_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RotationStatusResponse) GetState() string {
@@ -2290,7 +2383,7 @@ const file_keywarden_v1_admin_proto_rawDesc = "" +
 	"\apending\x18\x05 \x01(\x05R\apending\x12\x18\n" +
 	"\adropped\x18\x06 \x01(\x04R\adropped\x12\x18\n" +
 	"\awritten\x18\a \x01(\x04R\awritten\x12%\n" +
-	"\x0eflush_failures\x18\b \x01(\x04R\rflushFailures\"\xf4\x02\n" +
+	"\x0eflush_failures\x18\b \x01(\x04R\rflushFailures\"\xb1\x03\n" +
 	"\x11GetStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x129\n" +
 	"\n" +
@@ -2300,7 +2393,16 @@ const file_keywarden_v1_admin_proto_rawDesc = "" +
 	"\rwatch_streams\x18\x05 \x01(\x05R\fwatchStreams\x12/\n" +
 	"\x05audit\x18\x06 \x01(\v2\x19.keywarden.v1.AuditStatusR\x05audit\x12D\n" +
 	"\rgrant_sources\x18\a \x03(\v2\x1f.keywarden.v1.GrantSourceStatusR\fgrantSources\x12 \n" +
-	"\vrevocations\x18\b \x03(\tR\vrevocations\"\x9d\x01\n" +
+	"\vrevocations\x18\b \x03(\tR\vrevocations\x12;\n" +
+	"\fvault_leases\x18\t \x03(\v2\x18.keywarden.v1.VaultLeaseR\vvaultLeases\"\xa2\x01\n" +
+	"\n" +
+	"VaultLease\x12\x19\n" +
+	"\blease_id\x18\x01 \x01(\tR\aleaseId\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x14\n" +
+	"\x05owner\x18\x03 \x01(\tR\x05owner\x12\x14\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\x129\n" +
+	"\n" +
+	"expires_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\x9d\x01\n" +
 	"\x10PutSecretRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12<\n" +
 	"\x04data\x18\x02 \x03(\v2(.keywarden.v1.PutSecretRequest.DataEntryR\x04data\x1a7\n" +
@@ -2418,7 +2520,7 @@ func file_keywarden_v1_admin_proto_rawDescGZIP() []byte {
 	return file_keywarden_v1_admin_proto_rawDescData
 }
 
-var file_keywarden_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_keywarden_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_keywarden_v1_admin_proto_goTypes = []any{
 	(*Grant)(nil),                  // 0: keywarden.v1.Grant
 	(*ListGrantsRequest)(nil),      // 1: keywarden.v1.ListGrantsRequest
@@ -2435,77 +2537,80 @@ var file_keywarden_v1_admin_proto_goTypes = []any{
 	(*GrantSourceStatus)(nil),      // 12: keywarden.v1.GrantSourceStatus
 	(*AuditStatus)(nil),            // 13: keywarden.v1.AuditStatus
 	(*GetStatusResponse)(nil),      // 14: keywarden.v1.GetStatusResponse
-	(*PutSecretRequest)(nil),       // 15: keywarden.v1.PutSecretRequest
-	(*PutSecretResponse)(nil),      // 16: keywarden.v1.PutSecretResponse
-	(*RotateNowRequest)(nil),       // 17: keywarden.v1.RotateNowRequest
-	(*RotatedSource)(nil),          // 18: keywarden.v1.RotatedSource
-	(*RotateNowResponse)(nil),      // 19: keywarden.v1.RotateNowResponse
-	(*RevokeRequest)(nil),          // 20: keywarden.v1.RevokeRequest
-	(*RevokeResponse)(nil),         // 21: keywarden.v1.RevokeResponse
-	(*AuditTailRequest)(nil),       // 22: keywarden.v1.AuditTailRequest
-	(*AuditTailResponse)(nil),      // 23: keywarden.v1.AuditTailResponse
-	(*AuditVerifyRequest)(nil),     // 24: keywarden.v1.AuditVerifyRequest
-	(*AuditProblem)(nil),           // 25: keywarden.v1.AuditProblem
-	(*AuditVerifyResponse)(nil),    // 26: keywarden.v1.AuditVerifyResponse
-	(*AuditExportRequest)(nil),     // 27: keywarden.v1.AuditExportRequest
-	(*AuditExportResponse)(nil),    // 28: keywarden.v1.AuditExportResponse
-	(*RotateKeysRequest)(nil),      // 29: keywarden.v1.RotateKeysRequest
-	(*RotateKeysResponse)(nil),     // 30: keywarden.v1.RotateKeysResponse
-	(*RotationStatusRequest)(nil),  // 31: keywarden.v1.RotationStatusRequest
-	(*StoreKeys)(nil),              // 32: keywarden.v1.StoreKeys
-	(*RotationStatusResponse)(nil), // 33: keywarden.v1.RotationStatusResponse
-	nil,                            // 34: keywarden.v1.PutSecretRequest.DataEntry
-	(*timestamppb.Timestamp)(nil),  // 35: google.protobuf.Timestamp
+	(*VaultLease)(nil),             // 15: keywarden.v1.VaultLease
+	(*PutSecretRequest)(nil),       // 16: keywarden.v1.PutSecretRequest
+	(*PutSecretResponse)(nil),      // 17: keywarden.v1.PutSecretResponse
+	(*RotateNowRequest)(nil),       // 18: keywarden.v1.RotateNowRequest
+	(*RotatedSource)(nil),          // 19: keywarden.v1.RotatedSource
+	(*RotateNowResponse)(nil),      // 20: keywarden.v1.RotateNowResponse
+	(*RevokeRequest)(nil),          // 21: keywarden.v1.RevokeRequest
+	(*RevokeResponse)(nil),         // 22: keywarden.v1.RevokeResponse
+	(*AuditTailRequest)(nil),       // 23: keywarden.v1.AuditTailRequest
+	(*AuditTailResponse)(nil),      // 24: keywarden.v1.AuditTailResponse
+	(*AuditVerifyRequest)(nil),     // 25: keywarden.v1.AuditVerifyRequest
+	(*AuditProblem)(nil),           // 26: keywarden.v1.AuditProblem
+	(*AuditVerifyResponse)(nil),    // 27: keywarden.v1.AuditVerifyResponse
+	(*AuditExportRequest)(nil),     // 28: keywarden.v1.AuditExportRequest
+	(*AuditExportResponse)(nil),    // 29: keywarden.v1.AuditExportResponse
+	(*RotateKeysRequest)(nil),      // 30: keywarden.v1.RotateKeysRequest
+	(*RotateKeysResponse)(nil),     // 31: keywarden.v1.RotateKeysResponse
+	(*RotationStatusRequest)(nil),  // 32: keywarden.v1.RotationStatusRequest
+	(*StoreKeys)(nil),              // 33: keywarden.v1.StoreKeys
+	(*RotationStatusResponse)(nil), // 34: keywarden.v1.RotationStatusResponse
+	nil,                            // 35: keywarden.v1.PutSecretRequest.DataEntry
+	(*timestamppb.Timestamp)(nil),  // 36: google.protobuf.Timestamp
 }
 var file_keywarden_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: keywarden.v1.ListGrantsResponse.grants:type_name -> keywarden.v1.Grant
 	8,  // 1: keywarden.v1.ExplainGrantResponse.checks:type_name -> keywarden.v1.GrantCheck
-	35, // 2: keywarden.v1.CachedSecret.fetched_at:type_name -> google.protobuf.Timestamp
-	35, // 3: keywarden.v1.CachedSecret.expires_at:type_name -> google.protobuf.Timestamp
-	35, // 4: keywarden.v1.CachedSecret.next_refresh_at:type_name -> google.protobuf.Timestamp
-	35, // 5: keywarden.v1.GetStatusResponse.started_at:type_name -> google.protobuf.Timestamp
+	36, // 2: keywarden.v1.CachedSecret.fetched_at:type_name -> google.protobuf.Timestamp
+	36, // 3: keywarden.v1.CachedSecret.expires_at:type_name -> google.protobuf.Timestamp
+	36, // 4: keywarden.v1.CachedSecret.next_refresh_at:type_name -> google.protobuf.Timestamp
+	36, // 5: keywarden.v1.GetStatusResponse.started_at:type_name -> google.protobuf.Timestamp
 	11, // 6: keywarden.v1.GetStatusResponse.secrets:type_name -> keywarden.v1.CachedSecret
 	13, // 7: keywarden.v1.GetStatusResponse.audit:type_name -> keywarden.v1.AuditStatus
 	12, // 8: keywarden.v1.GetStatusResponse.grant_sources:type_name -> keywarden.v1.GrantSourceStatus
-	34, // 9: keywarden.v1.PutSecretRequest.data:type_name -> keywarden.v1.PutSecretRequest.DataEntry
-	18, // 10: keywarden.v1.RotateNowResponse.sources:type_name -> keywarden.v1.RotatedSource
-	35, // 11: keywarden.v1.AuditTailResponse.time:type_name -> google.protobuf.Timestamp
-	25, // 12: keywarden.v1.AuditVerifyResponse.problems:type_name -> keywarden.v1.AuditProblem
-	33, // 13: keywarden.v1.RotateKeysResponse.status:type_name -> keywarden.v1.RotationStatusResponse
-	35, // 14: keywarden.v1.RotationStatusResponse.started_at:type_name -> google.protobuf.Timestamp
-	35, // 15: keywarden.v1.RotationStatusResponse.finished_at:type_name -> google.protobuf.Timestamp
-	32, // 16: keywarden.v1.RotationStatusResponse.stores:type_name -> keywarden.v1.StoreKeys
-	1,  // 17: keywarden.v1.AdminService.ListGrants:input_type -> keywarden.v1.ListGrantsRequest
-	3,  // 18: keywarden.v1.AdminService.ApplyGrant:input_type -> keywarden.v1.ApplyGrantRequest
-	5,  // 19: keywarden.v1.AdminService.DeleteGrant:input_type -> keywarden.v1.DeleteGrantRequest
-	7,  // 20: keywarden.v1.AdminService.ExplainGrant:input_type -> keywarden.v1.ExplainGrantRequest
-	10, // 21: keywarden.v1.AdminService.GetStatus:input_type -> keywarden.v1.GetStatusRequest
-	15, // 22: keywarden.v1.AdminService.PutSecret:input_type -> keywarden.v1.PutSecretRequest
-	17, // 23: keywarden.v1.AdminService.RotateNow:input_type -> keywarden.v1.RotateNowRequest
-	20, // 24: keywarden.v1.AdminService.Revoke:input_type -> keywarden.v1.RevokeRequest
-	22, // 25: keywarden.v1.AdminService.AuditTail:input_type -> keywarden.v1.AuditTailRequest
-	24, // 26: keywarden.v1.AdminService.AuditVerify:input_type -> keywarden.v1.AuditVerifyRequest
-	27, // 27: keywarden.v1.AdminService.AuditExport:input_type -> keywarden.v1.AuditExportRequest
-	29, // 28: keywarden.v1.AdminService.RotateKeys:input_type -> keywarden.v1.RotateKeysRequest
-	31, // 29: keywarden.v1.AdminService.RotationStatus:input_type -> keywarden.v1.RotationStatusRequest
-	2,  // 30: keywarden.v1.AdminService.ListGrants:output_type -> keywarden.v1.ListGrantsResponse
-	4,  // 31: keywarden.v1.AdminService.ApplyGrant:output_type -> keywarden.v1.ApplyGrantResponse
-	6,  // 32: keywarden.v1.AdminService.DeleteGrant:output_type -> keywarden.v1.DeleteGrantResponse
-	9,  // 33: keywarden.v1.AdminService.ExplainGrant:output_type -> keywarden.v1.ExplainGrantResponse
-	14, // 34: keywarden.v1.AdminService.GetStatus:output_type -> keywarden.v1.GetStatusResponse
-	16, // 35: keywarden.v1.AdminService.PutSecret:output_type -> keywarden.v1.PutSecretResponse
-	19, // 36: keywarden.v1.AdminService.RotateNow:output_type -> keywarden.v1.RotateNowResponse
-	21, // 37: keywarden.v1.AdminService.Revoke:output_type -> keywarden.v1.RevokeResponse
-	23, // 38: keywarden.v1.AdminService.AuditTail:output_type -> keywarden.v1.AuditTailResponse
-	26, // 39: keywarden.v1.AdminService.AuditVerify:output_type -> keywarden.v1.AuditVerifyResponse
-	28, // 40: keywarden.v1.AdminService.AuditExport:output_type -> keywarden.v1.AuditExportResponse
-	30, // 41: keywarden.v1.AdminService.RotateKeys:output_type -> keywarden.v1.RotateKeysResponse
-	33, // 42: keywarden.v1.AdminService.RotationStatus:output_type -> keywarden.v1.RotationStatusResponse
-	30, // [30:43] is the sub-list for method output_type
-	17, // [17:30] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	15, // 9: keywarden.v1.GetStatusResponse.vault_leases:type_name -> keywarden.v1.VaultLease
+	36, // 10: keywarden.v1.VaultLease.expires_at:type_name -> google.protobuf.Timestamp
+	35, // 11: keywarden.v1.PutSecretRequest.data:type_name -> keywarden.v1.PutSecretRequest.DataEntry
+	19, // 12: keywarden.v1.RotateNowResponse.sources:type_name -> keywarden.v1.RotatedSource
+	36, // 13: keywarden.v1.AuditTailResponse.time:type_name -> google.protobuf.Timestamp
+	26, // 14: keywarden.v1.AuditVerifyResponse.problems:type_name -> keywarden.v1.AuditProblem
+	34, // 15: keywarden.v1.RotateKeysResponse.status:type_name -> keywarden.v1.RotationStatusResponse
+	36, // 16: keywarden.v1.RotationStatusResponse.started_at:type_name -> google.protobuf.Timestamp
+	36, // 17: keywarden.v1.RotationStatusResponse.finished_at:type_name -> google.protobuf.Timestamp
+	33, // 18: keywarden.v1.RotationStatusResponse.stores:type_name -> keywarden.v1.StoreKeys
+	1,  // 19: keywarden.v1.AdminService.ListGrants:input_type -> keywarden.v1.ListGrantsRequest
+	3,  // 20: keywarden.v1.AdminService.ApplyGrant:input_type -> keywarden.v1.ApplyGrantRequest
+	5,  // 21: keywarden.v1.AdminService.DeleteGrant:input_type -> keywarden.v1.DeleteGrantRequest
+	7,  // 22: keywarden.v1.AdminService.ExplainGrant:input_type -> keywarden.v1.ExplainGrantRequest
+	10, // 23: keywarden.v1.AdminService.GetStatus:input_type -> keywarden.v1.GetStatusRequest
+	16, // 24: keywarden.v1.AdminService.PutSecret:input_type -> keywarden.v1.PutSecretRequest
+	18, // 25: keywarden.v1.AdminService.RotateNow:input_type -> keywarden.v1.RotateNowRequest
+	21, // 26: keywarden.v1.AdminService.Revoke:input_type -> keywarden.v1.RevokeRequest
+	23, // 27: keywarden.v1.AdminService.AuditTail:input_type -> keywarden.v1.AuditTailRequest
+	25, // 28: keywarden.v1.AdminService.AuditVerify:input_type -> keywarden.v1.AuditVerifyRequest
+	28, // 29: keywarden.v1.AdminService.AuditExport:input_type -> keywarden.v1.AuditExportRequest
+	30, // 30: keywarden.v1.AdminService.RotateKeys:input_type -> keywarden.v1.RotateKeysRequest
+	32, // 31: keywarden.v1.AdminService.RotationStatus:input_type -> keywarden.v1.RotationStatusRequest
+	2,  // 32: keywarden.v1.AdminService.ListGrants:output_type -> keywarden.v1.ListGrantsResponse
+	4,  // 33: keywarden.v1.AdminService.ApplyGrant:output_type -> keywarden.v1.ApplyGrantResponse
+	6,  // 34: keywarden.v1.AdminService.DeleteGrant:output_type -> keywarden.v1.DeleteGrantResponse
+	9,  // 35: keywarden.v1.AdminService.ExplainGrant:output_type -> keywarden.v1.ExplainGrantResponse
+	14, // 36: keywarden.v1.AdminService.GetStatus:output_type -> keywarden.v1.GetStatusResponse
+	17, // 37: keywarden.v1.AdminService.PutSecret:output_type -> keywarden.v1.PutSecretResponse
+	20, // 38: keywarden.v1.AdminService.RotateNow:output_type -> keywarden.v1.RotateNowResponse
+	22, // 39: keywarden.v1.AdminService.Revoke:output_type -> keywarden.v1.RevokeResponse
+	24, // 40: keywarden.v1.AdminService.AuditTail:output_type -> keywarden.v1.AuditTailResponse
+	27, // 41: keywarden.v1.AdminService.AuditVerify:output_type -> keywarden.v1.AuditVerifyResponse
+	29, // 42: keywarden.v1.AdminService.AuditExport:output_type -> keywarden.v1.AuditExportResponse
+	31, // 43: keywarden.v1.AdminService.RotateKeys:output_type -> keywarden.v1.RotateKeysResponse
+	34, // 44: keywarden.v1.AdminService.RotationStatus:output_type -> keywarden.v1.RotationStatusResponse
+	32, // [32:45] is the sub-list for method output_type
+	19, // [19:32] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_keywarden_v1_admin_proto_init() }
@@ -2519,7 +2624,7 @@ func file_keywarden_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keywarden_v1_admin_proto_rawDesc), len(file_keywarden_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   35,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
