@@ -30,9 +30,11 @@ import (
 // when a renewal is refused or max_ttl nears, revoking the replaced lease after its grace),
 // until it is killed — before a random store commit, while Vault answers a random issue
 // request (the lease exists in Vault, the answer never reaches the process), or after a random
-// delay. The parent then restarts the source on the same store as the next daemon would,
-// claims every pod's credential (the pods still run), waits out the orphan grace and compares
-// Vault's lease list (unrevoked, unexpired) with the leases the source holds.
+// delay. The parent then restarts the source on the same store as the next daemon would and,
+// before anything runs, compares Vault's live leases with every lease the restored source
+// tracks (held or waiting for revocation), so an orphan is caught before it could expire; then
+// it claims every pod's credential (the pods still run), waits out the orphan grace and
+// compares Vault's lease list (unrevoked, unexpired) with the leases the source holds.
 const (
 	chaosChildEnv   = "KEYWARDEN_VAULT_LEASE_CHAOS_DIR"
 	chaosAddrEnv    = "KEYWARDEN_VAULT_LEASE_CHAOS_ADDR"
@@ -152,6 +154,7 @@ func TestSource_killDashNineLeaseCampaign(t *testing.T) {
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
 	refs := chaosRefs(t)
 	known := map[string]bool{} // lease ids the children logged (they log after recording)
+	lost := map[string]bool{}  // orphans already counted
 	var kills, byCommit, byIssue, byDelay, judged, orphans, inFlight, reissues int
 	var unknown []string // listed, not held, never recorded: in flight at a kill
 	begin := time.Now()
@@ -206,6 +209,23 @@ func TestSource_killDashNineLeaseCampaign(t *testing.T) {
 
 		// The next daemon: restore, the pods ask again, the orphan grace passes.
 		s, db := chaosSource(t, dir, f.srv.URL, nil, nil)
+		// Judged at once, before anything can expire: every lease Vault still has that the
+		// killed process recorded is restored, held or waiting for its revocation.
+		tracked := map[string]bool{}
+		for _, l := range s.Tracked() {
+			tracked[l.LeaseID] = true
+		}
+		now := time.Now()
+		f.mu.Lock()
+		for id, l := range f.leases {
+			if l.revoked || !now.Before(l.expires) || tracked[id] || !known[id] || lost[id] {
+				continue
+			}
+			lost[id] = true
+			orphans++
+			t.Errorf("trial %d (mode %d): lease %s live in Vault and logged by the killed process, but not restored", trial, mode, id)
+		}
+		f.mu.Unlock()
 		ctx, stop := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { defer close(done); _ = s.Run(ctx) }()
@@ -238,10 +258,10 @@ func TestSource_killDashNineLeaseCampaign(t *testing.T) {
 			pending[id] = true
 		}
 		s.mu.Unlock()
-		now := time.Now()
+		now = time.Now()
 		f.mu.Lock()
 		for id, l := range f.leases {
-			if l.revoked || !now.Before(l.expires) || held[id] {
+			if l.revoked || !now.Before(l.expires) || held[id] || lost[id] {
 				continue
 			}
 			judged++
