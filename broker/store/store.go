@@ -232,10 +232,11 @@ func openBolt(path string, timeout time.Duration, noSync bool) (bdb *bolt.DB, er
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
-			// bbolt did not return, so it cannot close the file; closing it
-			// here releases the flock so the file can be quarantined and a
-			// later Open in this process is not locked out.
+			// bbolt did not return, so it cannot close the file or unmap it;
+			// doing both here releases the flock (a mapping alone keeps it), so
+			// a later Open of this path in this process is not locked out.
 			if file != nil {
+				unmapFile(file)
 				_ = file.Close()
 			}
 			bdb, err = nil, fmt.Errorf("open store %s: bbolt failed reading the file: %w", path, ErrUnreadable)
