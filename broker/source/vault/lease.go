@@ -384,8 +384,8 @@ const (
 
 // Tracked lists every lease the node tracks: the current ones and those waiting to be
 // revoked. Every lease Vault issued to this node and still lists is one of them, unless its
-// answer was lost with the process that asked for it; a lease missing from both is an orphan.
-// Sorted by lease id.
+// answer is being recorded at this moment or was lost with the process that asked for it;
+// any other lease missing here is an orphan. Sorted by lease id.
 func (s *Source) Tracked() []LeaseStatus {
 	s.mu.Lock()
 	out := make([]LeaseStatus, 0, len(s.leases)+len(s.revokes))
