@@ -25,22 +25,31 @@ func leaseVersion(id string) string {
 	return "lease-" + hex.EncodeToString(sum[:])[:24]
 }
 
-// heldLeases is what the daemon's cache holds for the leased Vault references (keywarden
-// status): version → reference path.
-func heldLeases(t testing.TB, d *framework.Daemon) map[string]string {
+// leaseStatus is the part of `keywarden status -o json` the lease tests read.
+type leaseStatus struct {
+	Secrets     []struct{ Source, Path, Version string }
+	VaultLeases []struct{ LeaseID, State string }
+}
+
+func daemonLeaseStatus(t testing.TB, d *framework.Daemon) leaseStatus {
 	t.Helper()
 	out, err := exec.Command(framework.DaemonBinary(t), "status", "-o", "json", "--admin-socket", filepath.Join(d.Dir, "admin.sock")).Output()
 	if err != nil {
 		t.Fatalf("keywarden status: %v", err)
 	}
-	var st struct {
-		Secrets []struct{ Source, Path, Version string }
-	}
+	var st leaseStatus
 	if err := json.Unmarshal(out, &st); err != nil {
 		t.Fatalf("keywarden status: %v", err)
 	}
+	return st
+}
+
+// heldLeases is what the daemon's cache holds for the leased Vault references (keywarden
+// status): version → reference path.
+func heldLeases(t testing.TB, d *framework.Daemon) map[string]string {
+	t.Helper()
 	held := map[string]string{}
-	for _, s := range st.Secrets {
+	for _, s := range daemonLeaseStatus(t, d).Secrets {
 		if s.Source == "vault" && strings.HasPrefix(s.Version, "lease-") {
 			held[s.Version] = s.Path
 		}
@@ -52,18 +61,8 @@ func heldLeases(t testing.TB, d *framework.Daemon) map[string]string {
 // or waiting for its revocation, by lease id.
 func trackedLeases(t testing.TB, d *framework.Daemon) map[string]bool {
 	t.Helper()
-	out, err := exec.Command(framework.DaemonBinary(t), "status", "-o", "json", "--admin-socket", filepath.Join(d.Dir, "admin.sock")).Output()
-	if err != nil {
-		t.Fatalf("keywarden status: %v", err)
-	}
-	var st struct {
-		VaultLeases []struct{ LeaseID, State string }
-	}
-	if err := json.Unmarshal(out, &st); err != nil {
-		t.Fatalf("keywarden status: %v", err)
-	}
 	ids := map[string]bool{}
-	for _, l := range st.VaultLeases {
+	for _, l := range daemonLeaseStatus(t, d).VaultLeases {
 		ids[l.LeaseID] = true
 	}
 	return ids
