@@ -149,7 +149,7 @@ func TestCSI_pods(t *testing.T) {
 	var targets []string
 	for range 3 {
 		pod := kl.CreatePod(t, e.ns, "app")
-		_, target, err := kl.Publish(ctx(t), pod, "secrets", attrs)
+		_, target, err := kl.PublishRetrying(ctx(t), pod, "secrets", attrs)
 		if err != nil {
 			t.Fatalf("publish: %v", err)
 		}

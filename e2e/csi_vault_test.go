@@ -197,7 +197,7 @@ func (e *csiVaultEnv) publishPods(t *testing.T, n int, attrs map[string]string) 
 	var targets []string
 	for range n {
 		pod := e.kl.CreatePod(t, e.ns, "app")
-		_, target, err := e.kl.Publish(ctx(t), pod, "secrets", attrs)
+		_, target, err := e.kl.PublishRetrying(ctx(t), pod, "secrets", attrs)
 		if err != nil {
 			t.Fatalf("publish: %v", err)
 		}

@@ -17,7 +17,9 @@ import (
 
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
@@ -363,6 +365,25 @@ func (k *Kubelet) Publish(ctx context.Context, pod *corev1.Pod, volumeName strin
 		VolumeName: volumeName, Driver: k.opts.Driver, TargetPath: targetPath,
 	})
 	return volumeID, targetPath, err
+}
+
+// PublishRetrying is Publish retried while the driver answers Unavailable, as kubelet
+// retries a failed NodePublishVolume with backoff: a pod created a moment ago may not have
+// reached the daemon's pod informer yet ("try again"). Other errors, and Unavailable past
+// 30 s or ctx, are returned.
+func (k *Kubelet) PublishRetrying(ctx context.Context, pod *corev1.Pod, volumeName string, attributes map[string]string) (volumeID, targetPath string, err error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		volumeID, targetPath, err = k.Publish(ctx, pod, volumeName, attributes)
+		if status.Code(err) != codes.Unavailable || time.Now().Add(wait).After(deadline) {
+			return volumeID, targetPath, err
+		}
+		select {
+		case <-ctx.Done():
+			return volumeID, targetPath, err
+		case <-time.After(wait):
+		}
+	}
 }
 
 // Unpublish calls NodeUnpublishVolume, like kubelet on pod deletion.
