@@ -1037,7 +1037,8 @@ type VaultLease struct {
 	LeaseId string                 `protobuf:"bytes,1,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
 	// path is the Vault reference it was issued for.
 	Path string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
-	// owner is the pod UID of a per-pod credential; empty when shared.
+	// owner is whom the credential was issued for, from the grant's share: "pod/<uid>",
+	// "sa/<namespace>/<name>" or "grant/<name>"; empty when shared by the whole node.
 	Owner string `protobuf:"bytes,3,opt,name=owner,proto3" json:"owner,omitempty"`
 	// state is "held" (renewed or re-issued while consumers use it) or "revoking" (given up;
 	// the revocation is pending or being retried).
